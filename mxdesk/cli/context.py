@@ -1,0 +1,51 @@
+"""The CLI's shared context: which config file, loaded once, and the state database."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from mxdesk import config as cfg
+from mxdesk import state
+from mxdesk.cli.output import fail
+from mxdesk.names import reserved_labels
+
+
+@dataclass
+class Context:
+    explicit_path: str | None
+    _config: cfg.Config | None = field(default=None, repr=False)
+
+    @property
+    def path(self) -> Path:
+        return cfg.config_path(self.explicit_path)
+
+    @property
+    def config(self) -> cfg.Config:
+        if self._config is None:
+            try:
+                self._config = cfg.load(self.path)
+            except cfg.ConfigError as exc:
+                for line in exc.errors:
+                    click.echo(f"mxdesk: config: {line}", err=True)
+                raise SystemExit(2) from None
+        return self._config
+
+    def state(self) -> sqlite3.Connection:
+        return state.connect(self.config.general.state_db)
+
+    def reserved(self) -> frozenset[str]:
+        return reserved_labels(self.config.general.reserved_labels_file)
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+def need_state(ctx: Context) -> sqlite3.Connection:
+    """The state database, or a clear error when 'mxdesk init' has not been run."""
+    if not ctx.config.general.state_db.exists():
+        fail(f"no state database at {ctx.config.general.state_db}: run 'mxdesk init' first")
+    return ctx.state()

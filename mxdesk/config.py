@@ -1,0 +1,262 @@
+"""The configuration file: TOML parsed once into frozen dataclasses; errors name their keys."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_PATH = Path("/etc/mxdesk/mxdesk.toml")
+CONFIG_ENV = "MXDESK_CONFIG"
+
+
+class ConfigError(Exception):
+    """One or more configuration errors; each names the key it concerns."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class GeneralConfig:
+    base_domain: str = "helpdesk.example"
+    hostname: str = ""
+    state_dir: Path = Path("/var/lib/mxdesk")
+    runtime_dir: Path = Path("/run/mxdesk")
+    reserved_labels_file: Path | None = None
+    log_level: str = "info"
+
+    @property
+    def host_name(self) -> str:
+        return self.hostname or f"mx.{self.base_domain}"
+
+    @property
+    def state_db(self) -> Path:
+        return self.state_dir / "state.db"
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    listen: tuple[Listen, ...] = (Listen("0.0.0.0", 25),)
+    max_message_size: int = 25 * 1024 * 1024
+    max_recipients: int = 100
+    max_connections: int = 500
+    max_connections_per_client: int = 20
+    idle_timeout: float = 300.0
+    session_timeout: float = 1800.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    postmaster_tenant: str = ""
+    spool_path: Path = Path("/var/lib/mxdesk/spool.db")
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    initial: float = 30.0
+    maximum: float = 1800.0
+    factor: float = 2.0
+    hold_after: float = 5 * 24 * 3600.0
+    concurrency: int = 8
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    lmtp_socket: Path = Path("/run/mxdesk/store/lmtp.sock")
+    database: Path = Path("/var/lib/mxdesk/tickets.db")
+    socket_group: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    general: GeneralConfig = field(default_factory=GeneralConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    inbound_retry: RetryConfig = field(default_factory=RetryConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    source: Path | None = None
+
+
+class _Reader:
+    """Reads one TOML table, remembering which keys were used and collecting errors."""
+
+    def __init__(self, table: dict[str, Any], prefix: str, errors: list[str]) -> None:
+        self.table = table
+        self.prefix = prefix
+        self.errors = errors
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}"
+
+    def get(self, name: str, kind: type, default: Any) -> Any:
+        self.seen.add(name)
+        if name not in self.table:
+            return default
+        value = self.table[name]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            self.errors.append(f"{self.key(name)}: expected {kind.__name__}, got {value!r}")
+            return default
+        return value
+
+    def positive(self, name: str, kind: type, default: Any) -> Any:
+        value = self.get(name, kind, default)
+        if value <= 0:
+            self.errors.append(f"{self.key(name)}: must be greater than 0, got {value!r}")
+            return default
+        return value
+
+    def path(self, name: str, default: Path | None) -> Path | None:
+        value = self.get(name, str, None)
+        if value is None:
+            return default
+        if value == "":
+            return None
+        return Path(value)
+
+    def finish(self) -> None:
+        for extra in sorted(set(self.table) - self.seen):
+            self.errors.append(f"{self.key(extra)}: unknown key")
+
+
+def _listen(raw: Any, key: str, errors: list[str]) -> tuple[Listen, ...]:
+    if not isinstance(raw, list) or not raw:
+        errors.append(f'{key}: expected a non-empty list of "host:port" strings')
+        return GatewayConfig.listen
+    result = []
+    for item in raw:
+        host, sep, port = str(item).rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            errors.append(f'{key}: {item!r} is not "host:port" (e.g. "127.0.0.1:2525")')
+            continue
+        result.append(Listen(host, int(port)))
+    return tuple(result) or GatewayConfig.listen
+
+
+def _label_ok(name: str) -> bool:
+    return 0 < len(name) <= 63 and all(c.isalnum() or c == "-" for c in name)
+
+
+def parse(data: dict[str, Any], source: Path | None = None) -> Config:
+    """Builds a Config from a parsed TOML document; raises ConfigError listing every problem."""
+    errors: list[str] = []
+
+    def table(name: str) -> dict[str, Any]:
+        value = data.get(name, {})
+        if not isinstance(value, dict):
+            errors.append(f"{name}: expected a table")
+            return {}
+        return value
+
+    for extra in sorted(set(data) - {"mxdesk", "gateway", "store"}):
+        errors.append(f"{extra}: unknown section")
+
+    g = _Reader(table("mxdesk"), "mxdesk", errors)
+    base = g.get("base_domain", str, GeneralConfig.base_domain).lower().rstrip(".")
+    if not all(_label_ok(p) for p in base.split(".")) or "." not in base:
+        errors.append(f"mxdesk.base_domain: {base!r} is not a domain name (e.g. helpdesk.example)")
+    state_dir = g.path("state_dir", GeneralConfig.state_dir) or GeneralConfig.state_dir
+    runtime_dir = g.path("runtime_dir", GeneralConfig.runtime_dir) or GeneralConfig.runtime_dir
+    log_level = g.get("log_level", str, "info")
+    if log_level not in ("debug", "info", "warning", "error"):
+        errors.append(f"mxdesk.log_level: {log_level!r} is not debug, info, warning or error")
+    general = GeneralConfig(
+        base_domain=base,
+        hostname=g.get("hostname", str, ""),
+        state_dir=state_dir,
+        runtime_dir=runtime_dir,
+        reserved_labels_file=g.path("reserved_labels_file", None),
+        log_level=log_level,
+    )
+    if general.reserved_labels_file and not general.reserved_labels_file.is_file():
+        errors.append(f"mxdesk.reserved_labels_file: {general.reserved_labels_file} does not exist")
+    g.finish()
+
+    gw_table = dict(table("gateway"))
+    retry_table = gw_table.pop("inbound_retry", {}) if isinstance(gw_table, dict) else {}
+    w = _Reader(gw_table, "gateway", errors)
+    w.seen.add("listen")
+    listen = _listen(gw_table.get("listen", ["0.0.0.0:25"]), "gateway.listen", errors)
+    tls_cert = w.path("tls_cert", None)
+    tls_key = w.path("tls_key", None)
+    if bool(tls_cert) != bool(tls_key):
+        errors.append("gateway.tls_cert: tls_cert and tls_key must be set together")
+    for key, p in (("tls_cert", tls_cert), ("tls_key", tls_key)):
+        if p is not None and not p.is_file():
+            errors.append(f"gateway.{key}: {p} does not exist")
+    gateway = GatewayConfig(
+        listen=listen,
+        max_message_size=w.positive("max_message_size", int, GatewayConfig.max_message_size),
+        max_recipients=w.positive("max_recipients", int, GatewayConfig.max_recipients),
+        max_connections=w.positive("max_connections", int, GatewayConfig.max_connections),
+        max_connections_per_client=w.positive(
+            "max_connections_per_client", int, GatewayConfig.max_connections_per_client
+        ),
+        idle_timeout=w.positive("idle_timeout", float, GatewayConfig.idle_timeout),
+        session_timeout=w.positive("session_timeout", float, GatewayConfig.session_timeout),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        postmaster_tenant=w.get("postmaster_tenant", str, ""),
+        spool_path=w.path("spool_path", state_dir / "spool.db") or state_dir / "spool.db",
+    )
+    w.finish()
+
+    r = _Reader(
+        retry_table if isinstance(retry_table, dict) else {}, "gateway.inbound_retry", errors
+    )
+    retry = RetryConfig(
+        initial=r.positive("initial", float, RetryConfig.initial),
+        maximum=r.positive("maximum", float, RetryConfig.maximum),
+        factor=r.positive("factor", float, RetryConfig.factor),
+        hold_after=r.positive("hold_after", float, RetryConfig.hold_after),
+        concurrency=r.positive("concurrency", int, RetryConfig.concurrency),
+    )
+    if retry.factor < 1:
+        errors.append("gateway.inbound_retry.factor: must be at least 1")
+    r.finish()
+
+    s = _Reader(table("store"), "store", errors)
+    lmtp_socket = s.path("lmtp_socket", runtime_dir / "store" / "lmtp.sock")
+    store = StoreConfig(
+        lmtp_socket=lmtp_socket or runtime_dir / "store" / "lmtp.sock",
+        database=s.path("database", state_dir / "tickets.db") or state_dir / "tickets.db",
+        socket_group=s.get("socket_group", str, ""),
+    )
+    if len(str(store.lmtp_socket)) > 100:
+        errors.append(f"store.lmtp_socket: {store.lmtp_socket} is too long for a Unix socket")
+    s.finish()
+
+    if errors:
+        raise ConfigError(errors)
+    return Config(general=general, gateway=gateway, inbound_retry=retry, store=store, source=source)
+
+
+def config_path(explicit: str | None) -> Path:
+    """The file to read: --config, else $MXDESK_CONFIG, else the default path."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(CONFIG_ENV)
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def load(path: Path) -> Config:
+    """Reads and validates the configuration file at path."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the configuration file ({exc.strerror})"]) from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
+    return parse(data, source=path)

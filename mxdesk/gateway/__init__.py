@@ -1,0 +1,1 @@
+"""Everything that moves mail: listeners, policy, spool, runners and their clients."""

@@ -1,0 +1,148 @@
+"""An LMTP client over a Unix socket (RFC 2033): one reply per recipient after DATA."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+MAX_REPLY_LINES = 100
+MAX_LINE = 4096
+
+
+class LmtpError(Exception):
+    """The conversation failed before per-recipient results were known (temporary)."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}"
+
+    @property
+    def temporary(self) -> bool:
+        return 400 <= self.code < 500
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.code < 300
+
+
+def dot_stuff(data: bytes) -> bytes:
+    """Normalises line endings to CRLF, doubles leading dots and adds the final dot (RFC 5321
+    §4.5.2). Bare CR and LF become CRLF so no line ending can be read as the end of data."""
+    lines = re.split(rb"\r\n|\r|\n", data)
+    if lines and lines[-1] == b"":
+        lines.pop()
+    out = b"\r\n".join(b"." + line if line.startswith(b".") else line for line in lines)
+    return out + (b"\r\n" if lines else b"") + b".\r\n"
+
+
+class LmtpConnection:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._timeout = timeout
+
+    async def read_reply(self) -> Reply:
+        lines: list[bytes] = []
+        while True:
+            try:
+                line = await asyncio.wait_for(self._reader.readline(), self._timeout)
+            except (TimeoutError, ValueError) as exc:
+                raise LmtpError(f"no reply from the LMTP server ({exc!r})") from exc
+            if not line:
+                raise LmtpError("the LMTP server closed the connection")
+            if len(line) < 4 or not line[:3].isdigit() or len(lines) > MAX_REPLY_LINES:
+                raise LmtpError(f"malformed LMTP reply {line[:80]!r}")
+            lines.append(line[4:].rstrip(b"\r\n")[:MAX_LINE])
+            if line[3:4] != b"-":
+                text = " ".join(x.decode("utf-8", "replace") for x in lines)
+                return Reply(int(line[:3]), text)
+
+    async def command(self, line: str) -> Reply:
+        self._writer.write(line.encode("utf-8") + b"\r\n")
+        await self._writer.drain()
+        return await self.read_reply()
+
+    async def send_data(self, data: bytes) -> None:
+        self._writer.write(dot_stuff(data))
+        await self._writer.drain()
+
+    async def close(self) -> None:
+        try:
+            self._writer.write(b"QUIT\r\n")
+            await self._writer.drain()
+            await asyncio.wait_for(self.read_reply(), 2)
+        except (LmtpError, OSError, TimeoutError):
+            pass
+        finally:
+            self._writer.close()
+
+
+class LmtpClient:
+    """Delivers one message to several recipients; returns a Reply per recipient, in order."""
+
+    def __init__(self, socket_path: Path, local_name: str, timeout: float = 60.0) -> None:
+        self.socket_path = socket_path
+        self.local_name = local_name
+        self.timeout = timeout
+
+    async def _connect(self) -> LmtpConnection:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(str(self.socket_path), limit=MAX_LINE * 4),
+                self.timeout,
+            )
+        except (OSError, TimeoutError) as exc:
+            raise LmtpError(f"cannot connect to {self.socket_path}: {exc}") from exc
+        conn = LmtpConnection(reader, writer, self.timeout)
+        greeting = await conn.read_reply()
+        if greeting.code != 220:
+            await conn.close()
+            raise LmtpError(f"LMTP greeting {greeting}")
+        return conn
+
+    async def deliver(self, mail_from: str, recipients: Sequence[str], data: bytes) -> list[Reply]:
+        conn = await self._connect()
+        try:
+            return await self._transaction(conn, mail_from, recipients, data)
+        except OSError as exc:
+            raise LmtpError(f"LMTP connection failed: {exc}") from exc
+        finally:
+            await conn.close()
+
+    async def _transaction(
+        self, conn: LmtpConnection, mail_from: str, recipients: Sequence[str], data: bytes
+    ) -> list[Reply]:
+        lhlo = await conn.command(f"LHLO {self.local_name}")
+        if not lhlo.ok:
+            raise LmtpError(f"LHLO refused: {lhlo}")
+        body = " BODY=8BITMIME" if "8BITMIME" in lhlo.text.upper() else ""
+        mail = await conn.command(f"MAIL FROM:<{mail_from}>{body}")
+        if not mail.ok:
+            return [mail] * len(recipients)
+        results: list[Reply | None] = []
+        accepted = 0
+        for rcpt in recipients:
+            reply = await conn.command(f"RCPT TO:<{rcpt}>")
+            results.append(None if reply.ok else reply)
+            accepted += reply.ok
+        if not accepted:
+            return [r for r in results if r is not None]
+        start = await conn.command("DATA")
+        if start.code != 354:
+            return [start if r is None else r for r in results]
+        await conn.send_data(data)
+        # RFC 2033 §4.2: after the final dot, one reply for each recipient that was accepted.
+        final: list[Reply] = []
+        for r in results:
+            final.append(await conn.read_reply() if r is None else r)
+        return final

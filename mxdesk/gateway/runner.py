@@ -1,0 +1,152 @@
+"""Runners: take due spool entries, hand each to a deliverer, record what happened."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from mxdesk.gateway.lmtp import LmtpError, Reply
+from mxdesk.gateway.retry import RetryPolicy
+from mxdesk.gateway.spool import DELIVERED, FAILED, Spool, SpoolEntry
+
+POLL_SECONDS = 5.0
+
+
+class DeliveryError(Exception):
+    """The whole attempt failed before any recipient had an answer (temporary)."""
+
+
+class Deliverer(Protocol):
+    async def deliver(self, entry: SpoolEntry) -> Mapping[str, Reply]:
+        """Delivers entry to its pending recipients; returns a Reply per mailbox."""
+        ...
+
+
+@dataclass(frozen=True)
+class Delivered:
+    pass
+
+
+@dataclass(frozen=True)
+class RetryLater:
+    seconds: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class FailedPermanently:
+    reason: str
+
+
+Outcome = Delivered | RetryLater | FailedPermanently
+
+
+class QueueRunner:
+    """Disposes of the entries of one kind, several at a time."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        kind: str,
+        deliverer: Deliverer,
+        retry: RetryPolicy,
+        concurrency: int,
+        logger: logging.Logger,
+    ) -> None:
+        self._spool = spool
+        self._kind = kind
+        self._deliverer = deliverer
+        self._retry = retry
+        self._concurrency = concurrency
+        self._log = logger
+        self._inflight: dict[str, asyncio.Task[Outcome]] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        spool.on_commit(self._wake.set)
+
+    async def dispose(self, entry: SpoolEntry) -> Outcome:
+        pending = entry.pending
+        try:
+            replies = await self._deliverer.deliver(entry)
+        except (DeliveryError, LmtpError, OSError) as exc:
+            replies = {r.mailbox: Reply(451, f"4.4.0 {exc}") for r in pending}
+        results: dict[str, tuple[str, str]] = {}
+        temporary: list[str] = []
+        failed: list[str] = []
+        for r in pending:
+            reply = replies.get(r.mailbox, Reply(451, "4.3.0 no reply for this recipient"))
+            if reply.ok:
+                results[r.mailbox] = (DELIVERED, str(reply))
+                self._log.info("queue_id=%s to=<%s> delivered: %s", entry.id, r.mailbox, reply)
+            elif reply.temporary:
+                temporary.append(f"<{r.mailbox}>: {reply}")
+            else:
+                results[r.mailbox] = (FAILED, str(reply))
+                failed.append(f"<{r.mailbox}>: {reply}")
+                self._log.warning("queue_id=%s to=<%s> refused: %s", entry.id, r.mailbox, reply)
+        error = "; ".join(temporary + failed)
+        if temporary:
+            if self._retry.give_up(time.time() - entry.created):
+                reason = f"gave up after {entry.attempts + 1} attempts: {error}"
+                await self._spool.update(entry, results, retry_at=None, hold=True, error=reason)
+                self._log.error("queue_id=%s held: %s", entry.id, reason)
+                return FailedPermanently(reason)
+            delay = self._retry.delay(entry.attempts + 1)
+            await self._spool.update(
+                entry, results, retry_at=time.time() + delay, hold=False, error=error
+            )
+            self._log.warning("queue_id=%s deferred for %.0fs: %s", entry.id, delay, error)
+            return RetryLater(delay, error)
+        await self._spool.update(entry, results, retry_at=None, hold=bool(failed), error=error)
+        if failed:
+            self._log.error("queue_id=%s held: %s", entry.id, error)
+            return FailedPermanently(error)
+        return Delivered()
+
+    async def _dispose_logged(self, entry: SpoolEntry) -> Outcome:
+        try:
+            return await self.dispose(entry)
+        except Exception as exc:
+            # The entry stays queued as it was; it is tried again at the next poll.
+            self._log.exception("queue_id=%s delivery attempt crashed: %s", entry.id, exc)
+            return RetryLater(POLL_SECONDS, str(exc))
+        finally:
+            self._inflight.pop(entry.id, None)
+            self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            free = self._concurrency - len(self._inflight)
+            entries: list[SpoolEntry] = []
+            if free > 0:
+                try:
+                    entries = await self._spool.due(self._kind, free, set(self._inflight))
+                except Exception as exc:
+                    self._log.error("cannot read the spool: %s", exc)
+            for entry in entries:
+                self._inflight[entry.id] = asyncio.create_task(self._dispose_logged(entry))
+            if entries and len(entries) == free:
+                continue
+            timeout = POLL_SECONDS
+            if not entries:
+                try:
+                    nxt = await self._spool.next_due_time(self._kind)
+                except Exception:
+                    nxt = None
+                if nxt is not None and nxt > time.time():
+                    timeout = min(timeout, nxt - time.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def stop(self) -> None:
+        """Stops taking entries and waits for the deliveries in flight."""
+        self._stopping = True
+        self._wake.set()
+        if self._inflight:
+            await asyncio.gather(*self._inflight.values(), return_exceptions=True)

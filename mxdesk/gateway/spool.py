@@ -1,0 +1,360 @@
+"""The durable spool: every message the gateway said 250 for, in SQLite, with group commit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+log = logging.getLogger("mxdesk.gateway.spool")
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    created REAL NOT NULL,
+    client TEXT NOT NULL,
+    mail_from TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    state TEXT NOT NULL DEFAULT 'queued',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    last_error TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS entries_due ON entries(state, next_attempt);
+CREATE TABLE IF NOT EXISTS recipients (
+    entry TEXT NOT NULL REFERENCES entries(id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    original TEXT NOT NULL,
+    mailbox TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    reply TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (entry, position)
+);
+"""
+
+QUEUED, HELD = "queued", "held"
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+
+
+class SpoolError(Exception):
+    """The spool could not make a message durable; the client must be told 451."""
+
+
+@dataclass(frozen=True)
+class Recipient:
+    original: str
+    mailbox: str
+    tenant: str
+    status: str = PENDING
+    reply: str = ""
+
+
+@dataclass(frozen=True)
+class NewEntry:
+    id: str
+    kind: str
+    client: str
+    mail_from: str
+    recipients: Sequence[Recipient]
+    data: bytes
+
+
+@dataclass(frozen=True)
+class SpoolEntry:
+    id: str
+    kind: str
+    created: float
+    client: str
+    mail_from: str
+    size: int
+    state: str
+    attempts: int
+    next_attempt: float
+    last_error: str
+    recipients: tuple[Recipient, ...]
+    data: bytes = field(default=b"", repr=False)
+
+    @property
+    def pending(self) -> list[Recipient]:
+        return [r for r in self.recipients if r.status == PENDING]
+
+
+def new_queue_id() -> str:
+    """Sortable and unique: milliseconds since the epoch, then 24 random bits."""
+    return f"{int(time.time() * 1000):011X}{secrets.token_hex(3).upper()}"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """All database work runs on one thread; concurrent commits share one transaction."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
+        self._conn: sqlite3.Connection | None = None
+        self._pending: list[tuple[NewEntry, asyncio.Future[None]]] = []
+        self._committer: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[], None]] = []
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: the WAL is fsynced at every commit, so a committed entry survives power loss.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.executescript(SCHEMA)
+        conn.row_factory = sqlite3.Row
+        self._conn = conn
+        # The WAL and journal files may just have been created: make their names durable.
+        fsync_dir(self.path.parent)
+        self._recover()
+
+    def _recover(self) -> None:
+        """Entries without recipients cannot be delivered: hold them for a person to look at."""
+        conn = self._db()
+        orphans = conn.execute(
+            "SELECT id FROM entries WHERE id NOT IN (SELECT entry FROM recipients)"
+        ).fetchall()
+        for row in orphans:
+            log.warning("queue_id=%s has no recipients: held", row["id"])
+            conn.execute(
+                "UPDATE entries SET state=?, last_error=? WHERE id=?",
+                (HELD, "no recipients recorded", row["id"]),
+            )
+        count = conn.execute("SELECT count(*) FROM entries WHERE state=?", (QUEUED,)).fetchone()
+        if count[0]:
+            log.info("spool recovered with %d queued entries", count[0])
+
+    async def close(self) -> None:
+        if self._committer is not None:
+            await self._committer
+        await self._run(self._close)
+        self._executor.shutdown(wait=True)
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise SpoolError("spool is not open")
+        return self._conn
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    def on_commit(self, listener: Callable[[], None]) -> None:
+        """Calls listener after every commit of new entries (runners wake up on it)."""
+        self._listeners.append(listener)
+
+    # -- accepting: group commit -----------------------------------------------------------
+
+    async def commit(self, entry: NewEntry) -> None:
+        """Makes entry durable; raises SpoolError on failure.
+
+        Callers shield this so that a client hanging up cannot interrupt the commit: the
+        transaction either happens whole or not at all.
+        """
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((entry, future))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_loop())
+        await future
+
+    async def _commit_loop(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await self._run(self._write_batch, [e for e, _ in batch])
+            except Exception as exc:
+                log.error("spool commit of %d entries failed: %s", len(batch), exc)
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(SpoolError(str(exc)))
+                continue
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_result(None)
+            for listener in self._listeners:
+                listener()
+
+    def _write_batch(self, batch: list[NewEntry]) -> None:
+        conn = self._db()
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for e in batch:
+                qid = e.id
+                conn.execute(
+                    "INSERT INTO entries (id, kind, created, client, mail_from, size, data,"
+                    " next_attempt) VALUES (?,?,?,?,?,?,?,?)",
+                    (qid, e.kind, now, e.client, e.mail_from, len(e.data), e.data, now),
+                )
+                conn.executemany(
+                    "INSERT INTO recipients (entry, position, original, mailbox, tenant)"
+                    " VALUES (?,?,?,?,?)",
+                    [(qid, i, r.original, r.mailbox, r.tenant) for i, r in enumerate(e.recipients)],
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    # -- delivering ------------------------------------------------------------------------
+
+    async def due(self, kind: str, limit: int, exclude: set[str]) -> list[SpoolEntry]:
+        """Queued entries of a kind whose next attempt has come, oldest first, with data."""
+        return await self._run(self._due, kind, limit, frozenset(exclude))
+
+    def _due(self, kind: str, limit: int, exclude: frozenset[str]) -> list[SpoolEntry]:
+        conn = self._db()
+        rows = conn.execute(
+            "SELECT * FROM entries WHERE state=? AND kind=? AND next_attempt<=?"
+            " ORDER BY next_attempt LIMIT ?",
+            (QUEUED, kind, time.time(), limit + len(exclude)),
+        ).fetchall()
+        return [self._entry(r) for r in rows if r["id"] not in exclude][:limit]
+
+    def _entry(self, row: sqlite3.Row, with_data: bool = True) -> SpoolEntry:
+        rcpts = (
+            self._db()
+            .execute(
+                "SELECT original, mailbox, tenant, status, reply FROM recipients WHERE entry=?"
+                " ORDER BY position",
+                (row["id"],),
+            )
+            .fetchall()
+        )
+        return SpoolEntry(
+            id=row["id"],
+            kind=row["kind"],
+            created=row["created"],
+            client=row["client"],
+            mail_from=row["mail_from"],
+            size=row["size"],
+            state=row["state"],
+            attempts=row["attempts"],
+            next_attempt=row["next_attempt"],
+            last_error=row["last_error"],
+            recipients=tuple(Recipient(*r) for r in rcpts),
+            data=row["data"] if with_data else b"",
+        )
+
+    async def next_due_time(self, kind: str) -> float | None:
+        return await self._run(self._next_due_time, kind)
+
+    def _next_due_time(self, kind: str) -> float | None:
+        row = (
+            self._db()
+            .execute(
+                "SELECT min(next_attempt) FROM entries WHERE state=? AND kind=?", (QUEUED, kind)
+            )
+            .fetchone()
+        )
+        return float(row[0]) if row[0] is not None else None
+
+    async def update(
+        self,
+        entry: SpoolEntry,
+        results: dict[str, tuple[str, str]],
+        *,
+        retry_at: float | None,
+        hold: bool,
+        error: str,
+    ) -> None:
+        """Records per-recipient results; removes the entry once no recipient is pending.
+
+        results maps a recipient's mailbox to (status, reply). An entry whose recipients are all
+        delivered is deleted; one with failed recipients and none pending is held.
+        """
+        await self._run(self._update, entry, results, retry_at, hold, error)
+
+    def _update(
+        self,
+        entry: SpoolEntry,
+        results: dict[str, tuple[str, str]],
+        retry_at: float | None,
+        hold: bool,
+        error: str,
+    ) -> None:
+        conn = self._db()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for mailbox, (status, reply) in results.items():
+                conn.execute(
+                    "UPDATE recipients SET status=?, reply=? WHERE entry=? AND mailbox=?"
+                    " AND status=?",
+                    (status, reply[:500], entry.id, mailbox, PENDING),
+                )
+            counts = dict(
+                conn.execute(
+                    "SELECT status, count(*) FROM recipients WHERE entry=? GROUP BY status",
+                    (entry.id,),
+                ).fetchall()
+            )
+            if not counts.get(PENDING) and not counts.get(FAILED):
+                conn.execute("DELETE FROM entries WHERE id=?", (entry.id,))
+            else:
+                state = HELD if hold or not counts.get(PENDING) else QUEUED
+                conn.execute(
+                    "UPDATE entries SET state=?, attempts=attempts+1, next_attempt=?,"
+                    " last_error=? WHERE id=?",
+                    (state, retry_at or time.time(), error[:500], entry.id),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+
+def list_entries(path: Path) -> list[SpoolEntry]:
+    """All entries without their data, for `mxdesk queue list`; opens the spool read-only."""
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    conn.row_factory = sqlite3.Row
+    try:
+        rows = conn.execute(
+            "SELECT id, kind, created, client, mail_from, size, state, attempts, next_attempt,"
+            " last_error FROM entries ORDER BY created"
+        ).fetchall()
+        result = []
+        for row in rows:
+            rcpts = conn.execute(
+                "SELECT original, mailbox, tenant, status, reply FROM recipients WHERE entry=?"
+                " ORDER BY position",
+                (row["id"],),
+            ).fetchall()
+            result.append(SpoolEntry(**dict(row), recipients=tuple(Recipient(*r) for r in rcpts)))
+        return result
+    finally:
+        conn.close()

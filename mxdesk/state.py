@@ -1,0 +1,238 @@
+"""The state database: tenants, domains and mailboxes, shared by the CLI and the daemons."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from mxdesk.names import InvalidName, check_label, parse_address
+
+PLANS = ("basic", "plus", "premium")
+SCHEMA = [
+    """
+    CREATE TABLE tenants (
+        slug TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        plan TEXT NOT NULL CHECK (plan IN ('basic', 'plus', 'premium')),
+        created REAL NOT NULL
+    );
+    CREATE TABLE domains (
+        name TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL REFERENCES tenants(slug),
+        kind TEXT NOT NULL CHECK (kind IN ('hosted', 'own')),
+        status TEXT NOT NULL CHECK (status IN ('pending', 'active', 'disabled')),
+        created REAL NOT NULL
+    );
+    CREATE TABLE mailboxes (
+        address TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL REFERENCES tenants(slug),
+        name TEXT NOT NULL,
+        default_inbox INTEGER NOT NULL DEFAULT 0,
+        active INTEGER NOT NULL DEFAULT 1,
+        created REAL NOT NULL
+    );
+    CREATE INDEX mailboxes_tenant ON mailboxes(tenant);
+    """,
+]
+
+
+class StateError(Exception):
+    """A provisioning request that cannot be carried out; the message says why."""
+
+
+@dataclass(frozen=True)
+class Tenant:
+    slug: str
+    owner: str
+    plan: str
+    created: float
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    tenant: str
+    kind: str
+    status: str
+    created: float
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    address: str
+    tenant: str
+    name: str
+    default_inbox: bool
+    active: bool
+    created: float
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Opens the state database (WAL, so the CLI and the daemons can use it at once)."""
+    if readonly:
+        conn = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, timeout=10, check_same_thread=False
+        )
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=10, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        migrate(conn)
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    for number, script in enumerate(SCHEMA[version:], start=version + 1):
+        with transaction(conn):
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={number}")
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _check(value: str, what: str, reserved: frozenset[str]) -> str:
+    try:
+        return check_label(value, what, reserved)
+    except InvalidName as exc:
+        raise StateError(str(exc)) from None
+
+
+def add_tenant(
+    conn: sqlite3.Connection,
+    base_domain: str,
+    slug: str,
+    owner: str,
+    plan: str,
+    reserved: frozenset[str],
+) -> Tenant:
+    """Creates a tenant and its default inbox <slug>@<base domain>."""
+    _check(slug, "tenant slug", reserved)
+    if plan not in PLANS:
+        raise StateError(f"plan {plan!r} is not one of {', '.join(PLANS)}")
+    try:
+        owner_addr = str(parse_address(owner))
+    except InvalidName as exc:
+        raise StateError(f"owner: {exc}") from None
+    now = time.time()
+    with transaction(conn):
+        if conn.execute("SELECT 1 FROM tenants WHERE slug=?", (slug,)).fetchone():
+            raise StateError(f"tenant {slug!r} already exists")
+        inbox = f"{slug}@{base_domain}"
+        if conn.execute("SELECT 1 FROM mailboxes WHERE address=?", (inbox,)).fetchone():
+            raise StateError(f"address {inbox} is already taken")
+        conn.execute("INSERT INTO tenants VALUES (?,?,?,?)", (slug, owner_addr, plan, now))
+        conn.execute("INSERT INTO mailboxes VALUES (?,?,?,1,1,?)", (inbox, slug, slug, now))
+    return Tenant(slug, owner_addr, plan, now)
+
+
+def get_tenant(conn: sqlite3.Connection, slug: str) -> Tenant:
+    row = conn.execute("SELECT * FROM tenants WHERE slug=?", (slug,)).fetchone()
+    if row is None:
+        raise StateError(f"no tenant {slug!r}: see 'mxdesk tenant list'")
+    return Tenant(**row)
+
+
+def list_tenants(conn: sqlite3.Connection) -> list[Tenant]:
+    return [Tenant(**r) for r in conn.execute("SELECT * FROM tenants ORDER BY slug")]
+
+
+def add_hosted_domain(
+    conn: sqlite3.Connection, base_domain: str, label: str, tenant: str, reserved: frozenset[str]
+) -> Domain:
+    """Creates the hosted subdomain <label>.<base domain> for a plus or premium tenant."""
+    _check(label, "domain label", reserved)
+    name = f"{label}.{base_domain}"
+    now = time.time()
+    with transaction(conn):
+        t = get_tenant(conn, tenant)
+        if t.plan == "basic":
+            raise StateError(
+                f"tenant {tenant!r} is on the basic plan: hosted subdomains need plus or premium"
+            )
+        row = conn.execute("SELECT tenant FROM domains WHERE name=?", (name,)).fetchone()
+        if row is not None:
+            raise StateError(f"domain {name} is already taken")
+        # Until DNS publishing exists, a hosted domain is active as soon as it is created.
+        conn.execute("INSERT INTO domains VALUES (?,?,'hosted','active',?)", (name, tenant, now))
+    return Domain(name, tenant, "hosted", "active", now)
+
+
+def list_domains(conn: sqlite3.Connection, tenant: str | None = None) -> list[Domain]:
+    sql = "SELECT * FROM domains" + (" WHERE tenant=?" if tenant else "") + " ORDER BY name"
+    return [Domain(**r) for r in conn.execute(sql, (tenant,) if tenant else ())]
+
+
+def get_domain(conn: sqlite3.Connection, name: str) -> Domain | None:
+    row = conn.execute("SELECT * FROM domains WHERE name=?", (name.lower(),)).fetchone()
+    return Domain(**row) if row else None
+
+
+def add_mailbox(conn: sqlite3.Connection, base_domain: str, address: str, name: str) -> Mailbox:
+    """Creates a mailbox on one of a tenant's active domains; the domain decides the tenant."""
+    try:
+        addr = parse_address(address)
+    except InvalidName as exc:
+        raise StateError(str(exc)) from None
+    if "+" in addr.local:
+        raise StateError(f"{address}: '+' is kept for sub-addresses (suporte+x reaches suporte)")
+    name = " ".join(name.split())
+    if not name or len(name) > 100:
+        raise StateError('sender name: give 1 to 100 characters, e.g. "Suporte Marca"')
+    if addr.domain == base_domain:
+        raise StateError(
+            f"{base_domain} holds only the tenants' default inboxes: add a domain first"
+        )
+    now = time.time()
+    with transaction(conn):
+        domain = get_domain(conn, addr.domain)
+        if domain is None:
+            raise StateError(
+                f"{addr.domain} is not a domain of any tenant: see 'mxdesk domain add'"
+            )
+        if conn.execute("SELECT 1 FROM mailboxes WHERE address=?", (str(addr),)).fetchone():
+            raise StateError(f"mailbox {addr} already exists")
+        conn.execute(
+            "INSERT INTO mailboxes VALUES (?,?,?,0,1,?)", (str(addr), domain.tenant, name, now)
+        )
+    return Mailbox(str(addr), domain.tenant, name, False, True, now)
+
+
+def _mailbox(row: sqlite3.Row) -> Mailbox:
+    return Mailbox(
+        row["address"],
+        row["tenant"],
+        row["name"],
+        bool(row["default_inbox"]),
+        bool(row["active"]),
+        row["created"],
+    )
+
+
+def list_mailboxes(conn: sqlite3.Connection, tenant: str | None = None) -> list[Mailbox]:
+    sql = "SELECT * FROM mailboxes" + (" WHERE tenant=?" if tenant else "")
+    rows = conn.execute(sql + " ORDER BY tenant, address", (tenant,) if tenant else ())
+    return [_mailbox(r) for r in rows]
+
+
+def get_mailbox(conn: sqlite3.Connection, address: str) -> Mailbox | None:
+    row = conn.execute("SELECT * FROM mailboxes WHERE address=?", (address.lower(),)).fetchone()
+    return _mailbox(row) if row else None

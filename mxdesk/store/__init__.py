@@ -1,0 +1,1 @@
+"""The ticket store: LMTP delivery, threading and the tickets database."""

@@ -1,0 +1,127 @@
+"""Running mxdesk daemons as a sysadmin would: subprocesses from a config file, sd_notify."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MXDESK = [sys.executable, "-m", "mxdesk"]
+
+CONFIG = """\
+[mxdesk]
+base_domain = "helpdesk.example"
+state_dir = "{root}/state"
+runtime_dir = "{root}/run"
+log_level = "info"
+
+[gateway]
+listen = ["127.0.0.1:{port}"]
+{gateway_extra}
+
+[gateway.inbound_retry]
+initial = 0.05
+maximum = 0.5
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(root: Path, port: int | None = None, gateway_extra: str = "") -> Path:
+    path = root / "mxdesk.toml"
+    path.write_text(CONFIG.format(root=root, port=port or free_port(), gateway_extra=gateway_extra))
+    return path
+
+
+def cli(
+    config: Path, *args: str, input: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [*MXDESK, "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        input=input,
+        timeout=60,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"mxdesk {' '.join(args)} failed: {result.stderr}")
+    return result
+
+
+def provision(config: Path) -> None:
+    cli(config, "init")
+    cli(config, "tenant", "add", "marca", "--owner", "owner@marca.example", "--plan", "plus")
+    cli(config, "domain", "add", "marca", "--tenant", "marca")
+    cli(config, "mailbox", "add", "suporte@marca.helpdesk.example", "--name", "Suporte Marca")
+
+
+class Daemon:
+    """A daemon subprocess; start() returns once it sent READY=1 to its NOTIFY_SOCKET."""
+
+    def __init__(self, config: Path, command: str, log: Path) -> None:
+        self.config = config
+        self.command = command
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.notifications: list[str] = []
+        self._dir = tempfile.mkdtemp(prefix="mxn", dir="/tmp")
+        self._sock_path = os.path.join(self._dir, "notify")
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(self._sock_path)
+
+    def start(self, timeout: float = 30.0) -> None:
+        env = dict(os.environ, NOTIFY_SOCKET=self._sock_path)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*MXDESK, "--config", str(self.config), self.command],
+                stdout=log,
+                stderr=log,
+                env=env,
+            )
+        self.wait_notification("READY=1", timeout)
+
+    def wait_notification(self, word: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(word in n for n in self.notifications):
+                return
+            assert self.proc is not None
+            if self.proc.poll() is not None and word == "READY=1":
+                raise AssertionError(
+                    f"mxdesk {self.command} exited {self.proc.returncode}:\n"
+                    + self.log.read_text()[-3000:]
+                )
+            self._sock.settimeout(0.1)
+            with contextlib.suppress(TimeoutError):
+                self.notifications.append(self._sock.recv(4096).decode())
+        raise AssertionError(f"no {word} from mxdesk {self.command} within {timeout}s")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.notifications.clear()
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._sock.close()
+        os.unlink(self._sock_path)
+        os.rmdir(self._dir)

@@ -1,0 +1,113 @@
+"""The CLI and the daemons as a sysadmin runs them: from a config file, in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from daemons import MXDESK, Daemon, cli, provision, write_config
+
+
+@pytest.fixture
+def conf(short_tmp: Path) -> Path:
+    return write_config(short_tmp)
+
+
+def test_provisioning_round_trip(conf: Path) -> None:
+    provision(conf)
+    tenants = json.loads(cli(conf, "tenant", "list", "--json").stdout)
+    assert tenants == [
+        {
+            "slug": "marca",
+            "owner": "owner@marca.example",
+            "plan": "plus",
+            "created": tenants[0]["created"],
+        }
+    ]
+    boxes = {m["address"]: m for m in json.loads(cli(conf, "mailbox", "list", "--json").stdout)}
+    assert boxes["marca@helpdesk.example"]["default_inbox"] is True
+    assert boxes["suporte@marca.helpdesk.example"]["name"] == "Suporte Marca"
+    domains = json.loads(cli(conf, "domain", "list", "--json").stdout)
+    assert [(d["name"], d["status"]) for d in domains] == [("marca.helpdesk.example", "active")]
+    table = cli(conf, "mailbox", "list").stdout
+    assert "suporte@marca.helpdesk.example" in table and "Suporte Marca" in table
+    # init is idempotent and keeps what is there.
+    cli(conf, "init")
+    assert len(json.loads(cli(conf, "tenant", "list", "--json").stdout)) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["domain", "add", "www", "--tenant", "marca"], "reserved"),
+        (["domain", "add", "Marca!", "--tenant", "marca"], "lowercase"),
+        (["domain", "add", "marca", "--tenant", "marca"], "already taken"),
+        (["domain", "add", "x", "--tenant", "ninguem"], "no tenant 'ninguem'"),
+        (["domain", "add", "barata", "--tenant", "barata"], "basic plan"),
+        (["tenant", "add", "abuse", "--owner", "a@b.example"], "reserved"),
+        (["tenant", "add", "nova", "--owner", "not-an-address"], "owner"),
+        (["mailbox", "add", "x@fora.example", "--name", "X"], "not a domain of any tenant"),
+    ],
+)
+def test_errors_are_one_line_and_non_zero(conf: Path, args: list[str], message: str) -> None:
+    provision(conf)
+    cli(conf, "tenant", "add", "barata", "--owner", "dono@barata.example")
+    result = cli(conf, *args, check=False)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_commands_before_init_say_what_to_do(conf: Path) -> None:
+    result = cli(conf, "tenant", "list", check=False)
+    assert result.returncode == 1
+    assert "mxdesk init" in result.stderr
+
+
+def test_check_config_names_the_key_and_exits_2(short_tmp: Path) -> None:
+    bad = short_tmp / "bad.toml"
+    bad.write_text('[gateway]\nmax_recipients = -1\nlisten = ["nowhere"]\n[mxdesk]\ncolour = 1\n')
+    result = cli(bad, "check-config", check=False)
+    assert result.returncode == 2
+    assert "gateway.max_recipients" in result.stderr
+    assert "gateway.listen" in result.stderr
+    assert "mxdesk.colour: unknown key" in result.stderr
+    for daemon in ("gateway", "store", "serve"):
+        refused = cli(bad, daemon, check=False)
+        assert refused.returncode == 2
+        assert "gateway.max_recipients" in refused.stderr
+
+
+def test_config_from_environment_variable(conf: Path) -> None:
+    import os
+
+    result = subprocess.run(
+        [*MXDESK, "check-config"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, MXDESK_CONFIG=str(conf)),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert str(conf) in result.stdout
+
+
+def test_missing_config_file_is_a_clear_error(short_tmp: Path) -> None:
+    result = cli(short_tmp / "absent.toml", "check-config", check=False)
+    assert result.returncode == 2
+    assert "cannot read the configuration file" in result.stderr
+
+
+def test_daemons_notify_systemd_and_stop_cleanly_on_sigterm(conf: Path, short_tmp: Path) -> None:
+    provision(conf)
+    for command in ("store", "gateway", "serve"):
+        d = Daemon(conf, command, short_tmp / f"{command}.log")
+        try:
+            d.start()
+            assert d.terminate() == 0
+            d.wait_notification("STOPPING=1", 5)
+        finally:
+            d.close()

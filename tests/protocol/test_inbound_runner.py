@@ -1,0 +1,102 @@
+"""The inbound runner against the real store: down, refusing, and coming back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+
+from conftest import MAILBOX, Running, make_config, provision, wait_for
+from wire import send_message, stored_messages
+
+from mxdesk import state
+from mxdesk.gateway.spool import HELD, QUEUED, list_entries
+
+
+async def test_store_down_200_accepted_then_all_delivered_once(short_tmp: Path) -> None:
+    config = make_config(short_tmp, inbound_retry={"initial": 0.05, "maximum": 0.3})
+    provision(config)
+    r = Running(config)
+    await r.start_gateway()  # the store is not running
+    try:
+        sem = asyncio.Semaphore(10)
+
+        async def one(i: int) -> str:
+            async with sem:
+                body = f"Subject: pedido {i}\r\n\r\ncorpo {i}\r\n".encode()
+                return await send_message(r.port, f"c{i}@example.org", [MAILBOX], body)
+
+        replies = await asyncio.gather(*(one(i) for i in range(200)))
+        assert all(x.startswith("250 2.0.0") for x in replies)
+        ids = {x.split()[-1] for x in replies}
+        assert len(ids) == 200
+        queued = list_entries(config.gateway.spool_path)
+        assert len(queued) == 200
+        assert all(e.state == QUEUED for e in queued)
+        assert any(e.attempts > 0 and "cannot connect" in e.last_error for e in queued) or (
+            await wait_for(
+                lambda: any(e.attempts for e in list_entries(config.gateway.spool_path)),
+                what="a failed attempt",
+            )
+        )
+
+        await r.start_store()
+        await wait_for(
+            lambda: not list_entries(config.gateway.spool_path),
+            timeout=60,
+            what="the spool to drain",
+        )
+        rows = stored_messages(config.store.database)
+        assert Counter(row["queue_id"] for row in rows) == Counter(ids)
+        assert {row["subject"] for row in rows} == {f"pedido {i}" for i in range(200)}
+    finally:
+        await r.close()
+
+
+async def test_store_refusing_holds_the_entry_visibly(short_tmp: Path) -> None:
+    config = make_config(short_tmp)
+    provision(config)
+    r = Running(config)
+    await r.start_store()
+    await r.start_gateway()
+    try:
+        # The gateway accepted the mailbox; by the time of delivery the store refuses it.
+        conn = state.connect(config.general.state_db)
+        conn.execute("UPDATE mailboxes SET active=0 WHERE address=?", (MAILBOX,))
+        conn.close()
+        policy_cache_free = await send_message(
+            r.port, "x@example.org", [MAILBOX], b"Subject: x\r\n\r\ny\r\n"
+        )
+        # The gateway reads the state database on every RCPT, so it refuses too.
+        assert policy_cache_free.startswith("550 5.1.1")
+
+        conn = state.connect(config.general.state_db)
+        conn.execute("UPDATE mailboxes SET active=1 WHERE address=?", (MAILBOX,))
+        conn.close()
+        assert r.gateway is not None
+        await r.stop_store()
+        reply = await send_message(
+            r.port, "x@example.org", [MAILBOX], b"Subject: held\r\n\r\ny\r\n"
+        )
+        assert reply.startswith("250")
+        conn = state.connect(config.general.state_db)
+        conn.execute("UPDATE mailboxes SET active=0 WHERE address=?", (MAILBOX,))
+        conn.close()
+        await r.start_store()
+        entries = await wait_for(
+            lambda: [e for e in list_entries(config.gateway.spool_path) if e.state == HELD],
+            what="a held entry",
+        )
+        assert entries[0].recipients[0].status == "failed"
+        assert entries[0].recipients[0].reply.startswith("550 5.1.1")
+        assert "550 5.1.1" in entries[0].last_error
+        # Held means held: no more attempts, nothing in the store.
+        attempts = entries[0].attempts
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert list_entries(config.gateway.spool_path)[0].attempts == attempts
+        assert stored_messages(config.store.database) == []
+    finally:
+        await r.close()

@@ -1,0 +1,96 @@
+from pathlib import Path
+
+import pytest
+
+from mxdesk import config as cfg
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_example_file_is_valid_and_matches_defaults() -> None:
+    loaded = cfg.load(ROOT / "config.example.toml")
+    assert loaded.general == cfg.parse({}).general
+    assert loaded.gateway == cfg.parse({}).gateway
+    assert loaded.store == cfg.parse({}).store
+    assert loaded.inbound_retry == cfg.RetryConfig()
+
+
+def test_every_dataclass_field_is_documented_in_the_example() -> None:
+    text = (ROOT / "config.example.toml").read_text()
+    for key in (
+        "base_domain",
+        "hostname",
+        "state_dir",
+        "runtime_dir",
+        "reserved_labels_file",
+        "log_level",
+        "listen",
+        "max_message_size",
+        "max_recipients",
+        "max_connections",
+        "max_connections_per_client",
+        "idle_timeout",
+        "session_timeout",
+        "tls_cert",
+        "tls_key",
+        "postmaster_tenant",
+        "spool_path",
+        "initial",
+        "maximum",
+        "factor",
+        "hold_after",
+        "concurrency",
+        "lmtp_socket",
+        "socket_group",
+        "database",
+    ):
+        assert f"\n{key} = " in text, key
+
+
+def test_errors_name_their_keys() -> None:
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.parse(
+            {
+                "mxdesk": {"base_domain": "not a domain", "colour": "blue"},
+                "gateway": {
+                    "max_recipients": 0,
+                    "listen": ["nowhere"],
+                    "idle_timeout": "long",
+                    "inbound_retry": {"factor": 0.5},
+                },
+                "extra": {},
+            }
+        )
+    text = "\n".join(info.value.errors)
+    for key in (
+        "mxdesk.base_domain",
+        "mxdesk.colour: unknown key",
+        "gateway.max_recipients",
+        "gateway.listen",
+        "gateway.idle_timeout",
+        "gateway.inbound_retry.factor",
+        "extra: unknown section",
+    ):
+        assert key in text
+
+
+def test_paths_follow_state_dir() -> None:
+    c = cfg.parse({"mxdesk": {"state_dir": "/srv/mx", "runtime_dir": "/run/x"}})
+    assert c.gateway.spool_path == Path("/srv/mx/spool.db")
+    assert c.store.database == Path("/srv/mx/tickets.db")
+    assert c.store.lmtp_socket == Path("/run/x/store/lmtp.sock")
+    assert c.general.host_name == "mx.helpdesk.example"
+
+
+def test_tls_needs_both_files(tmp_path: Path) -> None:
+    cert = tmp_path / "c.pem"
+    cert.write_text("x")
+    with pytest.raises(cfg.ConfigError, match=r"gateway\.tls_cert"):
+        cfg.parse({"gateway": {"tls_cert": str(cert)}})
+
+
+def test_bad_toml_is_one_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[mxdesk\n")
+    with pytest.raises(cfg.ConfigError, match="not valid TOML"):
+        cfg.load(path)

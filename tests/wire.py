@@ -1,0 +1,86 @@
+"""A raw SMTP client for tests: sends exact bytes, reads whole (multi-line) replies."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from pathlib import Path
+
+
+class Wire:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int, host: str = "127.0.0.1") -> Wire:
+        reader, writer = await asyncio.open_connection(host, port)
+        return cls(reader, writer)
+
+    async def reply(self, timeout: float = 10.0) -> str:
+        lines = []
+        while True:
+            line = await asyncio.wait_for(self.reader.readline(), timeout)
+            if not line:
+                raise ConnectionError("server closed the connection")
+            lines.append(line.decode().rstrip("\r\n"))
+            if line[3:4] != b"-":
+                return "\n".join(lines)
+
+    async def send(self, data: bytes | str) -> None:
+        self.writer.write(data.encode() if isinstance(data, str) else data)
+        await self.writer.drain()
+
+    async def cmd(self, line: str) -> str:
+        await self.send(line + "\r\n")
+        return await self.reply()
+
+    async def hello(self) -> str:
+        greeting = await self.reply()
+        assert greeting.startswith("220 "), greeting
+        return await self.cmd("EHLO client.example")
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.writer.wait_closed()
+
+
+async def send_message(port: int, mail_from: str, rcpts: list[str], body: bytes) -> str:
+    """One whole transaction; returns the final reply to DATA (or the first refusal)."""
+    w = await Wire.open(port)
+    try:
+        await w.hello()
+        r = await w.cmd(f"MAIL FROM:<{mail_from}>")
+        if not r.startswith("250"):
+            return r
+        for rcpt in rcpts:
+            r = await w.cmd(f"RCPT TO:<{rcpt}>")
+            if not r.startswith("250"):
+                return r
+        r = await w.cmd("DATA")
+        if not r.startswith("354"):
+            return r
+        await w.send(body + b".\r\n")
+        final = await w.reply()
+        await w.cmd("QUIT")
+        return final
+    finally:
+        await w.close()
+
+
+def stored_messages(database: Path) -> list[sqlite3.Row]:
+    """Every message in tickets.db: ticket number, queue id, subject, flags."""
+    if not database.exists():
+        return []
+    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute(
+            "SELECT ticket, queue_id, subject, flags, message_id FROM messages ORDER BY id"
+        ).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        conn.close()
