@@ -14,8 +14,10 @@ class Wire:
         self.writer = writer
 
     @classmethod
-    async def open(cls, port: int, host: str = "127.0.0.1") -> Wire:
-        reader, writer = await asyncio.open_connection(host, port)
+    async def open(cls, port: int, source: str | None = None) -> Wire:
+        """Connects to 127.0.0.1:port, from another loopback address if source is given."""
+        local = (source, 0) if source else None
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=local)
         return cls(reader, writer)
 
     async def reply(self, timeout: float = 10.0) -> str:

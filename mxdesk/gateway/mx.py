@@ -112,9 +112,9 @@ class MxHandler:
             if route.mailbox not in seen:
                 seen.add(route.mailbox)
                 recipients.append(Recipient(route.original, route.mailbox, route.tenant))
-        entry = NewEntry(
-            queue_id, INBOUND, _client(session), envelope.mail_from or "", tuple(recipients), data
-        )
+        # aiosmtpd keeps the null reverse-path (bounces, RFC 5321 §4.5.5) as "<>".
+        mail_from = "" if envelope.mail_from == "<>" else envelope.mail_from or ""
+        entry = NewEntry(queue_id, INBOUND, _client(session), mail_from, tuple(recipients), data)
         try:
             # Shielded: a client that hangs up after the final dot cannot cancel the commit
             # half-way; the transaction happens whole (and the message is delivered) or not.

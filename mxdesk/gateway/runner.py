@@ -67,6 +67,7 @@ class QueueRunner:
         self._inflight: dict[str, asyncio.Task[Outcome]] = {}
         self._wake = asyncio.Event()
         self._stopping = False
+        self._task: asyncio.Task[None] | None = None
         spool.on_commit(self._wake.set)
 
     async def dispose(self, entry: SpoolEntry) -> Outcome:
@@ -119,7 +120,10 @@ class QueueRunner:
             self._inflight.pop(entry.id, None)
             self._wake.set()
 
-    async def run(self) -> None:
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
         while not self._stopping:
             self._wake.clear()
             free = self._concurrency - len(self._inflight)
@@ -129,6 +133,8 @@ class QueueRunner:
                     entries = await self._spool.due(self._kind, free, set(self._inflight))
                 except Exception as exc:
                     self._log.error("cannot read the spool: %s", exc)
+            if self._stopping:
+                break
             for entry in entries:
                 self._inflight[entry.id] = asyncio.create_task(self._dispose_logged(entry))
             if entries and len(entries) == free:
@@ -148,5 +154,7 @@ class QueueRunner:
         """Stops taking entries and waits for the deliveries in flight."""
         self._stopping = True
         self._wake.set()
+        if self._task is not None:
+            await self._task
         if self._inflight:
             await asyncio.gather(*self._inflight.values(), return_exceptions=True)

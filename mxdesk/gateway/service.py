@@ -53,7 +53,6 @@ class GatewayService:
         )
         self.servers: list[asyncio.Server] = []
         self.runner: QueueRunner | None = None
-        self._runner_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -98,7 +97,7 @@ class GatewayService:
             retry.concurrency,
             logging.getLogger("mxdesk.gateway.inbound"),
         )
-        self._runner_task = asyncio.create_task(self.runner.run())
+        self.runner.start()
 
     @property
     def ports(self) -> list[int]:
@@ -120,6 +119,4 @@ class GatewayService:
             session.shut_down()
         if self.runner is not None:
             await self.runner.stop()
-        if self._runner_task is not None:
-            await self._runner_task
         await self.spool.close()

@@ -65,11 +65,9 @@ async def test_store_refusing_holds_the_entry_visibly(short_tmp: Path) -> None:
         conn = state.connect(config.general.state_db)
         conn.execute("UPDATE mailboxes SET active=0 WHERE address=?", (MAILBOX,))
         conn.close()
-        policy_cache_free = await send_message(
-            r.port, "x@example.org", [MAILBOX], b"Subject: x\r\n\r\ny\r\n"
-        )
+        refused = await send_message(r.port, "x@example.org", [MAILBOX], b"Subject: x\r\n\r\ny\r\n")
         # The gateway reads the state database on every RCPT, so it refuses too.
-        assert policy_cache_free.startswith("550 5.1.1")
+        assert refused.startswith("550 5.1.1")
 
         conn = state.connect(config.general.state_db)
         conn.execute("UPDATE mailboxes SET active=1 WHERE address=?", (MAILBOX,))

@@ -95,12 +95,13 @@ async def test_size_limit_at_the_bound(short_tmp: Path) -> None:
         assert (await w.cmd("MAIL FROM:<x@example.org> SIZE=2000")).startswith("250")
         assert (await w.cmd(f"RCPT TO:<{MAILBOX}>")).startswith("250")
         assert (await w.cmd("DATA")).startswith("354")
-        await w.send(b"Subject: big\r\n\r\n" + b"x" * 3000 + b"\r\n.\r\n")
+        await w.send(b"Subject: big\r\n\r\n" + (b"x" * 98 + b"\r\n") * 30 + b".\r\n")
         assert (await w.reply()).startswith("552 5.3.4")
         await w.close()
         # Exactly at the limit (counted as on the wire, CRLFs included) is accepted.
         body = b"Subject: fit\r\n\r\n"
-        body += b"y" * (2000 - len(body) - 2) + b"\r\n"
+        while len(body) < 2000:
+            body += b"y" * min(98, 2000 - len(body) - 2) + b"\r\n"
         assert len(body) == 2000
         assert (await send_message(r.port, "x@example.org", [MAILBOX], body)).startswith("250")
     finally:
@@ -144,9 +145,9 @@ async def test_connection_limits(short_tmp: Path) -> None:
         await third.close()
         # Another client address (127.0.0.2 is loopback too) still gets a session, up to the
         # total; then everyone is refused.
-        other = await Wire.open(r.port, host="127.0.0.2")
+        other = await Wire.open(r.port, source="127.0.0.2")
         assert (await other.reply()).startswith("220")
-        fourth = await Wire.open(r.port, host="127.0.0.3")
+        fourth = await Wire.open(r.port, source="127.0.0.3")
         assert (await fourth.reply()).startswith("421 4.7.0")
         await fourth.close()
         # A closed session frees its slot.
