@@ -14,7 +14,7 @@ from mxdesk.gateway.mx import INBOUND, MxHandler
 from mxdesk.gateway.policy import RecipientPolicy
 from mxdesk.gateway.retry import RetryPolicy
 from mxdesk.gateway.runner import QueueRunner
-from mxdesk.gateway.smtp import ConnectionLimits, GatewaySMTP
+from mxdesk.gateway.smtp import ConnectionLimits, GatewaySMTP, SessionFactory
 from mxdesk.gateway.spool import Spool, SpoolEntry
 
 log = logging.getLogger("mxdesk.gateway")
@@ -80,9 +80,10 @@ class GatewayService:
                 loop=loop,
             )
 
+        factory = SessionFactory(protocol)
         for listen in cfg.gateway.listen:
             server = await loop.create_server(
-                protocol, listen.host, listen.port, reuse_address=True, backlog=512
+                factory, listen.host, listen.port, reuse_address=True, backlog=512
             )
             self.servers.append(server)
             for sock in server.sockets:

@@ -319,3 +319,44 @@ async def test_starttls_when_a_certificate_is_configured(short_tmp: Path) -> Non
         assert b"with ESMTPS id" in raw
     finally:
         await r.close()
+
+
+async def test_pipelined_commands_after_the_final_dot_and_dot_stuffing(running: Running) -> None:
+    w = await Wire.open(running.port)
+    await w.hello()
+    body = b"Subject: pontos\r\n\r\n..linha com ponto\r\n...\r\n.\r\n"
+    # Everything in one write, as a PIPELINING client may send it (RFC 2920).
+    await w.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<" + MAILBOX.encode() + b">\r\nDATA\r\n")
+    assert (await w.reply()).startswith("250")
+    assert (await w.reply()).startswith("250")
+    assert (await w.reply()).startswith("354")
+    await w.send(body + b"MAIL FROM:<b@example.org>\r\nQUIT\r\n")
+    assert (await w.reply()).startswith("250 2.0.0")
+    assert (await w.reply()).startswith("250")
+    assert (await w.reply()).startswith("221")
+    await w.close()
+    rows = await wait_for(lambda: stored_messages(running.config.store.database))
+    raw = _raw(running, rows[0]["queue_id"])
+    assert raw.endswith(b"\r\n\r\n.linha com ponto\r\n..\r\n")
+
+
+async def test_empty_message_and_message_split_across_packets(running: Running) -> None:
+    w = await Wire.open(running.port)
+    await w.hello()
+    await w.cmd("MAIL FROM:<a@example.org>")
+    await w.cmd(f"RCPT TO:<{MAILBOX}>")
+    await w.cmd("DATA")
+    for piece in (b"Subject: partes\r\n\r\nab", b"c\r", b"\n", b".", b"\r", b"\n"):
+        await w.send(piece)
+        await asyncio.sleep(0.01)
+    assert (await w.reply()).startswith("250 2.0.0")
+    await w.cmd("MAIL FROM:<a@example.org>")
+    await w.cmd(f"RCPT TO:<{MAILBOX}>")
+    await w.cmd("DATA")
+    await w.send(b".\r\n")
+    assert (await w.reply()).startswith("250 2.0.0")
+    await w.close()
+    rows = await wait_for(lambda: len(stored_messages(running.config.store.database)) == 2)
+    assert rows
+    subjects = sorted(r["subject"] for r in stored_messages(running.config.store.database))
+    assert subjects == ["", "partes"]
