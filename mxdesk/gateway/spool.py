@@ -111,7 +111,9 @@ class Spool:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
         self._conn: sqlite3.Connection | None = None
-        self._pending: list[tuple[NewEntry, asyncio.Future[None]]] = []
+        self._pending: list[
+            tuple[Callable[[sqlite3.Connection], None], asyncio.Future[None], bool]
+        ] = []
         self._committer: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[], None]] = []
 
@@ -174,16 +176,13 @@ class Spool:
         """Calls listener after every commit of new entries (runners wake up on it)."""
         self._listeners.append(listener)
 
-    # -- accepting: group commit -----------------------------------------------------------
+    # -- group commit ----------------------------------------------------------------------
 
-    async def commit(self, entry: NewEntry) -> None:
-        """Makes entry durable; raises SpoolError on failure.
-
-        Callers shield this so that a client hanging up cannot interrupt the commit: the
-        transaction either happens whole or not at all.
-        """
+    async def _transact(self, op: Callable[[sqlite3.Connection], None], *, new: bool) -> None:
+        """Runs op inside a transaction shared with every op queued meanwhile: one fsync for
+        all of them. If the transaction fails, every op in it fails (nothing half-done)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((entry, future))
+        self._pending.append((op, future, new))
         if self._committer is None or self._committer.done():
             self._committer = asyncio.create_task(self._commit_loop())
         await future
@@ -192,41 +191,39 @@ class Spool:
         while self._pending:
             batch, self._pending = self._pending, []
             try:
-                await self._run(self._write_batch, [e for e, _ in batch])
+                await self._run(self._write_batch, [op for op, _, _ in batch])
             except Exception as exc:
-                log.error("spool commit of %d entries failed: %s", len(batch), exc)
-                for _, fut in batch:
+                log.error("spool transaction of %d operations failed: %s", len(batch), exc)
+                for _, fut, _ in batch:
                     if not fut.done():
                         fut.set_exception(SpoolError(str(exc)))
                 continue
-            for _, fut in batch:
+            for _, fut, _ in batch:
                 if not fut.done():
                     fut.set_result(None)
-            for listener in self._listeners:
-                listener()
+            if any(new for _, _, new in batch):
+                for listener in self._listeners:
+                    listener()
 
-    def _write_batch(self, batch: list[NewEntry]) -> None:
+    def _write_batch(self, ops: list[Callable[[sqlite3.Connection], None]]) -> None:
         conn = self._db()
-        now = time.time()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for e in batch:
-                qid = e.id
-                conn.execute(
-                    "INSERT INTO entries (id, kind, created, client, mail_from, size, data,"
-                    " next_attempt) VALUES (?,?,?,?,?,?,?,?)",
-                    (qid, e.kind, now, e.client, e.mail_from, len(e.data), e.data, now),
-                )
-                conn.executemany(
-                    "INSERT INTO recipients (entry, position, original, mailbox, tenant)"
-                    " VALUES (?,?,?,?,?)",
-                    [(qid, i, r.original, r.mailbox, r.tenant) for i, r in enumerate(e.recipients)],
-                )
+            for op in ops:
+                op(conn)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    async def commit(self, entry: NewEntry) -> None:
+        """Makes entry durable; raises SpoolError on failure.
+
+        Callers shield this so that a client hanging up cannot interrupt the commit: the
+        transaction either happens whole or not at all.
+        """
+        await self._transact(lambda conn: _insert(conn, entry), new=True)
 
     # -- delivering ------------------------------------------------------------------------
 
@@ -295,45 +292,50 @@ class Spool:
         results maps a recipient's mailbox to (status, reply). An entry whose recipients are all
         delivered is deleted; one with failed recipients and none pending is held.
         """
-        await self._run(self._update, entry, results, retry_at, hold, error)
+        await self._transact(
+            lambda conn: _apply(conn, entry.id, results, retry_at, hold, error), new=False
+        )
 
-    def _update(
-        self,
-        entry: SpoolEntry,
-        results: dict[str, tuple[str, str]],
-        retry_at: float | None,
-        hold: bool,
-        error: str,
-    ) -> None:
-        conn = self._db()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for mailbox, (status, reply) in results.items():
-                conn.execute(
-                    "UPDATE recipients SET status=?, reply=? WHERE entry=? AND mailbox=?"
-                    " AND status=?",
-                    (status, reply[:500], entry.id, mailbox, PENDING),
-                )
-            counts = dict(
-                conn.execute(
-                    "SELECT status, count(*) FROM recipients WHERE entry=? GROUP BY status",
-                    (entry.id,),
-                ).fetchall()
-            )
-            if not counts.get(PENDING) and not counts.get(FAILED):
-                conn.execute("DELETE FROM entries WHERE id=?", (entry.id,))
-            else:
-                state = HELD if hold or not counts.get(PENDING) else QUEUED
-                conn.execute(
-                    "UPDATE entries SET state=?, attempts=attempts+1, next_attempt=?,"
-                    " last_error=? WHERE id=?",
-                    (state, retry_at or time.time(), error[:500], entry.id),
-                )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+
+def _insert(conn: sqlite3.Connection, e: NewEntry) -> None:
+    now = time.time()
+    conn.execute(
+        "INSERT INTO entries (id, kind, created, client, mail_from, size, data, next_attempt)"
+        " VALUES (?,?,?,?,?,?,?,?)",
+        (e.id, e.kind, now, e.client, e.mail_from, len(e.data), e.data, now),
+    )
+    conn.executemany(
+        "INSERT INTO recipients (entry, position, original, mailbox, tenant) VALUES (?,?,?,?,?)",
+        [(e.id, i, r.original, r.mailbox, r.tenant) for i, r in enumerate(e.recipients)],
+    )
+
+
+def _apply(
+    conn: sqlite3.Connection,
+    entry_id: str,
+    results: dict[str, tuple[str, str]],
+    retry_at: float | None,
+    hold: bool,
+    error: str,
+) -> None:
+    for mailbox, (status, reply) in results.items():
+        conn.execute(
+            "UPDATE recipients SET status=?, reply=? WHERE entry=? AND mailbox=? AND status=?",
+            (status, reply[:500], entry_id, mailbox, PENDING),
+        )
+    counts = dict(
+        conn.execute(
+            "SELECT status, count(*) FROM recipients WHERE entry=? GROUP BY status", (entry_id,)
+        ).fetchall()
+    )
+    if not counts.get(PENDING) and not counts.get(FAILED):
+        conn.execute("DELETE FROM entries WHERE id=?", (entry_id,))
+        return
+    state = HELD if hold or not counts.get(PENDING) else QUEUED
+    conn.execute(
+        "UPDATE entries SET state=?, attempts=attempts+1, next_attempt=?, last_error=? WHERE id=?",
+        (state, retry_at or time.time(), error[:500], entry_id),
+    )
 
 
 def list_entries(path: Path) -> list[SpoolEntry]:
