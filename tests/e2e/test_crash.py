@@ -35,22 +35,29 @@ async def test_kill_9_under_load_loses_nothing(short_tmp: Path) -> None:
     rng = random.Random(int(os.environ.get("MXDESK_CRASH_SEED", "2026")))
 
     async def client(worker: int) -> None:
+        # Like a sending MTA: a message is retried until it gets 250 or a 5xx.
         for i in range(worker, MESSAGES, PARALLEL):
             body = f"Subject: carga {i}\r\nMessage-ID: <m{i}@cliente.example>\r\n\r\n{i}\r\n"
-            try:
-                reply = await send_message(port, f"c{i}@cliente.example", [MAILBOX], body.encode())
-            except (TimeoutError, OSError, ConnectionError) as exc:
-                refused[type(exc).__name__] += 1
-                continue
-            if reply.startswith("250"):
-                accepted.append(reply.split()[-1])
-            else:
+            for _ in range(400):
+                try:
+                    reply = await send_message(
+                        port, f"c{i}@cliente.example", [MAILBOX], body.encode()
+                    )
+                except (OSError, ConnectionError, TimeoutError) as exc:
+                    refused[type(exc).__name__] += 1
+                    await asyncio.sleep(0.02)  # the client's own retry pause
+                    continue
+                if reply.startswith("250"):
+                    accepted.append(reply.split()[-1])
+                    break
                 refused[reply[:3]] += 1
+                if reply.startswith("5"):
+                    break
 
     async def killer() -> None:
         nonlocal kills
         while not done.is_set():
-            await asyncio.sleep(rng.uniform(0.2, 1.2))
+            await asyncio.sleep(rng.uniform(0.1, 0.6))
             if done.is_set():
                 break
             await asyncio.to_thread(gateway.kill9)
@@ -74,13 +81,16 @@ async def test_kill_9_under_load_loses_nothing(short_tmp: Path) -> None:
         tickets = _count(short_tmp / "state" / "tickets.db", "tickets")
         print(
             f"\nkill -9: {kills} kills, {len(accepted)} x 250, {sum(refused.values())} not "
-            f"accepted {dict(refused)}, {len(rows)} messages stored, {tickets} tickets"
+            f"accepted {dict(refused)}, {len(rows)} messages stored ({len(rows) - MESSAGES} resent "
+            f"after a lost 250), {tickets} tickets"
         )
         assert kills >= 3
         assert not missing, f"{len(missing)} accepted messages lost"
         assert not doubled, f"{len(doubled)} messages stored twice"
-        # Messages whose 250 was lost in a kill may be stored too, but each at most once.
-        assert len(accepted) <= len(rows) <= MESSAGES
+        # Every message reached a ticket. A client that lost its 250 in a kill sends again
+        # and that copy has its own queue id (SMTP's duplicate problem, RFC 1047): allowed.
+        assert {r["subject"] for r in rows} == {f"carga {i}" for i in range(MESSAGES)}
+        assert len(rows) == len(stored)
     finally:
         assert gateway.terminate() == 0
         assert store.terminate() == 0

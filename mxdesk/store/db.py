@@ -1,0 +1,170 @@
+"""The tickets database: schema, durable settings and the statements filing a message needs."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from mxdesk.state import transaction
+from mxdesk.store.threader import KnownMessage, KnownTicket
+
+SCHEMA = [
+    """
+    CREATE TABLE tickets (
+        number INTEGER PRIMARY KEY AUTOINCREMENT,
+        tenant TEXT NOT NULL,
+        mailbox TEXT NOT NULL,
+        subject TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL DEFAULT 'open',
+        requester TEXT NOT NULL DEFAULT '',
+        flags TEXT NOT NULL DEFAULT '',
+        created REAL NOT NULL,
+        updated REAL NOT NULL
+    );
+    CREATE INDEX tickets_tenant ON tickets(tenant, updated);
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        ticket INTEGER NOT NULL REFERENCES tickets(number),
+        direction TEXT NOT NULL DEFAULT 'in' CHECK (direction IN ('in', 'out')),
+        idempotency_key TEXT NOT NULL UNIQUE,
+        queue_id TEXT,
+        recipient TEXT NOT NULL DEFAULT '',
+        message_id TEXT,
+        in_reply_to TEXT,
+        "references" TEXT NOT NULL DEFAULT '',
+        from_addr TEXT NOT NULL DEFAULT '',
+        from_name TEXT NOT NULL DEFAULT '',
+        to_addrs TEXT NOT NULL DEFAULT '',
+        cc_addrs TEXT NOT NULL DEFAULT '',
+        date TEXT NOT NULL DEFAULT '',
+        subject TEXT NOT NULL DEFAULT '',
+        text_body TEXT NOT NULL DEFAULT '',
+        html_body TEXT NOT NULL DEFAULT '',
+        raw BLOB NOT NULL,
+        flags TEXT NOT NULL DEFAULT '',
+        defects TEXT NOT NULL DEFAULT '',
+        envelope_from TEXT NOT NULL DEFAULT '',
+        created REAL NOT NULL
+    );
+    CREATE INDEX messages_message_id ON messages(message_id);
+    CREATE INDEX messages_ticket ON messages(ticket);
+    CREATE TABLE attachments (
+        id INTEGER PRIMARY KEY,
+        message INTEGER NOT NULL REFERENCES messages(id),
+        filename TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        content BLOB NOT NULL
+    );
+    CREATE INDEX attachments_message ON attachments(message);
+    CREATE TABLE participants (
+        ticket INTEGER NOT NULL REFERENCES tickets(number),
+        address TEXT NOT NULL,
+        role TEXT NOT NULL,
+        first_seen REAL NOT NULL,
+        UNIQUE (ticket, address)
+    );
+    """,
+]
+
+
+class TicketsUnavailable(Exception):
+    """The tickets database cannot be opened; the message says where and why."""
+
+
+def open_tickets(path: Path) -> Database:
+    """Opens (creating and migrating) tickets.db for writing: WAL, and a commit is durable."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        # Customer mail: readable by the owner and its group only.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o640))
+    conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # 250 from the store lets the gateway delete its copy: the commit must reach the disk first.
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    _migrate(conn)
+    return Database(conn)
+
+
+def open_readonly(path: Path) -> Database:
+    """Opens tickets.db for reading only; raises TicketsUnavailable when that is not possible."""
+    try:
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=10)
+        conn.execute("SELECT 1 FROM tickets LIMIT 1")
+    except sqlite3.Error as exc:
+        raise TicketsUnavailable(f"cannot read the tickets database {path}: {exc}") from None
+    return Database(conn)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    for number, script in enumerate(SCHEMA[version:], start=version + 1):
+        with transaction(conn):
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={number}")
+
+
+def delivered_ticket(db: Database, key: str) -> int | None:
+    """The ticket a delivery with this idempotency key was filed on, if any."""
+    for row in db.query("SELECT ticket FROM messages WHERE idempotency_key = ?", [key]):
+        return int(row["ticket"])
+    return None
+
+
+def known_messages(db: Database, ids: Iterable[str]) -> dict[str, list[KnownMessage]]:
+    """Stored messages under the given Message-IDs, with their ticket's tenant and mailbox."""
+    found: dict[str, list[KnownMessage]] = {}
+    for message_id in ids:
+        rows = db.query(
+            "SELECT DISTINCT m.ticket, t.tenant, t.mailbox FROM messages m"
+            " JOIN tickets t ON t.number = m.ticket WHERE m.message_id = ? LIMIT 20",
+            [message_id],
+        )
+        known = [KnownMessage(int(r["ticket"]), r["tenant"], r["mailbox"]) for r in rows]
+        if known:
+            found[message_id] = known
+    return found
+
+
+def known_tickets(db: Database, numbers: Iterable[int]) -> dict[int, KnownTicket]:
+    """Tenant and participants of the given tickets (those that exist)."""
+    found = {}
+    for number in numbers:
+        for row in db.query("SELECT tenant FROM tickets WHERE number = ?", [number]):
+            people = db.query("SELECT address FROM participants WHERE ticket = ?", [number])
+            found[number] = KnownTicket(row["tenant"], frozenset(p["address"] for p in people))
+    return found
+
+
+def insert_row(db: Database, table: str, row: dict[str, Any]) -> int:
+    """Inserts one row and returns its rowid (the ticket number, the message id)."""
+    rowid = db.table(table).insert(row).last_rowid
+    if rowid is None:
+        raise sqlite3.DatabaseError(f"insert into {table} returned no row id")
+    return rowid
+
+
+def insert_attachments(db: Database, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        db.table("attachments").insert_all(rows)
+
+
+def add_participants(
+    db: Database, ticket: int, pairs: Iterable[tuple[str, str]], now: float
+) -> None:
+    """Adds the people not yet on the ticket; someone already there keeps their first role."""
+    rows = [{"ticket": ticket, "address": a, "role": r, "first_seen": now} for a, r in pairs]
+    if rows:
+        db.table("participants").insert_all(rows, ignore=True)
+
+
+def touch_ticket(db: Database, number: int, now: float) -> None:
+    db.execute("UPDATE tickets SET updated = ? WHERE number = ?", [now, number])

@@ -1,0 +1,205 @@
+"""The store's LMTP server (RFC 2033) on a Unix socket; it only translates the wire to a handler."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import shutil
+import socket
+import stat
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, AnyStr, Protocol
+
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from mxdesk.state import Mailbox
+from mxdesk.store.decode import without_controls
+from mxdesk.store.tickets import Filed
+
+log = logging.getLogger("mxdesk.store")
+
+R250_FILED = "250 2.0.0 {queue_id} ticket #{ticket}"
+R250_ALREADY_FILED = "250 2.0.0 {queue_id} ticket #{ticket} already stored"
+R250_RECIPIENT_OK = "250 2.1.5 OK"
+R451_LOCAL_ERROR = "451 4.3.0 Temporary failure in the ticket store, try again later"
+R452_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+R550_NO_MAILBOX = "550 5.1.1 <{address}>: no such mailbox"
+MAX_ECHOED_ADDRESS = 254
+
+
+class MailboxDirectory(Protocol):
+    """Finds the hosted mailbox for a recipient address; may raise on a storage error."""
+
+    def find(self, address: str) -> Mailbox | None: ...
+
+
+class Filer(Protocol):
+    """Files one message for each recipient; None in the result is a temporary failure."""
+
+    async def file(
+        self, raw: bytes, envelope_from: str, mailboxes: Sequence[Mailbox]
+    ) -> list[Filed | None]: ...
+
+
+class LmtpEnvelope(Envelope):
+    """An envelope that remembers the mailbox each accepted recipient resolved to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mailboxes: list[Mailbox] = []
+
+
+class LmtpHandler:
+    """aiosmtpd hooks: RCPT asks the mailbox directory, DATA hands the message to the filer."""
+
+    def __init__(self, mailboxes: MailboxDirectory, filer: Filer, max_recipients: int) -> None:
+        self.mailboxes = mailboxes
+        self.filer = filer
+        self.max_recipients = max_recipients
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, host: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = host
+        # RFC 2033 §5: an LMTP server must offer both.
+        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        assert isinstance(envelope, LmtpEnvelope)
+        if len(envelope.mailboxes) >= self.max_recipients:
+            return R452_TOO_MANY_RECIPIENTS
+        address = _printable(address).lower()[:MAX_ECHOED_ADDRESS]
+        local, _, domain = address.rpartition("@")
+        try:
+            mailbox = self.mailboxes.find(address)
+            if mailbox is None and "+" in local:
+                # suporte+x@ reaches suporte@, for clients that do not canonicalise as we do.
+                mailbox = self.mailboxes.find(f"{local.split('+', 1)[0]}@{domain}")
+        except Exception:
+            log.exception("rcpt=%s: mailbox lookup failed", address)
+            return R451_LOCAL_ERROR
+        if mailbox is None or not mailbox.active:
+            return R550_NO_MAILBOX.format(address=address)
+        envelope.rcpt_tos.append(mailbox.address)
+        envelope.mailboxes.append(mailbox)
+        return R250_RECIPIENT_OK
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        assert isinstance(envelope, LmtpEnvelope)
+        sender = _printable(envelope.mail_from or "")
+        envelope_from = "" if sender == "<>" else sender
+        try:
+            results = await self.filer.file(
+                envelope.original_content or b"", envelope_from, envelope.mailboxes
+            )
+        except Exception:
+            log.exception("filing failed for %d recipients", len(envelope.mailboxes))
+            results = [None] * len(envelope.mailboxes)
+        # RFC 2033 §4.2: one reply per accepted recipient, in RCPT order.
+        return "\r\n".join(_reply(r) for r in results)
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("LMTP session error", exc_info=error)
+        return R451_LOCAL_ERROR
+
+
+class LmtpSession(LMTP):
+    """aiosmtpd's LMTP that answers every accepted recipient after DATA, errors included."""
+
+    def __init__(self, handler: LmtpHandler, sessions: set[LmtpSession], **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.sessions = sessions
+        self.replies_due = 0
+
+    def _create_envelope(self) -> Envelope:
+        return LmtpEnvelope()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.sessions.add(self)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.sessions.discard(self)
+        super().connection_lost(error)
+
+    async def push(self, status: AnyStr) -> None:
+        text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
+        if self.replies_due and not text.startswith("354"):
+            # After the data, aiosmtpd answers a size or line-length error (and our 451 for an
+            # exception) once: RFC 2033 §4.2 wants that answer for each accepted recipient.
+            due, self.replies_due = self.replies_due, 0
+            if len(text.split("\r\n")) != due:
+                text = "\r\n".join([text] * due)
+        await super().push(text)
+        if text.startswith("354") and self.envelope is not None:
+            self.replies_due = len(self.envelope.rcpt_tos)
+
+    async def handle_exception(self, error: Exception) -> str:
+        if self.replies_due:
+            self.envelope = self._create_envelope()  # the transaction is over, whatever failed
+        return await super().handle_exception(error)
+
+
+def _printable(text: str) -> str:
+    # aiosmtpd keeps undecodable bytes as surrogates; they cannot be encoded in a reply.
+    return without_controls(text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+
+
+def _reply(result: Filed | None) -> str:
+    if result is None:
+        return R451_LOCAL_ERROR
+    template = R250_ALREADY_FILED if result.duplicate else R250_FILED
+    return template.format(queue_id=result.queue_id, ticket=result.ticket)
+
+
+class SocketError(Exception):
+    """The LMTP socket cannot be set up; the message says why and what to do."""
+
+
+def _remove_stale_socket(path: Path) -> None:
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise SocketError(f"{path} exists and is not a socket: move it away")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise
+        path.unlink(missing_ok=True)  # nobody listens: left over by a crash
+        return
+    finally:
+        probe.close()
+    raise SocketError(f"{path}: another store is already listening")
+
+
+async def listen_unix(
+    path: Path, factory: Callable[[], asyncio.Protocol], group: str = ""
+) -> asyncio.Server:
+    """Listens on path: parent directory 0750, socket 0660, both in `group` when given."""
+    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    if path.parent.stat().st_uid == os.getuid():
+        os.chmod(path.parent, 0o750)
+    _remove_stale_socket(path)
+    server = await asyncio.get_running_loop().create_unix_server(factory, path=str(path))
+    try:
+        os.chmod(path, 0o660)
+        if group:
+            for target in (path.parent, path):
+                shutil.chown(target, group=group)
+    except (OSError, LookupError) as exc:
+        server.close()
+        path.unlink(missing_ok=True)
+        if isinstance(exc, LookupError):
+            raise SocketError(f"store.socket_group: no group named {group!r}") from None
+        raise
+    return server

@@ -1,0 +1,159 @@
+"""Reading tickets for people and tools: the ticket list, and one ticket with its messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlite_utils import Database
+
+
+class TicketNotFound(LookupError):
+    """No ticket has that number."""
+
+
+@dataclass(frozen=True)
+class TicketSummary:
+    number: int
+    tenant: str
+    mailbox: str
+    subject: str
+    status: str
+    messages: int
+    updated: str
+
+
+@dataclass(frozen=True)
+class AttachmentInfo:
+    filename: str
+    content_type: str
+    size: int
+
+
+@dataclass(frozen=True)
+class MessageView:
+    id: int
+    direction: str
+    from_addr: str
+    from_name: str
+    to: list[str]
+    cc: list[str]
+    date: str
+    subject: str
+    message_id: str | None
+    text_body: str
+    flags: list[str]
+    defects: list[str]
+    attachments: list[AttachmentInfo]
+    received: str
+
+
+@dataclass(frozen=True)
+class Participant:
+    address: str
+    role: str
+    first_seen: str
+
+
+@dataclass(frozen=True)
+class TicketDetail:
+    number: int
+    tenant: str
+    mailbox: str
+    subject: str
+    status: str
+    requester: str
+    flags: list[str]
+    created: str
+    updated: str
+    messages: list[MessageView]
+    participants: list[Participant]
+
+
+def timestamp(seconds: float) -> str:
+    """A stored time as ISO 8601 in UTC, to the second."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+
+
+def _split(text: str, sep: str) -> list[str]:
+    return [item.strip() for item in text.split(sep) if item.strip()]
+
+
+def list_tickets(db: Database, tenant: str | None = None) -> list[TicketSummary]:
+    """Tickets, most recently updated first, optionally of one tenant."""
+    where, args = ("WHERE t.tenant = ?", [tenant]) if tenant else ("", [])
+    rows = db.query(
+        "SELECT t.number, t.tenant, t.mailbox, t.subject, t.status, t.updated,"
+        " (SELECT count(*) FROM messages m WHERE m.ticket = t.number) AS messages"
+        f" FROM tickets t {where} ORDER BY t.updated DESC, t.number DESC",
+        args,
+    )
+    return [TicketSummary(**r | {"updated": timestamp(r["updated"])}) for r in rows]
+
+
+def get_ticket(db: Database, number: int) -> TicketDetail:
+    """Ticket `number` with its messages (oldest first) and participants."""
+    found = list(
+        db.query(
+            "SELECT number, tenant, mailbox, subject, status, requester, flags, created, updated"
+            " FROM tickets WHERE number = ?",
+            [number],
+        )
+    )
+    if not found:
+        raise TicketNotFound(f"no ticket #{number}: see 'mxdesk ticket list'")
+    t = found[0]
+    messages = [
+        _message(db, m)
+        for m in db.query(
+            "SELECT id, direction, from_addr, from_name, to_addrs, cc_addrs, date, subject,"
+            " message_id, text_body, flags, defects, created"
+            " FROM messages WHERE ticket = ? ORDER BY id",
+            [number],
+        )
+    ]
+    people = [
+        Participant(p["address"], p["role"], timestamp(p["first_seen"]))
+        for p in db.query(
+            "SELECT address, role, first_seen FROM participants WHERE ticket = ?"
+            " ORDER BY first_seen, rowid",
+            [number],
+        )
+    ]
+    return TicketDetail(
+        **t
+        | {
+            "flags": _split(t["flags"], ","),
+            "created": timestamp(t["created"]),
+            "updated": timestamp(t["updated"]),
+            "messages": messages,
+            "participants": people,
+        }
+    )
+
+
+def _message(db: Database, m: dict[str, Any]) -> MessageView:
+    files = [
+        AttachmentInfo(a["filename"], a["content_type"], a["size"])
+        for a in db.query(
+            "SELECT filename, content_type, size FROM attachments WHERE message = ? ORDER BY id",
+            [m["id"]],
+        )
+    ]
+    return MessageView(
+        id=m["id"],
+        direction=m["direction"],
+        from_addr=m["from_addr"],
+        from_name=m["from_name"],
+        to=_split(m["to_addrs"], ","),
+        cc=_split(m["cc_addrs"], ","),
+        date=m["date"],
+        subject=m["subject"],
+        message_id=m["message_id"],
+        text_body=m["text_body"],
+        flags=_split(m["flags"], ","),
+        defects=_split(m["defects"], "\n"),
+        attachments=files,
+        received=timestamp(m["created"]),
+    )

@@ -1,0 +1,123 @@
+"""The store daemon's composition root: tickets.db, mailbox lookups and the LMTP socket."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+from mxdesk import state
+from mxdesk.config import Config
+from mxdesk.state import Mailbox
+from mxdesk.store.db import open_tickets
+from mxdesk.store.lmtp import LmtpHandler, LmtpSession, listen_unix
+from mxdesk.store.tickets import Filed, TicketStore
+
+log = logging.getLogger("mxdesk.store")
+# The gateway adds its own header lines to a message it accepted at its size limit.
+HEADER_HEADROOM = 1024 * 1024
+
+
+class StateMailboxes:
+    """Looks recipients up in the state database through one read-only connection."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+
+    def find(self, address: str) -> Mailbox | None:
+        if self._conn is None:
+            self._conn = state.connect(self.path, readonly=True)
+        try:
+            return state.get_mailbox(self._conn, address)
+        except sqlite3.Error:
+            self.close()  # reopen on the next lookup: the file may have been replaced
+            raise
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class ThreadedFiler:
+    """Runs the ticket store in a worker thread and remembers the work still running."""
+
+    def __init__(self, store: TicketStore) -> None:
+        self.store = store
+        self.running: set[asyncio.Future[list[Filed | None]]] = set()
+
+    async def file(
+        self, raw: bytes, envelope_from: str, mailboxes: Sequence[Mailbox]
+    ) -> list[Filed | None]:
+        work = asyncio.ensure_future(
+            asyncio.to_thread(self.store.file_all, raw, envelope_from, list(mailboxes))
+        )
+        self.running.add(work)
+        work.add_done_callback(self.running.discard)
+        # A client that hangs up does not stop a commit half-way; its retry finds it stored.
+        return await asyncio.shield(work)
+
+    async def drain(self) -> None:
+        while self.running:
+            await asyncio.gather(*self.running, return_exceptions=True)
+
+
+class StoreService:
+    """The running store: close() stops accepting, lets database work finish, then closes."""
+
+    def __init__(
+        self,
+        server: asyncio.Server,
+        sessions: set[LmtpSession],
+        filer: ThreadedFiler,
+        mailboxes: StateMailboxes,
+        socket_path: Path,
+    ) -> None:
+        self.server = server
+        self.sessions = sessions
+        self.filer = filer
+        self.mailboxes = mailboxes
+        self.socket_path = socket_path
+
+    async def close(self) -> None:
+        self.server.close()
+        await self.filer.drain()
+        for session in list(self.sessions):
+            if session.transport is not None:
+                session.transport.close()
+        await self.filer.drain()
+        await self.server.wait_closed()
+        self.filer.store.close()
+        self.mailboxes.close()
+        self.socket_path.unlink(missing_ok=True)
+        log.info("store stopped")
+
+
+async def start_store(config: Config) -> StoreService:
+    """Opens tickets.db and serves LMTP on the configured Unix socket."""
+    store = TicketStore(await asyncio.to_thread(open_tickets, config.store.database))
+    mailboxes = StateMailboxes(config.general.state_db)
+    filer = ThreadedFiler(store)
+    handler = LmtpHandler(mailboxes, filer, config.gateway.max_recipients)
+    sessions: set[LmtpSession] = set()
+
+    def session() -> LmtpSession:
+        return LmtpSession(
+            handler,
+            sessions,
+            hostname=config.general.host_name,
+            ident="mxdesk store",
+            data_size_limit=config.gateway.max_message_size + HEADER_HEADROOM,
+            enable_SMTPUTF8=True,
+        )
+
+    try:
+        server = await listen_unix(config.store.lmtp_socket, session, config.store.socket_group)
+    except BaseException:
+        store.close()
+        raise
+    log.info("store listening on %s", config.store.lmtp_socket)
+    return StoreService(server, sessions, filer, mailboxes, config.store.lmtp_socket)

@@ -1,0 +1,111 @@
+"""Threading: which ticket a parsed message joins, decided from plain values."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from mxdesk.store.parse import ParsedMessage
+
+AUTOMATIC_PRECEDENCE = frozenset({"bulk", "junk", "list"})
+MAX_TAGS = 5
+MAX_NEW_PARTICIPANTS = 50
+_TAG = re.compile(r"\[#(\d{1,9})\]")
+_COMMENT = re.compile(r"\([^()]*\)")
+
+
+@dataclass(frozen=True)
+class KnownMessage:
+    """A stored message found under a Message-ID the new message names."""
+
+    ticket: int
+    tenant: str
+    mailbox: str
+
+
+@dataclass(frozen=True)
+class KnownTicket:
+    """A ticket named by a [#N] subject tag."""
+
+    tenant: str
+    participants: frozenset[str]
+
+
+@dataclass(frozen=True)
+class ThreadFacts:
+    """What the store already holds about the Message-IDs and tags a message names."""
+
+    messages: Mapping[str, Sequence[KnownMessage]]
+    tickets: Mapping[int, KnownTicket]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The decision: an existing ticket, or None to open one; why; whether the mail is automatic."""
+
+    ticket: int | None
+    rule: str
+    automatic: bool
+
+
+def is_automatic(msg: ParsedMessage, envelope_from: str) -> bool:
+    """Mail no person wrote (RFC 3834 auto-replies, bulk and list mail, bounces, reports)."""
+    # RFC 3834 §5: "no" (with optional parameters and comments) is the only human value.
+    auto = _COMMENT.sub("", msg.auto_submitted).split(";", 1)[0].strip().lower()
+    return (
+        (bool(auto) and auto != "no")
+        or msg.precedence.strip().lower() in AUTOMATIC_PRECEDENCE
+        or envelope_from == ""
+        or msg.content_type == "multipart/report"
+    )
+
+
+def referenced_ids(msg: ParsedMessage, automatic: bool) -> list[str]:
+    """Message-IDs the message replies to, most telling first (In-Reply-To, then newest ref)."""
+    ids = [msg.in_reply_to] if msg.in_reply_to else []
+    ids.extend(reversed(msg.references))
+    if automatic:
+        # A bounce or read report names the original in its body (RFC 3464, RFC 8098).
+        ids.extend(msg.report_refs)
+    return list(dict.fromkeys(ids))
+
+
+def subject_tags(subject: str) -> list[int]:
+    """Ticket numbers written as [#N] in a subject, in order."""
+    return list(dict.fromkeys(int(n) for n in _TAG.findall(subject)))[:MAX_TAGS]
+
+
+def place(
+    msg: ParsedMessage, automatic: bool, tenant: str, mailbox: str, facts: ThreadFacts
+) -> Placement:
+    """Chooses the ticket: a known reference of the same tenant, else a [#N] tag from a
+    participant of that ticket, else a new ticket. Another tenant's ticket is never joined."""
+    for message_id in referenced_ids(msg, automatic):
+        found = [k for k in facts.messages.get(message_id, ()) if k.tenant == tenant]
+        if found:
+            same_box = [k for k in found if k.mailbox == mailbox]
+            return Placement(max(k.ticket for k in same_box or found), "reference", automatic)
+    for number in subject_tags(msg.subject):
+        ticket = facts.tickets.get(number)
+        if ticket and ticket.tenant == tenant and msg.from_addr in ticket.participants:
+            return Placement(number, "subject-tag", automatic)
+    return Placement(None, "new", automatic)
+
+
+def participants_of(msg: ParsedMessage, mailbox: str, automatic: bool) -> list[tuple[str, str]]:
+    """(address, role) pairs a human message adds to its ticket: From, then To and Cc."""
+    if automatic:
+        return []
+    pairs = [(msg.from_addr, "from")] if msg.from_addr else []
+    pairs += [(a, "to") for a in msg.to_addrs] + [(a, "cc") for a in msg.cc_addrs]
+    seen = {mailbox}
+    out = []
+    for address, role in pairs:
+        local, _, domain = address.rpartition("@")
+        # suporte+x@ reaches suporte@: the mailbox under another name is not a participant.
+        if address in seen or f"{local.split('+', 1)[0]}@{domain}" == mailbox:
+            continue
+        seen.add(address)
+        out.append((address, role))
+    return out[:MAX_NEW_PARTICIPANTS]

@@ -1,0 +1,190 @@
+"""Filing a delivered message on a ticket: idempotency, threading and one durable commit."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlite_utils import Database
+
+from mxdesk.state import Mailbox, transaction
+from mxdesk.store import db as tickets_db
+from mxdesk.store.parse import ParsedMessage, parse_message, queue_id_of
+from mxdesk.store.threader import (
+    ThreadFacts,
+    is_automatic,
+    participants_of,
+    place,
+    referenced_ids,
+    subject_tags,
+)
+
+log = logging.getLogger("mxdesk.store")
+
+
+@dataclass(frozen=True)
+class Filed:
+    """One recipient's copy is on a ticket (now, or already by an earlier delivery)."""
+
+    queue_id: str
+    ticket: int
+    duplicate: bool
+
+
+def delivery_id(raw: bytes) -> tuple[str, str]:
+    """(queue id for replies and logs, idempotency key prefix): the gateway's queue id from the
+    first header line, else the SHA-256 of the bytes (another LMTP client)."""
+    queue_id = queue_id_of(raw)
+    if queue_id is None:
+        digest = hashlib.sha256(raw).hexdigest()
+        return digest[:16], digest
+    return queue_id, queue_id
+
+
+class TicketStore:
+    """Files messages in tickets.db; one writer at a time, callable from worker threads."""
+
+    def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
+        self.db = db
+        self.clock = clock
+        self._lock = threading.Lock()
+
+    def file_all(
+        self, raw: bytes, envelope_from: str, mailboxes: Sequence[Mailbox]
+    ) -> list[Filed | None]:
+        """Files one copy per recipient mailbox; None where a temporary error stopped it."""
+        parsed: ParsedMessage | None = None
+        results: list[Filed | None] = []
+        queue_id, prefix = delivery_id(raw)
+        for mailbox in mailboxes:
+            key = f"{prefix}:{mailbox.address}"
+            try:
+                with self._lock:
+                    ticket = tickets_db.delivered_ticket(self.db, key)
+                if ticket is None:
+                    parsed = parsed or parse_message(raw)
+                    filed = self._file(raw, parsed, envelope_from, mailbox, queue_id, key)
+                else:
+                    filed = Filed(queue_id, ticket, duplicate=True)
+                    log.info(
+                        "queue_id=%s rcpt=%s ticket=%d duplicate delivery, not stored again",
+                        queue_id,
+                        mailbox.address,
+                        ticket,
+                    )
+            except Exception:
+                log.exception(
+                    "queue_id=%s rcpt=%s: could not file the message", queue_id, mailbox.address
+                )
+                filed = None
+            results.append(filed)
+        return results
+
+    def _file(
+        self,
+        raw: bytes,
+        msg: ParsedMessage,
+        envelope_from: str,
+        mailbox: Mailbox,
+        queue_id: str,
+        key: str,
+    ) -> Filed:
+        now = self.clock()
+        with self._lock, transaction(self.db.conn):
+            ticket = tickets_db.delivered_ticket(self.db, key)
+            if ticket is not None:
+                return Filed(queue_id, ticket, duplicate=True)
+            automatic = is_automatic(msg, envelope_from)
+            facts = ThreadFacts(
+                tickets_db.known_messages(self.db, referenced_ids(msg, automatic)),
+                tickets_db.known_tickets(self.db, subject_tags(msg.subject)),
+            )
+            placement = place(msg, automatic, mailbox.tenant, mailbox.address, facts)
+            flags = "automatic" if automatic else ""
+            ticket = placement.ticket
+            if ticket is None:
+                row = _ticket_row(msg, envelope_from, mailbox, flags, now)
+                ticket = tickets_db.insert_row(self.db, "tickets", row)
+            row = _message_row(msg, raw, envelope_from, mailbox, flags, now)
+            # A digest-based key means the message came without the gateway's queue id.
+            from_gateway = key == f"{queue_id}:{mailbox.address}"
+            row |= {"ticket": ticket, "idempotency_key": key}
+            row |= {"queue_id": queue_id if from_gateway else None}
+            message = tickets_db.insert_row(self.db, "messages", row)
+            tickets_db.insert_attachments(self.db, _attachment_rows(msg, message))
+            people = participants_of(msg, mailbox.address, automatic)
+            if placement.ticket is None and people and people[0][1] == "from":
+                people[0] = (people[0][0], "requester")
+            tickets_db.add_participants(self.db, ticket, people, now)
+            tickets_db.touch_ticket(self.db, ticket, now)
+        log.info(
+            "queue_id=%s rcpt=%s ticket=%d message_id=%s rule=%s%s",
+            queue_id,
+            mailbox.address,
+            ticket,
+            msg.message_id or "-",
+            placement.rule,
+            " automatic" if automatic else "",
+        )
+        return Filed(queue_id, ticket, duplicate=False)
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
+
+
+def _ticket_row(
+    msg: ParsedMessage, envelope_from: str, mailbox: Mailbox, flags: str, now: float
+) -> dict[str, Any]:
+    return {
+        "tenant": mailbox.tenant,
+        "mailbox": mailbox.address,
+        "subject": msg.subject,
+        "requester": msg.from_addr or envelope_from,
+        "flags": flags,
+        "created": now,
+        "updated": now,
+    }
+
+
+def _message_row(
+    msg: ParsedMessage, raw: bytes, envelope_from: str, mailbox: Mailbox, flags: str, now: float
+) -> dict[str, Any]:
+    return {
+        "direction": "in",
+        "recipient": mailbox.address,
+        "message_id": msg.message_id,
+        "in_reply_to": msg.in_reply_to,
+        "references": " ".join(msg.references),
+        "from_addr": msg.from_addr,
+        "from_name": msg.from_name,
+        "to_addrs": ", ".join(msg.to_addrs),
+        "cc_addrs": ", ".join(msg.cc_addrs),
+        "date": msg.date,
+        "subject": msg.subject,
+        "text_body": msg.text_body,
+        "html_body": msg.html_body,
+        "raw": raw,
+        "flags": flags,
+        "defects": "\n".join(msg.defects),
+        "envelope_from": envelope_from,
+        "created": now,
+    }
+
+
+def _attachment_rows(msg: ParsedMessage, message: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "message": message,
+            "filename": a.filename,
+            "content_type": a.content_type,
+            "size": len(a.content),
+            "content": a.content,
+        }
+        for a in msg.attachments
+    ]

@@ -1,0 +1,192 @@
+"""Filing messages in tickets.db and reading them back, through the library and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mxdesk.cli import main
+from mxdesk.state import Mailbox
+from mxdesk.store import queries
+from mxdesk.store.db import open_readonly, open_tickets
+from mxdesk.store.service import ThreadedFiler
+from mxdesk.store.tickets import Filed, TicketStore
+
+SUPORTE = Mailbox("suporte@marca.example", "marca", "Suporte Marca", False, True, 0.0)
+VENDAS = Mailbox("vendas@marca.example", "marca", "Vendas", False, True, 0.0)
+OUTRA = Mailbox("contato@outra.example", "outra", "Outra", False, True, 0.0)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "tickets.db"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[TicketStore]:
+    s = TicketStore(open_tickets(db_path), clock=lambda: 1700000000.0)
+    yield s
+    s.close()
+
+
+def mail(queue_id: str | None, *headers: str, body: bytes = b"Ol\xe1!\r\n") -> bytes:
+    lines = [f"X-Mxdesk-Queue-Id: {queue_id}"] if queue_id else []
+    lines += ["From: =?iso-8859-1?q?Jo=E3o?= <joao@example.com>", *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def test_file_reply_and_read_back(store: TicketStore, db_path: Path) -> None:
+    first = mail(
+        "Q1",
+        "To: suporte@marca.example, ana@example.com",
+        "Cc: Suporte+x@marca.example",
+        "Subject: =?utf-8?q?Pedido_n=C3=A3o_chegou?=",
+        "Message-ID: <p1@example.com>",
+        "Content-Type: text/plain; charset=iso-8859-1",
+    )
+    (filed,) = store.file_all(first, "joao@example.com", [SUPORTE])
+    assert filed is not None and not filed.duplicate
+    reply = mail("Q2", "Subject: Re: x", "In-Reply-To: <p1@example.com>")
+    (again,) = store.file_all(reply, "joao@example.com", [SUPORTE])
+    assert again is not None and again.ticket == filed.ticket
+
+    db = open_readonly(db_path)
+    (summary,) = queries.list_tickets(db)
+    assert (summary.number, summary.subject, summary.messages) == (
+        filed.ticket,
+        "Pedido não chegou",
+        2,
+    )
+    ticket = queries.get_ticket(db, filed.ticket)
+    assert ticket.requester == "joao@example.com"
+    assert [(p.address, p.role) for p in ticket.participants] == [
+        ("joao@example.com", "requester"),
+        ("ana@example.com", "to"),
+    ]
+    assert ticket.messages[0].text_body.strip() == "Olá!"
+    assert ticket.messages[0].from_name == "João"
+    assert ticket.messages[1].message_id is None
+
+
+def test_other_lmtp_clients_are_deduplicated_by_content(store: TicketStore) -> None:
+    raw = mail(None, "Subject: sem fila")
+    first = store.file_all(raw, "x@example.com", [SUPORTE, VENDAS])
+    again = store.file_all(raw, "x@example.com", [SUPORTE])
+    assert first[0] is not None and again[0] is not None
+    assert again[0].duplicate and again[0].ticket == first[0].ticket
+    assert len(first[0].queue_id) == 16
+    count = store.db.conn.execute("SELECT count(*), count(queue_id) FROM messages").fetchone()
+    assert count == (2, 0)
+
+
+def test_subject_tag_needs_a_participant_of_the_same_tenant(store: TicketStore) -> None:
+    (first,) = store.file_all(mail("Q1", "Subject: oi"), "joao@example.com", [SUPORTE])
+    assert first is not None
+    tag = f"Subject: Re: [#{first.ticket}] oi"
+    (joined,) = store.file_all(mail("Q2", tag), "joao@example.com", [VENDAS])
+    (other,) = store.file_all(mail("Q3", tag), "joao@example.com", [OUTRA])
+    stranger = mail("Q4", tag).replace(b"joao@example.com", b"eve@example.net")
+    (new,) = store.file_all(stranger, "eve@example.net", [SUPORTE])
+    assert joined is not None and joined.ticket == first.ticket
+    assert other is not None and other.ticket != first.ticket
+    assert new is not None and new.ticket not in (first.ticket, other.ticket)
+
+
+def test_a_failing_recipient_does_not_stop_the_others(store: TicketStore) -> None:
+    broken = Mailbox("x@marca.example", "marca", "X", False, True, 0.0)
+    store.db.conn.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON messages WHEN NEW.recipient = 'x@marca.example'"
+        " BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+    )
+    results = store.file_all(mail("Q1", "Subject: a"), "joao@example.com", [broken, SUPORTE])
+    assert results[0] is None and results[1] is not None
+    # Nothing of the failed copy was kept, not even its ticket.
+    assert store.db.conn.execute("SELECT count(*) FROM tickets").fetchone() == (1,)
+
+
+class SlowStore:
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def file_all(self, raw: bytes, sender: str, boxes: Sequence[Mailbox]) -> list[Filed | None]:
+        assert self.release.wait(10)
+        return [Filed("Q1", 1, False)]
+
+
+async def test_filing_outlives_a_client_that_hangs_up_and_drain_waits_for_it() -> None:
+    slow = SlowStore()
+    filer = ThreadedFiler(slow)  # type: ignore[arg-type]
+    caller = asyncio.create_task(filer.file(b"x", "", [SUPORTE]))
+    for _ in range(100):
+        if filer.running:
+            break
+        await asyncio.sleep(0)
+    (work,) = filer.running
+    caller.cancel()  # the LMTP client went away mid-commit
+    drained = asyncio.create_task(filer.drain())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not drained.done() and not work.done()
+    slow.release.set()
+    await asyncio.wait_for(drained, 10)
+    assert work.result() == [Filed("Q1", 1, False)]
+    assert not filer.running
+
+
+def cli(tmp_path: Path, *args: str) -> tuple[int, str]:
+    config = tmp_path / "mxdesk.toml"
+    config.write_text(
+        f'[mxdesk]\nstate_dir = "{tmp_path / "state"}"\nruntime_dir = "{tmp_path / "run"}"\n'
+    )
+    result = CliRunner().invoke(main, ["--config", str(config), "ticket", *args])
+    return result.exit_code, result.output
+
+
+def test_cli_without_a_database(tmp_path: Path) -> None:
+    assert cli(tmp_path, "list") == (0, "no tickets yet\n")
+    assert cli(tmp_path, "list", "--json") == (0, "[]\n")
+    code, out = cli(tmp_path, "show", "1")
+    assert code == 1 and "no tickets yet" in out
+
+
+def test_cli_list_and_show(tmp_path: Path, store: TicketStore) -> None:
+    raw = mail(
+        "Q1",
+        "Subject: Fatura \x1b[31m vermelha",
+        "To: suporte@marca.example",
+        "Content-Type: multipart/mixed; boundary=B",
+        body=(
+            b"--B\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nSegue a fatura.\r\n"
+            b"--B\r\nContent-Type: application/pdf\r\n"
+            b'Content-Disposition: attachment; filename="../fatura.pdf"\r\n\r\n'
+            + b"%PDF" * 600
+            + b"\r\n--B--\r\n"
+        ),
+    )
+    store.file_all(raw, "joao@example.com", [SUPORTE])
+    store.file_all(mail("Q2", "Subject: outro"), "joao@example.com", [OUTRA])
+
+    code, out = cli(tmp_path, "list", "--tenant", "marca")
+    assert code == 0
+    assert "#1" in out and "marca" in out and "#2" not in out
+    code, out = cli(tmp_path, "list", "--json")
+    assert [t["number"] for t in json.loads(out)] == [2, 1]
+
+    code, out = cli(tmp_path, "show", "1")
+    assert code == 0
+    assert "\x1b" not in out
+    assert "Segue a fatura." in out
+    assert "fatura.pdf  application/pdf  2.3 KiB" in out
+    assert "João <joao@example.com>" in out
+    shown = json.loads(cli(tmp_path, "show", "1", "--json")[1])
+    assert shown["messages"][0]["attachments"] == [
+        {"filename": "fatura.pdf", "content_type": "application/pdf", "size": 2400}
+    ]
+    code, out = cli(tmp_path, "show", "99")
+    assert code == 1 and out.strip() == "mxdesk: no ticket #99: see 'mxdesk ticket list'"
