@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import re
 import unicodedata
 from email.header import decode_header
 
@@ -102,11 +103,18 @@ def _unfold(text: str) -> str:
     return " ".join(without_controls(text).split())
 
 
+_NOT_PLAIN = re.compile(r"[^\t\n\x20-\x7e]")
+
+
+def _keep(match: re.Match[str]) -> str:
+    c = match.group()
+    return "" if unicodedata.category(c) in ("Cc", "Cf", "Cs") else c
+
+
 def without_controls(text: str) -> str:
     """Drops control and format characters (NUL, CR, bidi overrides …), keeping tab and newline."""
-    return "".join(
-        c for c in text if c in "\t\n" or unicodedata.category(c) not in ("Cc", "Cf", "Cs")
-    )
+    # Only characters outside printable ASCII need a look at their Unicode category.
+    return _NOT_PLAIN.sub(_keep, text)
 
 
 def safe_filename(name: str | None, fallback: str) -> str:
