@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 MAX_REPLY_LINES = 100
 MAX_LINE = 4096
+# The store closes sessions idle for 300 s (aiosmtpd's default); ours are dropped well before.
+IDLE_SECONDS = 60.0
 
 
 class LmtpError(Exception):
@@ -50,6 +53,10 @@ class LmtpConnection:
         self._reader = reader
         self._writer = writer
         self._timeout = timeout
+        self.eight_bit = False
+        self.reused = False
+        self.data_sent = False
+        self.idle_since = 0.0
 
     async def read_reply(self) -> Reply:
         lines: list[bytes] = []
@@ -90,10 +97,14 @@ class LmtpConnection:
 class LmtpClient:
     """Delivers one message to several recipients; returns a Reply per recipient, in order."""
 
-    def __init__(self, socket_path: Path, local_name: str, timeout: float = 60.0) -> None:
+    def __init__(
+        self, socket_path: Path, local_name: str, timeout: float = 60.0, keep_idle: int = 8
+    ) -> None:
         self.socket_path = socket_path
         self.local_name = local_name
         self.timeout = timeout
+        self.keep_idle = keep_idle
+        self._idle: list[LmtpConnection] = []
 
     async def _connect(self) -> LmtpConnection:
         try:
@@ -104,30 +115,64 @@ class LmtpClient:
         except (OSError, TimeoutError) as exc:
             raise LmtpError(f"cannot connect to {self.socket_path}: {exc}") from exc
         conn = LmtpConnection(reader, writer, self.timeout)
-        greeting = await conn.read_reply()
-        if greeting.code != 220:
+        try:
+            greeting = await conn.read_reply()
+            if greeting.code != 220:
+                raise LmtpError(f"LMTP greeting {greeting}")
+            lhlo = await conn.command(f"LHLO {self.local_name}")
+            if not lhlo.ok:
+                raise LmtpError(f"LHLO refused: {lhlo}")
+        except (LmtpError, OSError):
             await conn.close()
-            raise LmtpError(f"LMTP greeting {greeting}")
+            raise
+        conn.eight_bit = "8BITMIME" in lhlo.text.upper()
         return conn
 
     async def deliver(self, mail_from: str, recipients: Sequence[str], data: bytes) -> list[Reply]:
-        conn = await self._connect()
+        """One LMTP transaction, on an idle connection kept from an earlier one if there is."""
+        while self._idle:
+            conn = self._idle.pop()
+            if time.monotonic() - conn.idle_since > IDLE_SECONDS:
+                await conn.close()
+                continue
+            try:
+                return await self._deliver_on(conn, mail_from, recipients, data)
+            except _Stale:
+                continue  # the server closed it meanwhile: nothing was sent, try another
+        return await self._deliver_on(await self._connect(), mail_from, recipients, data)
+
+    async def _deliver_on(
+        self, conn: LmtpConnection, mail_from: str, recipients: Sequence[str], data: bytes
+    ) -> list[Reply]:
         try:
-            return await self._transaction(conn, mail_from, recipients, data)
-        except OSError as exc:
-            raise LmtpError(f"LMTP connection failed: {exc}") from exc
-        finally:
+            replies = await self._transaction(conn, mail_from, recipients, data)
+        except BaseException as exc:
             await conn.close()
+            if isinstance(exc, (LmtpError, OSError)) and not conn.data_sent and conn.reused:
+                raise _Stale() from exc
+            if isinstance(exc, OSError):
+                raise LmtpError(f"LMTP connection failed: {exc}") from exc
+            raise
+        if len(self._idle) < self.keep_idle:
+            conn.idle_since = time.monotonic()
+            conn.reused = True
+            conn.data_sent = False
+            self._idle.append(conn)
+        else:
+            await conn.close()
+        return replies
+
+    async def close(self) -> None:
+        while self._idle:
+            await self._idle.pop().close()
 
     async def _transaction(
         self, conn: LmtpConnection, mail_from: str, recipients: Sequence[str], data: bytes
     ) -> list[Reply]:
-        lhlo = await conn.command(f"LHLO {self.local_name}")
-        if not lhlo.ok:
-            raise LmtpError(f"LHLO refused: {lhlo}")
-        body = " BODY=8BITMIME" if "8BITMIME" in lhlo.text.upper() else ""
+        body = " BODY=8BITMIME" if conn.eight_bit else ""
         mail = await conn.command(f"MAIL FROM:<{mail_from}>{body}")
         if not mail.ok:
+            await conn.command("RSET")
             return [mail] * len(recipients)
         results: list[Reply | None] = []
         accepted = 0
@@ -136,13 +181,20 @@ class LmtpClient:
             results.append(None if reply.ok else reply)
             accepted += reply.ok
         if not accepted:
+            await conn.command("RSET")
             return [r for r in results if r is not None]
         start = await conn.command("DATA")
         if start.code != 354:
+            await conn.command("RSET")
             return [start if r is None else r for r in results]
+        conn.data_sent = True
         await conn.send_data(data)
         # RFC 2033 §4.2: after the final dot, one reply for each recipient that was accepted.
         final: list[Reply] = []
         for r in results:
             final.append(await conn.read_reply() if r is None else r)
         return final
+
+
+class _Stale(Exception):
+    """A kept connection turned out closed before anything of the message was sent."""

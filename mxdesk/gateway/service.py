@@ -53,6 +53,7 @@ class GatewayService:
         )
         self.servers: list[asyncio.Server] = []
         self.runner: QueueRunner | None = None
+        self.lmtp: LmtpClient | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -88,8 +89,11 @@ class GatewayService:
             self.servers.append(server)
             for sock in server.sockets:
                 log.info("MX listening on %s", sock.getsockname()[:2])
-        client = LmtpClient(cfg.store.lmtp_socket, cfg.general.host_name)
         retry = cfg.inbound_retry
+        client = LmtpClient(
+            cfg.store.lmtp_socket, cfg.general.host_name, keep_idle=retry.concurrency
+        )
+        self.lmtp = client
         self.runner = QueueRunner(
             self.spool,
             INBOUND,
@@ -120,4 +124,6 @@ class GatewayService:
             session.shut_down()
         if self.runner is not None:
             await self.runner.stop()
+        if self.lmtp is not None:
+            await self.lmtp.close()
         await self.spool.close()

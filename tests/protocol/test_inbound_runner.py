@@ -7,6 +7,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from conftest import MAILBOX, Running, make_config, provision, wait_for
 from wire import send_message, stored_messages
 
@@ -96,5 +98,31 @@ async def test_store_refusing_holds_the_entry_visibly(short_tmp: Path) -> None:
             await asyncio.sleep(0.05)
         assert list_entries(config.gateway.spool_path)[0].attempts == attempts
         assert stored_messages(config.store.database) == []
+    finally:
+        await r.close()
+
+
+async def test_kept_lmtp_connection_to_a_restarted_store_is_replaced(
+    short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = make_config(short_tmp)
+    provision(config)
+    r = Running(config)
+    await r.start_store()
+    await r.start_gateway()
+    try:
+        body = b"Subject: um\r\n\r\nx\r\n"
+        assert (await send_message(r.port, "x@example.org", [MAILBOX], body)).startswith("250")
+        await wait_for(lambda: len(stored_messages(config.store.database)) == 1)
+        assert r.gateway is not None and r.gateway.lmtp is not None
+        assert r.gateway.lmtp._idle, "the connection is kept for the next delivery"
+        await r.stop_store()  # closes the kept connection from the store's side
+        await r.start_store()
+        body = b"Subject: dois\r\n\r\nx\r\n"
+        assert (await send_message(r.port, "x@example.org", [MAILBOX], body)).startswith("250")
+        await wait_for(lambda: len(stored_messages(config.store.database)) == 2)
+        # Delivered at the first attempt: the stale connection was replaced, not counted.
+        assert not list_entries(config.gateway.spool_path)
+        assert not [m for m in caplog.messages if "deferred" in m]
     finally:
         await r.close()
