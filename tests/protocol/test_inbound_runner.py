@@ -8,7 +8,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from conftest import MAILBOX, Running, make_config, provision, wait_for
 from wire import send_message, stored_messages
 
