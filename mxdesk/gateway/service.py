@@ -14,8 +14,9 @@ from mxdesk.gateway.mx import INBOUND, MxHandler
 from mxdesk.gateway.policy import RecipientPolicy
 from mxdesk.gateway.retry import RetryPolicy
 from mxdesk.gateway.runner import QueueRunner
-from mxdesk.gateway.smtp import ConnectionLimits, GatewaySMTP, SessionFactory
+from mxdesk.gateway.smtp import ConnectionLimits, GatewaySMTP
 from mxdesk.gateway.spool import Spool, SpoolEntry
+from mxdesk.smtpfast import SessionFactory
 
 log = logging.getLogger("mxdesk.gateway")
 SHUTDOWN_GRACE = 10.0

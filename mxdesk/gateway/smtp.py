@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import types
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope
+from aiosmtpd.smtp import Envelope
+
+from mxdesk.smtpfast import BlockDataSMTP
 
 log = logging.getLogger("mxdesk.gateway.smtp")
 
@@ -89,7 +89,7 @@ class ConnectionLimits:
             del self.open[client]
 
 
-class GatewaySMTP(SMTP):
+class GatewaySMTP(BlockDataSMTP):
     """One SMTP session. Policy and storage decisions belong to the handler."""
 
     def __init__(
@@ -102,7 +102,6 @@ class GatewaySMTP(SMTP):
         self._client = ""
         self._refused = False
         self._greeting_phase = False
-        self.in_data = False
 
     # -- connection accounting -------------------------------------------------------------
 
@@ -178,66 +177,6 @@ class GatewaySMTP(SMTP):
         finally:
             self._greeting_phase = False
 
-    async def smtp_DATA(self, arg: str) -> None:
-        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
-            return
-        assert self.envelope is not None
-        if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
-            return
-        if arg:
-            await self.push("501 Syntax: DATA")
-            return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        self.in_data = True
-        try:
-            content = await self._read_data()
-            if content is None:
-                await self.push("552 Error: message size exceeds fixed maximum message size")
-                self._set_post_data_state()  # type: ignore[no-untyped-call]
-                return
-            self.envelope.content = self.envelope.original_content = content
-            status = await self._call_handler_hook("DATA")
-        finally:
-            self.in_data = False
-        self._set_post_data_state()  # type: ignore[no-untyped-call]
-        await self.push(status)
-
-    async def _read_data(self) -> bytes | None:
-        """Reads the message up to the line "." and undoes dot-stuffing (RFC 5321 §4.5.2).
-
-        Only CR LF "." CR LF ends the data: a bare LF or CR next to a dot, or a NUL before it,
-        is message content, so nothing after it can be read as a second transaction (SMTP
-        smuggling). aiosmtpd reads line by line; reading in blocks does the same work in a
-        fraction of the time. Returns None when the message is larger than the limit.
-        """
-        limit = self.data_size_limit or 0
-        buf = bytearray(b"\r\n")  # so that a "." on the very first line ends the data
-        searched = 0
-        discarded = 0
-        while True:
-            end = buf.find(b"\r\n.\r\n", max(0, searched - 4))
-            if end >= 0:
-                break
-            if limit and discarded + len(buf) - 2 > limit + 3:
-                # Too big: keep reading to the end of the data, keeping only a tail.
-                discarded += len(buf) - 4
-                del buf[:-4]
-            searched = len(buf)
-            chunk = await self._reader.read(65536)
-            if not chunk:
-                raise ConnectionResetError("connection closed during DATA")
-            buf += chunk
-        # Whatever the client pipelined after the final dot is its next command.
-        rest = bytes(buf[end + 5 :])
-        if rest:
-            self._reader._buffer[:0] = rest  # type: ignore[attr-defined]
-        body = bytes(buf[2 : end + 2])
-        if discarded or (limit and len(body) > limit):
-            return None
-        body = body.replace(b"\r\n.", b"\r\n")
-        return body[1:] if body.startswith(b".") else body
-
     async def smtp_RCPT(self, arg: str | None) -> None:
         # aiosmtpd drops a source route (<@a,@b:user@c>) and keeps user@c; we refuse it.
         rest = (arg or "")[3:].lstrip() if (arg or "")[:3].upper() == "TO:" else ""
@@ -248,37 +187,3 @@ class GatewaySMTP(SMTP):
 
     def _create_envelope(self) -> GatewayEnvelope:
         return GatewayEnvelope()
-
-
-class SessionFactory:
-    """Makes a GatewaySMTP per connection, copying a template made once.
-
-    aiosmtpd's constructor inspects the handler and the class with dir() and inspect on every
-    connection, a fifth of the cost of a short session; the result is the same every time, so
-    each session starts as a copy of an unconnected template with its methods rebound.
-    """
-
-    def __init__(self, make: Callable[[], GatewaySMTP]) -> None:
-        self._template = make()
-
-    def __call__(self) -> GatewaySMTP:
-        t = self._template
-        session = GatewaySMTP.__new__(GatewaySMTP)
-        session.__dict__.update(t.__dict__)
-        reader = asyncio.StreamReader(limit=t.line_length_limit, loop=t.loop)
-        asyncio.StreamReaderProtocol.__init__(
-            session, reader, client_connected_cb=session._cb_client_connected, loop=t.loop
-        )
-        session._smtp_methods = {
-            name: types.MethodType(method.__func__, session)
-            for name, method in t._smtp_methods.items()
-        }
-        session._auth_methods = {
-            name: attr._replace(
-                method=types.MethodType(attr.method.__func__, session)  # type: ignore[attr-defined]
-            )
-            if attr.is_builtin
-            else attr
-            for name, attr in t._auth_methods.items()
-        }
-        return session

@@ -16,6 +16,7 @@ from typing import Any, AnyStr, Protocol
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from mxdesk.smtpfast import BlockDataSMTP
 from mxdesk.state import Mailbox
 from mxdesk.store.decode import without_controls
 from mxdesk.store.tickets import Filed
@@ -109,7 +110,7 @@ class LmtpHandler:
         return R451_LOCAL_ERROR
 
 
-class LmtpSession(LMTP):
+class LmtpSession(LMTP, BlockDataSMTP):
     """aiosmtpd's LMTP that answers every accepted recipient after DATA, errors included."""
 
     def __init__(self, handler: LmtpHandler, sessions: set[LmtpSession], **kwargs: Any) -> None:

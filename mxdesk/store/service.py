@@ -10,6 +10,7 @@ from pathlib import Path
 
 from mxdesk import state
 from mxdesk.config import Config
+from mxdesk.smtpfast import SessionFactory
 from mxdesk.state import Mailbox
 from mxdesk.store.db import open_tickets
 from mxdesk.store.lmtp import LmtpHandler, LmtpSession, listen_unix
@@ -104,7 +105,7 @@ async def start_store(config: Config) -> StoreService:
     handler = LmtpHandler(mailboxes, filer, config.gateway.max_recipients)
     sessions: set[LmtpSession] = set()
 
-    def session() -> LmtpSession:
+    def template() -> LmtpSession:
         return LmtpSession(
             handler,
             sessions,
@@ -115,7 +116,9 @@ async def start_store(config: Config) -> StoreService:
         )
 
     try:
-        server = await listen_unix(config.store.lmtp_socket, session, config.store.socket_group)
+        server = await listen_unix(
+            config.store.lmtp_socket, SessionFactory(template), config.store.socket_group
+        )
     except BaseException:
         store.close()
         raise
