@@ -74,6 +74,7 @@ class Daemon:
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
         self.notifications: list[str] = []
+        self.stopped_with: list[str] = []
         self._dir = tempfile.mkdtemp(prefix="mxn", dir="/tmp")
         self._sock_path = os.path.join(self._dir, "notify")
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -116,7 +117,20 @@ class Daemon:
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+        code = self.proc.wait(timeout)
+        self._drain_notifications()
+        return code
+
+    def _drain_notifications(self) -> None:
+        """Reads what the stopped process sent, so that start() waits for the next READY=1."""
+        self._sock.settimeout(0)
+        try:
+            while True:
+                self.notifications.append(self._sock.recv(4096).decode())
+        except (BlockingIOError, TimeoutError):
+            pass
+        self.stopped_with = list(self.notifications)
+        self.notifications.clear()
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

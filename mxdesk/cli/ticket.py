@@ -116,6 +116,7 @@ def _print_ticket(t: queries.TicketDetail) -> None:
                 ("Date", m.date),
                 ("Subject", m.subject),
                 ("Message-ID", m.message_id or ""),
+                ("Queue-ID", m.queue_id),
                 ("Flags", ", ".join(m.flags)),
             ]
         )

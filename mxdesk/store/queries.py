@@ -42,6 +42,7 @@ class MessageView:
     date: str
     subject: str
     message_id: str | None
+    queue_id: str
     text_body: str
     flags: list[str]
     defects: list[str]
@@ -107,7 +108,7 @@ def get_ticket(db: Database, number: int) -> TicketDetail:
     messages = [
         _message(db, m)
         for m in db.query(
-            "SELECT id, direction, from_addr, from_name, to_addrs, cc_addrs, date, subject,"
+            "SELECT id, queue_id, direction, from_addr, from_name, to_addrs, cc_addrs, date, subject,"
             " message_id, text_body, flags, defects, created"
             " FROM messages WHERE ticket = ? ORDER BY id",
             [number],
@@ -151,6 +152,7 @@ def _message(db: Database, m: dict[str, Any]) -> MessageView:
         date=m["date"],
         subject=m["subject"],
         message_id=m["message_id"],
+        queue_id=m["queue_id"] or "",
         text_body=m["text_body"],
         flags=_split(m["flags"], ","),
         defects=_split(m["defects"], "\n"),

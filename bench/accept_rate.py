@@ -1,0 +1,312 @@
+"""The gateway's durable accept rate against Postfix's on one machine; accept→ticket latency.
+
+One run measures both sides with the same load generator, Postfix's own smtp-source:
+
+  a) a private Postfix (its smtpd on a loopback port, mail for the hosted domain queued — with
+     Postfix's fsync — and then delivered to ``discard:``): the accept rate of a real MTA;
+  b) ``mxdesk store`` and ``mxdesk gateway`` as two processes from one config file: the gateway's
+     accept rate (250 only after the spool commit is fsynced), then the time from acceptance to
+     the message being filed on a ticket, per message.
+
+Each side runs ``--repeat`` times on a fresh instance; the best and every run are printed.
+
+    .venv/bin/python bench/accept_rate.py [--messages N] [--sessions 10] [--size 4096]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shlex
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from daemons import Daemon, provision, write_config
+from postfix_harness import PostfixInstance, postfix_binary
+
+DOMAIN = "helpdesk.example"
+MAILBOX = f"suporte@marca.{DOMAIN}"
+SENDER = "bench@cliente.example"
+HELO = "cliente.example"
+
+
+@dataclass
+class Run:
+    side: str
+    messages: int
+    seconds: float
+    latencies: list[float]  # accept → ticket, seconds; empty for Postfix
+    filing_rate: float = 0.0  # messages filed per second, first accept to last ticket
+    problems: int = 0  # warnings and errors in the daemons' logs, deferred deliveries
+    version: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds
+
+
+def smtp_source(port: int, args: argparse.Namespace) -> list[str]:
+    """The load: -s parallel sessions, a new connection per message (no -d), -l bytes each."""
+    binary = postfix_binary("smtp-source")
+    if binary is None:
+        sys.exit("smtp-source is not installed (Debian package postfix)")
+    return [
+        binary,
+        "-c",
+        "-s",
+        str(args.sessions),
+        "-l",
+        str(args.size),
+        "-m",
+        str(args.messages),
+        "-f",
+        SENDER,
+        "-t",
+        MAILBOX,
+        "-M",
+        HELO,
+        f"127.0.0.1:{port}",
+    ]
+
+
+def drive(port: int, args: argparse.Namespace) -> float:
+    """Runs smtp-source against port; returns the wall-clock seconds it took."""
+    command = smtp_source(port, args)
+    start = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{shlex.join(command)} exited {proc.returncode}: {proc.stderr[-500:]}")
+    return elapsed
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def run_postfix(args: argparse.Namespace) -> Run:
+    instance = PostfixInstance.discarding(DOMAIN, [MAILBOX], root=new_dir(args, "pf"))
+    try:
+        instance.start()
+        version = instance.version()
+        seconds = drive(instance.port, args)
+        # Every accepted message was queued and then discarded: nothing was lost or refused.
+        wait_until(
+            lambda: len(instance.deliveries()) >= args.messages,
+            args.timeout,
+            "Postfix to discard every message",
+        )
+        problems = sum(len(instance.deliveries(s)) for s in ("deferred", "bounced"))
+    finally:
+        instance.stop()
+        instance.cleanup()
+    return Run("postfix", args.messages, seconds, [], problems=problems, version=version)
+
+
+def filed(database: Path) -> list[tuple[str, float]]:
+    """(queue id, created) of every message in tickets.db."""
+    if not database.exists():
+        return []
+    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
+    try:
+        return conn.execute("SELECT queue_id, created FROM messages").fetchall()
+    except sqlite3.OperationalError:  # the store has not made its schema yet
+        return []
+    finally:
+        conn.close()
+
+
+def accept_time(queue_id: str) -> float:
+    """The spool id starts with the accept time in milliseconds since the epoch, 11 hex digits."""
+    return int(queue_id[:11], 16) / 1000
+
+
+def run_gateway(args: argparse.Namespace) -> Run:
+    root = new_dir(args, "mx")
+    config = write_config(root)
+    provision(config)
+    port = int(re.findall(r"127\.0\.0\.1:(\d+)", config.read_text())[0])
+    store = Daemon(config, "store", root / "store.log")
+    gateway = Daemon(config, "gateway", root / "gateway.log")
+    database = root / "state" / "tickets.db"
+    try:
+        store.start()
+        gateway.start()
+        seconds = drive(port, args)
+        wait_until(
+            lambda: len(filed(database)) >= args.messages,
+            args.timeout,
+            "every message to be filed on a ticket",
+        )
+        rows = filed(database)
+        if len({q for q, _ in rows}) != args.messages:
+            raise RuntimeError(f"{len(rows)} messages filed for {args.messages} sent")
+        codes = (gateway.terminate(), store.terminate())
+        if codes != (0, 0):
+            raise RuntimeError(f"gateway and store exited {codes}; logs in {root}")
+        problems = sum(
+            1
+            for log in (gateway.log, store.log)
+            for line in log.read_text(errors="replace").splitlines()
+            if " WARNING " in line or " ERROR " in line
+        )
+    finally:
+        gateway.close()
+        store.close()
+    shutil.rmtree(root, ignore_errors=True)
+    accepted = [accept_time(q) for q, _ in rows]
+    created = [c for _, c in rows]
+    return Run(
+        "gateway",
+        args.messages,
+        seconds,
+        [c - a for a, c in zip(accepted, created, strict=True)],
+        filing_rate=len(rows) / (max(created) - min(accepted)),
+        problems=problems,
+    )
+
+
+def new_dir(args: argparse.Namespace, prefix: str) -> Path:
+    # Short, so the store's Unix socket path fits; 0755 so Postfix's daemons can reach the queue.
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=args.workdir))
+    path.chmod(0o755)
+    return path
+
+
+def percentile(values: list[float], p: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
+
+
+def filesystem(path: Path) -> str:
+    """The type of the file system path lives on, from /proc/mounts (fsync cost depends on it)."""
+    best = ("", "?")
+    with open("/proc/mounts") as mounts:
+        for line in mounts:
+            _dev, mount, fstype, *_ = line.split()
+            inside = str(path).startswith(mount.rstrip("/") + "/") or str(path) == mount
+            if inside and len(mount) > len(best[0]):
+                best = (mount, fstype)
+    return f"{best[1]} (mounted on {best[0]})"
+
+
+def machine(args: argparse.Namespace, postfix: str) -> list[str]:
+    with open("/proc/cpuinfo") as cpuinfo:
+        cpu = next(
+            (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
+            platform.machine(),
+        )
+    return [
+        f"nproc: {len(os.sched_getaffinity(0))} ({cpu})",
+        f"kernel: {platform.release()}, Python {platform.python_version()},"
+        f" Postfix {postfix or '?'}",
+        f"work directory: {args.workdir}, {filesystem(Path(args.workdir).resolve())}",
+    ]
+
+
+def report(args: argparse.Namespace, runs: list[Run]) -> None:
+    postfix = [r for r in runs if r.side == "postfix"]
+    gateway = [r for r in runs if r.side == "gateway"]
+    best_p = max(postfix, key=lambda r: r.rate)
+    best_g = max(gateway, key=lambda r: r.rate)
+    latencies = [x for r in gateway for x in r.latencies]
+    print()
+    print(
+        f"{args.messages} messages of {args.size} bytes, {args.sessions} sessions,"
+        " one connection per message"
+    )
+    for line in machine(args, best_p.version):
+        print(line)
+    print()
+    print(
+        f"{'run':<5}{'side':<9}{'seconds':>8}{'accepted/s':>12}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{'filed/s':>9}{'problems':>10}"
+    )
+    for i, r in enumerate(runs, start=1):
+        p50 = f"{percentile(r.latencies, 50) * 1000:.0f}" if r.latencies else "-"
+        p99 = f"{percentile(r.latencies, 99) * 1000:.0f}" if r.latencies else "-"
+        filing = f"{r.filing_rate:.0f}" if r.filing_rate else "-"
+        print(
+            f"{i:<5}{r.side:<9}{r.seconds:>8.2f}{r.rate:>12.0f}{p50:>8}{p99:>8}{filing:>9}"
+            f"{r.problems:>10}"
+        )
+    print()
+    print(f"Postfix accept rate (best of {len(postfix)}):  {best_p.rate:8.0f} msg/s")
+    print(f"gateway accept rate (best of {len(gateway)}):  {best_g.rate:8.0f} msg/s")
+    print(f"ratio gateway/Postfix:         {best_g.rate / best_p.rate:8.2f}")
+    print(
+        f"accept→ticket latency, all gateway runs ({len(latencies)} messages):"
+        f" p50 {percentile(latencies, 50) * 1000:.0f} ms,"
+        f" p99 {percentile(latencies, 99) * 1000:.0f} ms"
+    )
+    print()
+    print("problems: warnings/errors in the daemons' logs (gateway), deferred or bounced")
+    print("deliveries (Postfix); filed/s: messages filed per second, first accept to last ticket")
+    print("smtp-source command (same for both sides, only the port differs):")
+    print("  " + shlex.join([*smtp_source(0, args)[:-1], "127.0.0.1:PORT"]))
+    print("reproduce:")
+    print(
+        "  "
+        + shlex.join(
+            [
+                ".venv/bin/python",
+                "bench/accept_rate.py",
+                "--messages",
+                str(args.messages),
+                "--sessions",
+                str(args.sessions),
+                "--size",
+                str(args.size),
+                "--repeat",
+                str(args.repeat),
+            ]
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--messages", type=int, default=2000, help="messages per run")
+    parser.add_argument("--sessions", type=int, default=10, help="parallel SMTP sessions")
+    parser.add_argument("--size", type=int, default=4096, help="message body bytes")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each side")
+    parser.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to wait for delivery after the load"
+    )
+    parser.add_argument(
+        "--workdir",
+        default="/tmp",
+        help="where the instances live (keep the path short: Unix sockets)",
+    )
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("run as root: Postfix is started with `postfix start`")
+    runs: list[Run] = []
+    # Interleaved, so a drift of the machine's speed during the run hits both sides alike.
+    for i in range(args.repeat):
+        for side, run in (("postfix", run_postfix), ("gateway", run_gateway)):
+            print(f"run {i + 1}/{args.repeat}: {side} …", flush=True)
+            runs.append(run(args))
+    report(args, runs)
+
+
+if __name__ == "__main__":
+    main()
