@@ -108,8 +108,8 @@ def get_ticket(db: Database, number: int) -> TicketDetail:
     messages = [
         _message(db, m)
         for m in db.query(
-            "SELECT id, queue_id, direction, from_addr, from_name, to_addrs, cc_addrs, date, subject,"
-            " message_id, text_body, flags, defects, created"
+            "SELECT id, queue_id, direction, from_addr, from_name, to_addrs, cc_addrs, date,"
+            " subject, message_id, text_body, flags, defects, created"
             " FROM messages WHERE ticket = ? ORDER BY id",
             [number],
         )
