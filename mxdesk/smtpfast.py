@@ -12,6 +12,12 @@ from aiosmtpd.smtp import SMTP
 S = TypeVar("S", bound=SMTP)
 
 
+def with_extensions(responses: list[str]) -> list[str]:
+    """aiosmtpd's EHLO/LHLO lines plus PIPELINING (RFC 2920) and ENHANCEDSTATUSCODES (RFC 2034),
+    which both the MX and the store honour."""
+    return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+
+
 class BlockDataSMTP(SMTP):
     """aiosmtpd's SMTP (and, as a base of LMTP, LMTP) with DATA read in blocks."""
 

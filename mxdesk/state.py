@@ -88,9 +88,10 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
-def migrate(conn: sqlite3.Connection) -> None:
+def migrate(conn: sqlite3.Connection, schema: list[str] = SCHEMA) -> None:
+    """Brings a database up to date: script N takes it to PRAGMA user_version N."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    for number, script in enumerate(SCHEMA[version:], start=version + 1):
+    for number, script in enumerate(schema[version:], start=version + 1):
         with transaction(conn):
             for statement in script.split(";"):
                 if statement.strip():

@@ -10,6 +10,7 @@ from typing import Any
 from mxdesk.gateway.policy import Accept, RecipientPolicy
 from mxdesk.gateway.smtp import GatewayEnvelope
 from mxdesk.gateway.spool import NewEntry, Recipient, Spool, SpoolError, new_queue_id
+from mxdesk.smtpfast import with_extensions
 
 log = logging.getLogger("mxdesk.gateway.mx")
 
@@ -67,8 +68,7 @@ class MxHandler:
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
     ) -> list[str]:
         session.host_name = hostname
-        extra = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
-        return responses[:-1] + extra + responses[-1:]
+        return with_extensions(responses)
 
     async def handle_MAIL(
         self,

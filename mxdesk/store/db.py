@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from mxdesk.state import transaction
+from mxdesk.state import migrate
 from mxdesk.store.threader import KnownMessage, KnownTicket
 
 SCHEMA = [
@@ -88,7 +88,7 @@ def open_tickets(path: Path) -> Database:
     # 250 from the store lets the gateway delete its copy: the commit must reach the disk first.
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
-    _migrate(conn)
+    migrate(conn, SCHEMA)
     return Database(conn)
 
 
@@ -100,16 +100,6 @@ def open_readonly(path: Path) -> Database:
     except sqlite3.Error as exc:
         raise TicketsUnavailable(f"cannot read the tickets database {path}: {exc}") from None
     return Database(conn)
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    for number, script in enumerate(SCHEMA[version:], start=version + 1):
-        with transaction(conn):
-            for statement in script.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version={number}")
 
 
 def delivered_ticket(db: Database, key: str) -> int | None:

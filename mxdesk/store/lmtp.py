@@ -16,7 +16,7 @@ from typing import Any, AnyStr, Protocol
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from mxdesk.smtpfast import BlockDataSMTP
+from mxdesk.smtpfast import BlockDataSMTP, with_extensions
 from mxdesk.state import Mailbox
 from mxdesk.store.decode import without_controls
 from mxdesk.store.tickets import Filed
@@ -67,7 +67,7 @@ class LmtpHandler:
     ) -> list[str]:
         session.host_name = host
         # RFC 2033 §5: an LMTP server must offer both.
-        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+        return with_extensions(responses)
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
