@@ -76,11 +76,18 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class DkimConfig:
+    keys_dir: Path = Path("/var/lib/mxdesk/dkim")
+    ed25519: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     general: GeneralConfig = field(default_factory=GeneralConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     inbound_retry: RetryConfig = field(default_factory=RetryConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    dkim: DkimConfig = field(default_factory=DkimConfig)
     source: Path | None = None
 
 
@@ -158,7 +165,7 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
             return {}
         return value
 
-    for extra in sorted(set(data) - {"mxdesk", "gateway", "store"}):
+    for extra in sorted(set(data) - {"mxdesk", "gateway", "store", "dkim"}):
         errors.append(f"{extra}: unknown section")
 
     g = _Reader(table("mxdesk"), "mxdesk", errors)
@@ -236,9 +243,23 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
         errors.append(f"store.lmtp_socket: {store.lmtp_socket} is too long for a Unix socket")
     s.finish()
 
+    k = _Reader(table("dkim"), "dkim", errors)
+    dkim = DkimConfig(
+        keys_dir=k.path("keys_dir", state_dir / "dkim") or state_dir / "dkim",
+        ed25519=k.get("ed25519", bool, False),
+    )
+    k.finish()
+
     if errors:
         raise ConfigError(errors)
-    return Config(general=general, gateway=gateway, inbound_retry=retry, store=store, source=source)
+    return Config(
+        general=general,
+        gateway=gateway,
+        inbound_retry=retry,
+        store=store,
+        dkim=dkim,
+        source=source,
+    )
 
 
 def config_path(explicit: str | None) -> Path:

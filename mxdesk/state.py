@@ -37,6 +37,16 @@ SCHEMA = [
     );
     CREATE INDEX mailboxes_tenant ON mailboxes(tenant);
     """,
+    """
+    CREATE TABLE dkim_keys (
+        domain TEXT NOT NULL,
+        selector TEXT NOT NULL,
+        algorithm TEXT NOT NULL CHECK (algorithm IN ('rsa-sha256', 'ed25519-sha256')),
+        path TEXT NOT NULL,
+        created REAL NOT NULL,
+        PRIMARY KEY (domain, selector)
+    );
+    """,
 ]
 
 

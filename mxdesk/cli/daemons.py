@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from mxdesk import config as cfg
-from mxdesk import daemon, state
+from mxdesk import daemon, domains, state
 from mxdesk.cli.context import Context, pass_context
 from mxdesk.cli.output import emit_json, json_option
 from mxdesk.gateway.service import GatewayService
@@ -21,7 +21,11 @@ from mxdesk.store.service import start_store
 def init_state(config: cfg.Config) -> None:
     """Creates the state directory and the databases; safe to run again."""
     config.general.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-    state.connect(config.general.state_db).close()
+    conn = state.connect(config.general.state_db)
+    try:
+        domains.ensure_base_domain_keys(conn, config)
+    finally:
+        conn.close()
 
 
 def _refuse_bad_config(ctx: Context) -> cfg.Config:
@@ -111,7 +115,7 @@ def _demo(directory: Path, port: int) -> Path:
     reserved = reserved_labels(None)
     try:
         state.add_tenant(conn, base, "marca", "owner@marca.example", "plus", reserved)
-        state.add_hosted_domain(conn, base, "marca", "marca", reserved)
+        domains.add_hosted_domain(conn, config, "marca", "marca", reserved)
         state.add_mailbox(conn, base, f"suporte@marca.{base}", "Suporte Marca")
     except (state.StateError, sqlite3.IntegrityError):
         pass  # already set up by an earlier run

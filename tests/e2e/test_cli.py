@@ -111,3 +111,13 @@ def test_daemons_notify_systemd_and_stop_cleanly_on_sigterm(conf: Path, short_tm
             assert any("STOPPING=1" in n for n in d.stopped_with)
         finally:
             d.close()
+
+
+def test_domain_add_creates_dkim_keys_and_shows_the_records(conf: Path) -> None:
+    provision(conf)
+    shown = json.loads(cli(conf, "domain", "show", "marca.helpdesk.example", "--json").stdout)
+    assert [r["algorithm"] for r in shown["dkim"]] == ["rsa-sha256"]
+    assert shown["dkim"][0]["txt"].startswith("v=DKIM1; k=rsa; p=")
+    assert "DKIM rsa-sha256" in cli(conf, "domain", "show", "marca.helpdesk.example").stdout
+    missing = cli(conf, "domain", "show", "nada.helpdesk.example", check=False)
+    assert missing.returncode == 1 and "no domain" in missing.stderr

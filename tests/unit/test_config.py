@@ -13,6 +13,7 @@ def test_example_file_is_valid_and_matches_defaults() -> None:
     assert loaded.gateway == cfg.parse({}).gateway
     assert loaded.store == cfg.parse({}).store
     assert loaded.inbound_retry == cfg.RetryConfig()
+    assert loaded.dkim == cfg.parse({}).dkim
 
 
 def test_every_dataclass_field_is_documented_in_the_example() -> None:
@@ -43,6 +44,8 @@ def test_every_dataclass_field_is_documented_in_the_example() -> None:
         "lmtp_socket",
         "socket_group",
         "database",
+        "keys_dir",
+        "ed25519",
     ):
         assert f"\n{key} = " in text, key
 
