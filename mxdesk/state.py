@@ -47,6 +47,21 @@ SCHEMA = [
         PRIMARY KEY (domain, selector)
     );
     """,
+    """
+    CREATE TABLE operators (
+        tenant TEXT NOT NULL REFERENCES tenants(slug),
+        name TEXT NOT NULL,
+        signature TEXT NOT NULL DEFAULT '',
+        created REAL NOT NULL,
+        PRIMARY KEY (tenant, name)
+    );
+    CREATE TABLE generic_signatures (
+        tenant TEXT PRIMARY KEY REFERENCES tenants(slug),
+        signature TEXT NOT NULL
+    );
+    ALTER TABLE mailboxes ADD COLUMN operator_signatures INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE mailboxes ADD COLUMN generic_signature INTEGER NOT NULL DEFAULT 1;
+    """,
 ]
 
 
@@ -79,6 +94,8 @@ class Mailbox:
     default_inbox: bool
     active: bool
     created: float
+    operator_signatures: bool = True
+    generic_signature: bool = True
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -151,7 +168,11 @@ def add_tenant(
         if conn.execute("SELECT 1 FROM mailboxes WHERE address=?", (inbox,)).fetchone():
             raise StateError(f"address {inbox} is already taken")
         conn.execute("INSERT INTO tenants VALUES (?,?,?,?)", (slug, owner_addr, plan, now))
-        conn.execute("INSERT INTO mailboxes VALUES (?,?,?,1,1,?)", (inbox, slug, slug, now))
+        conn.execute(
+            "INSERT INTO mailboxes (address, tenant, name, default_inbox, active, created)"
+            " VALUES (?,?,?,1,1,?)",
+            (inbox, slug, slug, now),
+        )
     return Tenant(slug, owner_addr, plan, now)
 
 
@@ -222,7 +243,9 @@ def add_mailbox(conn: sqlite3.Connection, base_domain: str, address: str, name: 
         if conn.execute("SELECT 1 FROM mailboxes WHERE address=?", (str(addr),)).fetchone():
             raise StateError(f"mailbox {addr} already exists")
         conn.execute(
-            "INSERT INTO mailboxes VALUES (?,?,?,0,1,?)", (str(addr), domain.tenant, name, now)
+            "INSERT INTO mailboxes (address, tenant, name, default_inbox, active, created)"
+            " VALUES (?,?,?,0,1,?)",
+            (str(addr), domain.tenant, name, now),
         )
     return Mailbox(str(addr), domain.tenant, name, False, True, now)
 
@@ -235,6 +258,8 @@ def _mailbox(row: sqlite3.Row) -> Mailbox:
         bool(row["default_inbox"]),
         bool(row["active"]),
         row["created"],
+        bool(row["operator_signatures"]),
+        bool(row["generic_signature"]),
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mxdesk import state
+from mxdesk import operators, state
 from mxdesk.cli.context import Context, need_state, pass_context
 from mxdesk.cli.output import emit_json, emit_table, errors_to_exit, json_option
 
@@ -51,6 +51,45 @@ def list_(ctx: Context, tenant_slug: str | None, as_json: bool) -> None:
                 for m in boxes
             ],
             ["address", "tenant", "name", "kind", "status"],
+        )
+
+
+ON_OFF = click.Choice(["on", "off"])
+
+
+@mailbox_group.command("set")
+@click.argument("address")
+@click.option(
+    "--operator-signatures",
+    type=ON_OFF,
+    help="Replies carry the operator's own signature when they have one.",
+)
+@click.option(
+    "--generic-signature", type=ON_OFF, help="Replies fall back to the tenant's generic signature."
+)
+@json_option
+@pass_context
+@errors_to_exit(state.StateError)
+def set_(
+    ctx: Context,
+    address: str,
+    operator_signatures: str | None,
+    generic_signature: str | None,
+    as_json: bool,
+) -> None:
+    """Change a mailbox's signature switches."""
+    m = operators.set_mailbox_switches(
+        need_state(ctx),
+        address,
+        None if operator_signatures is None else operator_signatures == "on",
+        None if generic_signature is None else generic_signature == "on",
+    )
+    if as_json:
+        emit_json(m)
+    else:
+        click.echo(
+            f"{m.address}: operator signatures {'on' if m.operator_signatures else 'off'},"
+            f" generic signature {'on' if m.generic_signature else 'off'}"
         )
 
 

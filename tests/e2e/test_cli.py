@@ -121,3 +121,34 @@ def test_domain_add_creates_dkim_keys_and_shows_the_records(conf: Path) -> None:
     assert "DKIM rsa-sha256" in cli(conf, "domain", "show", "marca.helpdesk.example").stdout
     missing = cli(conf, "domain", "show", "nada.helpdesk.example", check=False)
     assert missing.returncode == 1 and "no domain" in missing.stderr
+
+
+def test_operators_signatures_and_mailbox_switches(conf: Path, short_tmp: Path) -> None:
+    provision(conf)
+    sig = short_tmp / "ana.txt"
+    sig.write_text("Ana Souza\nSuporte Marca\n", "utf-8")
+    cli(conf, "operator", "add", "Ana Souza", "--tenant", "marca", "--signature-file", str(sig))
+    cli(conf, "operator", "add", "Bruno", "--tenant", "marca")
+    ops = json.loads(cli(conf, "operator", "list", "--json").stdout)
+    assert [(o["name"], o["signature"]) for o in ops] == [
+        ("Ana Souza", "Ana Souza\nSuporte Marca"),
+        ("Bruno", ""),
+    ]
+    generic = short_tmp / "equipe.txt"
+    generic.write_text("Equipe Marca\n", "utf-8")
+    cli(conf, "signature", "set", "--tenant", "marca", "--file", str(generic))
+    assert cli(conf, "signature", "show", "--tenant", "marca").stdout.strip() == "Equipe Marca"
+    out = json.loads(
+        cli(
+            conf,
+            "mailbox",
+            "set",
+            "suporte@marca.helpdesk.example",
+            "--generic-signature",
+            "off",
+            "--json",
+        ).stdout
+    )
+    assert out["generic_signature"] is False and out["operator_signatures"] is True
+    dup = cli(conf, "operator", "add", "Bruno", "--tenant", "marca", check=False)
+    assert dup.returncode == 1 and "already exists" in dup.stderr
