@@ -10,6 +10,7 @@ from pathlib import Path
 
 from mxdesk import state
 from mxdesk.config import Config
+from mxdesk.secrets import installation_key
 from mxdesk.smtpfast import SessionFactory
 from mxdesk.state import Mailbox
 from mxdesk.store.db import open_tickets
@@ -99,7 +100,10 @@ class StoreService:
 
 async def start_store(config: Config) -> StoreService:
     """Opens tickets.db and serves LMTP on the configured Unix socket."""
-    store = TicketStore(await asyncio.to_thread(open_tickets, config.store.database))
+    store = TicketStore(
+        await asyncio.to_thread(open_tickets, config.store.database),
+        message_id_key=installation_key(config.general.state_dir),
+    )
     mailboxes = StateMailboxes(config.general.state_db)
     filer = ThreadedFiler(store)
     handler = LmtpHandler(mailboxes, filer, config.gateway.max_recipients)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mxdesk.store.parse import ParsedMessage
 
@@ -38,6 +38,8 @@ class ThreadFacts:
 
     messages: Mapping[str, Sequence[KnownMessage]]
     tickets: Mapping[int, KnownTicket]
+    # Message-IDs made by mxdesk (their MAC checked) and the ticket each one names.
+    signed: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -79,13 +81,21 @@ def subject_tags(subject: str) -> list[int]:
 def place(
     msg: ParsedMessage, automatic: bool, tenant: str, mailbox: str, facts: ThreadFacts
 ) -> Placement:
-    """Chooses the ticket: a known reference of the same tenant, else a [#N] tag from a
-    participant of that ticket, else a new ticket. Another tenant's ticket is never joined."""
+    """Chooses the ticket: a known reference of the same tenant, else one of mxdesk's own
+    Message-IDs naming a ticket of the tenant, else a [#N] tag from a participant of that
+    ticket, else a new ticket. Another tenant's ticket is never joined."""
     for message_id in referenced_ids(msg, automatic):
         found = [k for k in facts.messages.get(message_id, ()) if k.tenant == tenant]
         if found:
             same_box = [k for k in found if k.mailbox == mailbox]
             return Placement(max(k.ticket for k in same_box or found), "reference", automatic)
+    for message_id in referenced_ids(msg, automatic):
+        # One of our replies that is not stored (or was purged): its Message-ID still names
+        # the ticket, and the MAC shows mxdesk made it.
+        number = facts.signed.get(message_id)
+        known = facts.tickets.get(number) if number is not None else None
+        if known is not None and known.tenant == tenant:
+            return Placement(number, "message-id", automatic)
     for number in subject_tags(msg.subject):
         ticket = facts.tickets.get(number)
         if ticket and ticket.tenant == tenant and msg.from_addr in ticket.participants:

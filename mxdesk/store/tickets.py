@@ -14,6 +14,7 @@ from sqlite_utils import Database
 
 from mxdesk.state import Mailbox, transaction
 from mxdesk.store import db as tickets_db
+from mxdesk.store.compose import ticket_of_message_id
 from mxdesk.store.parse import ParsedMessage, parse_message, queue_id_of
 from mxdesk.store.threader import (
     ThreadFacts,
@@ -49,9 +50,15 @@ def delivery_id(raw: bytes) -> tuple[str, str]:
 class TicketStore:
     """Files messages in tickets.db; one writer at a time, callable from worker threads."""
 
-    def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Callable[[], float] = time.time,
+        message_id_key: bytes | None = None,
+    ) -> None:
         self.db = db
         self.clock = clock
+        self.message_id_key = message_id_key
         self._lock = threading.Lock()
 
     def file_all(
@@ -100,9 +107,17 @@ class TicketStore:
             if ticket is not None:
                 return Filed(queue_id, ticket, duplicate=True)
             automatic = is_automatic(msg, envelope_from)
+            refs = referenced_ids(msg, automatic)
+            signed = {
+                mid: number
+                for mid in refs
+                if self.message_id_key
+                and (number := ticket_of_message_id(self.message_id_key, mid)) is not None
+            }
             facts = ThreadFacts(
-                tickets_db.known_messages(self.db, referenced_ids(msg, automatic)),
-                tickets_db.known_tickets(self.db, subject_tags(msg.subject)),
+                tickets_db.known_messages(self.db, refs),
+                tickets_db.known_tickets(self.db, [*subject_tags(msg.subject), *signed.values()]),
+                signed,
             )
             placement = place(msg, automatic, mailbox.tenant, mailbox.address, facts)
             flags = "automatic" if automatic else ""

@@ -140,3 +140,14 @@ def test_participants_of_human_mail() -> None:
         ("bia@example.com", "cc"),
     ]
     assert participants_of(m, MAILBOX, automatic=True) == []
+
+
+def test_our_signed_message_id_joins_its_ticket_when_the_message_is_not_stored() -> None:
+    from mxdesk.store.compose import make_message_id
+
+    ours = make_message_id(b"k" * 32, 7, "marca.helpdesk.example")
+    reply = msg(subject="Re: x", in_reply_to=ours)
+    mine = ThreadFacts({}, {7: KnownTicket("marca", frozenset())}, {ours: 7})
+    assert place(reply, False, "marca", MAILBOX, mine) == Placement(7, "message-id", False)
+    theirs = ThreadFacts({}, {7: KnownTicket("outra", frozenset())}, {ours: 7})
+    assert place(reply, False, "marca", MAILBOX, theirs).ticket is None

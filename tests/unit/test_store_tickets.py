@@ -190,3 +190,22 @@ def test_cli_list_and_show(tmp_path: Path, store: TicketStore) -> None:
     ]
     code, out = cli(tmp_path, "show", "99")
     assert code == 1 and out.strip() == "mxdesk: no ticket #99: see 'mxdesk ticket list'"
+
+
+def test_a_reply_naming_only_our_message_id_joins_through_its_mac(db_path: Path) -> None:
+    from mxdesk.store.compose import make_message_id
+
+    key = b"s" * 32
+    s = TicketStore(open_tickets(db_path), message_id_key=key)
+    try:
+        (first,) = s.file_all(mail("Q1", "Subject: Pedido"), "joao@example.com", [SUPORTE])
+        assert first is not None
+        ours = make_message_id(key, first.ticket, "marca.example")  # a reply never stored here
+        reply = mail("Q2", "Subject: Re: Pedido", f"In-Reply-To: {ours}")
+        (joined,) = s.file_all(reply, "joao@example.com", [SUPORTE])
+        assert joined is not None and joined.ticket == first.ticket
+        forged = mail("Q3", "Subject: Re: Pedido", f"In-Reply-To: {ours.replace('.', '-', 1)}")
+        (other,) = s.file_all(forged, "joao@example.com", [SUPORTE])
+        assert other is not None and other.ticket != first.ticket
+    finally:
+        s.close()
