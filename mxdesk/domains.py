@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
 
 from mxdesk import dkimkeys, state
 from mxdesk.config import Config
-from mxdesk.gateway.dkim import load_key
 
 
 @dataclass(frozen=True)
@@ -43,12 +41,10 @@ def show_domain(conn: sqlite3.Connection, name: str) -> DomainView:
     domain = state.get_domain(conn, name)
     if domain is None:
         raise state.StateError(f"no domain {name!r}: see 'mxdesk domain list'")
-    records = []
-    for k in dkimkeys.keys_of(conn, domain.name):
-        key = load_key(Path(k.path).read_bytes(), k.domain, k.selector)
-        records.append(
-            DkimRecord(
-                f"{k.selector}._domainkey.{k.domain}", k.selector, k.algorithm, key.dns_txt()
-            )
+    records = [
+        DkimRecord(
+            f"{k.selector}._domainkey.{k.domain}", k.selector, k.algorithm.decode(), k.dns_txt()
         )
+        for k in dkimkeys.load_signing_keys(conn, domain.name)
+    ]
     return DomainView(domain, records)

@@ -43,8 +43,7 @@ def list_(ctx: Context, as_json: bool) -> None:
             )
         )
     emit_table(rows, ["id", "dir", "state", "created", "size", "tries", "from", "to", "error"])
-    if not as_json:
-        click.echo(f"{len(entries)} entries", err=True)
+    click.echo(f"{len(entries)} entries", err=True)
 
 
 def register(group: click.Group) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiosmtpd.smtp import Envelope
 
+from mxdesk.gateway.policy import Accept
 from mxdesk.smtpfast import BlockDataSMTP
 
 log = logging.getLogger("mxdesk.gateway.smtp")
@@ -52,8 +53,6 @@ def with_enhanced_code(line: str) -> str:
     code, sep, text = line[:3], line[3:4], line[4:]
     if code in _NO_ENHANCED or _ENHANCED.match(text) or code not in _DEFAULT_ENHANCED:
         return line
-    if code == "552" and "size" not in text.lower() and "data" not in text.lower():
-        return line
     return f"{code}{sep or ' '}{_DEFAULT_ENHANCED[code]} {text}"
 
 
@@ -62,7 +61,7 @@ class GatewayEnvelope(Envelope):
 
     def __init__(self) -> None:
         super().__init__()
-        self.routes: list[Any] = []
+        self.routes: list[Accept] = []
         self.attempted = ""
 
 
@@ -75,15 +74,20 @@ class ConnectionLimits:
     open: Counter[str] = field(default_factory=Counter)
     sessions: set[GatewaySMTP] = field(default_factory=set)
 
-    def admit(self, client: str) -> str | None:
-        if sum(self.open.values()) >= self.total:
+    def admit(self, session: GatewaySMTP, client: str) -> str | None:
+        """Counts the session in, or returns the 421 that refuses it."""
+        if len(self.sessions) >= self.total:
             return R421_TOO_MANY
         if self.open[client] >= self.per_client:
             return R421_TOO_MANY_FROM_YOU
+        self.sessions.add(session)
         self.open[client] += 1
         return None
 
-    def release(self, client: str) -> None:
+    def release(self, session: GatewaySMTP, client: str) -> None:
+        if session not in self.sessions:
+            return
+        self.sessions.discard(session)
         self.open[client] -= 1
         if self.open[client] <= 0:
             del self.open[client]
@@ -111,7 +115,7 @@ class GatewaySMTP(BlockDataSMTP):
             return
         peer = transport.get_extra_info("peername")
         self._client = str(peer[0]) if isinstance(peer, tuple) else "local"
-        refusal = self._limits.admit(self._client)
+        refusal = self._limits.admit(self, self._client)
         if refusal is not None:
             self._refused = True
             log.warning("client=%s refused: %s", self._client, refusal)
@@ -119,7 +123,6 @@ class GatewaySMTP(BlockDataSMTP):
             transport.write(refusal.encode() + b"\r\n")
             transport.close()
             return
-        self._limits.sessions.add(self)
         self._session_timer = self.loop.call_later(
             self._session_timeout, self._end_session, R421_SESSION
         )
@@ -128,9 +131,7 @@ class GatewaySMTP(BlockDataSMTP):
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:
             return
-        if self in self._limits.sessions:
-            self._limits.sessions.discard(self)
-            self._limits.release(self._client)
+        self._limits.release(self, self._client)
         if self._session_timer is not None:
             self._session_timer.cancel()
         super().connection_lost(error)

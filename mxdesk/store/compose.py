@@ -15,15 +15,10 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
 
+from mxdesk.store.parse import Attachment
+
 _OURS = re.compile(r"^<?t(\d{1,12})\.([0-9a-f]{12})\.([0-9a-f]{20})@([^>]+)>?$")
 _RE = re.compile(r"^\s*(re|res|aw|sv)\s*:", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class Attachment:
-    filename: str
-    content_type: str
-    content: bytes
 
 
 @dataclass(frozen=True)
