@@ -15,6 +15,7 @@ import pytest
 
 from mxdesk import config as cfg
 from mxdesk import state
+from mxdesk.gateway.dkim import DkimKey, generate_key, load_key
 from mxdesk.gateway.service import GatewayService
 from mxdesk.names import builtin_reserved
 
@@ -66,6 +67,15 @@ def provision(config: cfg.Config) -> None:
     state.add_hosted_domain(conn, BASE, "outra", "outra", reserved)
     state.add_mailbox(conn, BASE, f"contato@outra.{BASE}", "Contato Outra")
     conn.close()
+
+
+@pytest.fixture(scope="session")
+def dkim_keys() -> list[DkimKey]:
+    """An RSA-2048 and an Ed25519 key of the hosted domain marca.helpdesk.example."""
+    return [
+        load_key(generate_key("rsa"), f"marca.{BASE}", "mx1"),
+        load_key(generate_key("ed25519"), f"marca.{BASE}", "mx1e"),
+    ]
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """OpenDKIM's own verifier accepts mxdesk's RSA and Ed25519 signatures.
 
-opendkim-testmsg looks keys up in DNS through the system resolver, so the test runs it in a
-private mount namespace whose /etc/resolv.conf names a local DNS server serving the keys.
+opendkim-testmsg looks dkim_keys up in DNS through the system resolver, so the test runs it in a
+private mount namespace whose /etc/resolv.conf names a local DNS server serving the dkim_keys.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from dns_server import TxtServer
 
 from mxdesk.gateway import dkim as mxdkim
 
-DOMAIN = "marca.helpdesk.example"
 MESSAGE = (
     b'From: "Suporte Marca" <suporte@marca.helpdesk.example>\n'
     b"To: cliente@example.org\nSubject: Re: Pedido\nDate: Sat, 21 Nov 2026 05:44:09 +0000\n"
@@ -27,16 +26,8 @@ MESSAGE = (
 )
 
 
-@pytest.fixture(scope="module")
-def keys() -> list[mxdkim.DkimKey]:
-    return [
-        mxdkim.load_key(mxdkim.generate_key("rsa"), DOMAIN, "od1"),
-        mxdkim.load_key(mxdkim.generate_key("ed25519"), DOMAIN, "od1e"),
-    ]
-
-
 @pytest.fixture
-def resolver(keys: list[mxdkim.DkimKey], short_tmp: Path) -> Iterator[Path]:
+def resolver(dkim_keys: list[mxdkim.DkimKey], short_tmp: Path) -> Iterator[Path]:
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         if os.environ.get("MXDESK_REQUIRE_REAL") == "1":
             pytest.fail("root and unshare are needed to point OpenDKIM at a local DNS server")
@@ -44,7 +35,7 @@ def resolver(keys: list[mxdkim.DkimKey], short_tmp: Path) -> Iterator[Path]:
     # The system resolver only speaks to port 53: a loopback address of our own avoids clashes.
     host = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
     server = TxtServer(
-        {f"{k.selector}._domainkey.{k.domain}": k.dns_txt() for k in keys}, host=host, port=53
+        {f"{k.selector}._domainkey.{k.domain}": k.dns_txt() for k in dkim_keys}, host=host, port=53
     )
     conf = short_tmp / "resolv.conf"
     conf.write_text(f"nameserver {host}\noptions timeout:1 attempts:2\n")
@@ -62,9 +53,9 @@ def opendkim_verify(message: bytes, resolv_conf: Path) -> subprocess.CompletedPr
 
 @pytest.mark.parametrize("which", [0, 1], ids=["rsa-sha256", "ed25519-sha256"])
 def test_opendkim_verifies_our_signatures(
-    keys: list[mxdkim.DkimKey], resolver: Path, which: int
+    dkim_keys: list[mxdkim.DkimKey], resolver: Path, which: int
 ) -> None:
-    signed = mxdkim.sign(MESSAGE, [keys[which]])
+    signed = mxdkim.sign(MESSAGE, [dkim_keys[which]])
     result = opendkim_verify(signed, resolver)
     assert result.returncode == 0, result.stderr.decode()
     tampered = opendkim_verify(signed.replace(b"LF only", b"changed"), resolver)

@@ -25,44 +25,38 @@ MESSAGE = (
 )
 
 
-@pytest.fixture(scope="module")
-def keys() -> list[mxdkim.DkimKey]:
-    return [
-        mxdkim.load_key(mxdkim.generate_key("rsa"), DOMAIN, "mx1"),
-        mxdkim.load_key(mxdkim.generate_key("ed25519"), DOMAIN, "mx1e"),
-    ]
-
-
-def _dns(keys: list[mxdkim.DkimKey]):  # type: ignore[no-untyped-def]
-    records = {f"{k.selector}._domainkey.{k.domain}.".encode(): k.dns_txt().encode() for k in keys}
+def _dns(dkim_keys: list[mxdkim.DkimKey]):  # type: ignore[no-untyped-def]
+    records = {
+        f"{k.selector}._domainkey.{k.domain}.".encode(): k.dns_txt().encode() for k in dkim_keys
+    }
     return lambda name, timeout=5: records.get(name)
 
 
-def _verify(message: bytes, keys: list[mxdkim.DkimKey], idx: int) -> bool:
+def _verify(message: bytes, dkim_keys: list[mxdkim.DkimKey], idx: int) -> bool:
     try:
-        return bool(dkim.DKIM(message).verify(idx=idx, dnsfunc=_dns(keys)))
+        return bool(dkim.DKIM(message).verify(idx=idx, dnsfunc=_dns(dkim_keys)))
     except dkim.ValidationError:
         return False
 
 
-def test_rsa_and_ed25519_signatures_verify(keys: list[mxdkim.DkimKey]) -> None:
-    signed = mxdkim.sign(MESSAGE, keys)
-    assert _verify(signed, keys, 0)
-    assert _verify(signed, keys, 1)
+def test_rsa_and_ed25519_signatures_verify(dkim_keys: list[mxdkim.DkimKey]) -> None:
+    signed = mxdkim.sign(MESSAGE, dkim_keys)
+    assert _verify(signed, dkim_keys, 0)
+    assert _verify(signed, dkim_keys, 1)
     assert b"a=rsa-sha256" in signed and b"a=ed25519-sha256" in signed
 
 
-def test_line_endings_are_normalised_before_signing(keys: list[mxdkim.DkimKey]) -> None:
-    signed = mxdkim.sign(MESSAGE, keys)
+def test_line_endings_are_normalised_before_signing(dkim_keys: list[mxdkim.DkimKey]) -> None:
+    signed = mxdkim.sign(MESSAGE, dkim_keys)
     assert b"\r\n" in signed
     assert b"\n" not in signed.replace(b"\r\n", b"")
     assert b"\r" not in signed.replace(b"\r\n", b"")
     # What an SMTP client sends is CRLF text: it still verifies after the trip.
-    assert _verify(signed.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"), keys, 0)
+    assert _verify(signed.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"), dkim_keys, 0)
 
 
-def test_no_length_tag_and_relaxed_canonicalisation(keys: list[mxdkim.DkimKey]) -> None:
-    header = mxdkim.signature_header(mxdkim.normalise_line_endings(MESSAGE), keys[0])
+def test_no_length_tag_and_relaxed_canonicalisation(dkim_keys: list[mxdkim.DkimKey]) -> None:
+    header = mxdkim.signature_header(mxdkim.normalise_line_endings(MESSAGE), dkim_keys[0])
     tags = dict(dkim.util.parse_tag_value(header.split(b":", 1)[1]))
     assert b"l" not in tags
     assert tags[b"c"] == b"relaxed/relaxed"
@@ -82,17 +76,17 @@ def test_no_length_tag_and_relaxed_canonicalisation(keys: list[mxdkim.DkimKey]) 
     ],
 )
 def test_an_added_key_header_breaks_the_signature(
-    keys: list[mxdkim.DkimKey], addition: bytes
+    dkim_keys: list[mxdkim.DkimKey], addition: bytes
 ) -> None:
-    signed = mxdkim.sign(MESSAGE, keys[:1])
+    signed = mxdkim.sign(MESSAGE, dkim_keys[:1])
     head, body = signed.split(b"\r\n\r\n", 1)
-    assert not _verify(head + b"\r\n" + addition + b"\r\n" + body, keys, 0)
+    assert not _verify(head + b"\r\n" + addition + b"\r\n" + body, dkim_keys, 0)
 
 
-def test_a_changed_body_breaks_the_signature(keys: list[mxdkim.DkimKey]) -> None:
-    signed = mxdkim.sign(MESSAGE, keys)
-    assert not _verify(signed.replace(b"linha com LF", b"linha mudada"), keys, 0)
-    assert not _verify(signed.replace(b"linha com LF", b"linha mudada"), keys, 1)
+def test_a_changed_body_breaks_the_signature(dkim_keys: list[mxdkim.DkimKey]) -> None:
+    signed = mxdkim.sign(MESSAGE, dkim_keys)
+    assert not _verify(signed.replace(b"linha com LF", b"linha mudada"), dkim_keys, 0)
+    assert not _verify(signed.replace(b"linha com LF", b"linha mudada"), dkim_keys, 1)
 
 
 def test_rsa_keys_under_2048_bits_are_refused() -> None:
