@@ -50,6 +50,7 @@ class Run:
     latencies: list[float]  # accept → ticket, seconds; empty for Postfix
     filing_rate: float = 0.0  # messages filed per second, first accept to last ticket
     problems: int = 0  # warnings and errors in the daemons' logs, deferred deliveries
+    cpu_ms: tuple[float, float] = (0.0, 0.0)  # gateway and store CPU time per message
     version: str = ""
 
     @property
@@ -137,6 +138,12 @@ def accept_time(queue_id: str) -> float:
     return int(queue_id[:11], 16) / 1000
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (proc(5): fields 14 and 15 of stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_gateway(args: argparse.Namespace) -> Run:
     root = new_dir(args, "mx")
     config = write_config(root)
@@ -148,11 +155,18 @@ def run_gateway(args: argparse.Namespace) -> Run:
     try:
         store.start()
         gateway.start()
+        assert gateway.proc is not None and store.proc is not None
+        pids = (gateway.proc.pid, store.proc.pid)
+        cpu_before = [cpu_seconds(p) for p in pids]
         seconds = drive(port, args)
         wait_until(
             lambda: len(filed(database)) >= args.messages,
             args.timeout,
             "every message to be filed on a ticket",
+        )
+        cpu_ms = tuple(
+            1000 * (cpu_seconds(p) - b) / args.messages
+            for p, b in zip(pids, cpu_before, strict=True)
         )
         rows = filed(database)
         if len({q for q, _ in rows}) != args.messages:
@@ -179,6 +193,7 @@ def run_gateway(args: argparse.Namespace) -> Run:
         [c - a for a, c in zip(accepted, created, strict=True)],
         filing_rate=len(rows) / (max(created) - min(accepted)),
         problems=problems,
+        cpu_ms=(cpu_ms[0], cpu_ms[1]),
     )
 
 
@@ -253,6 +268,12 @@ def report(args: argparse.Namespace, runs: list[Run]) -> None:
         f"accept→ticket latency, all gateway runs ({len(latencies)} messages):"
         f" p50 {percentile(latencies, 50) * 1000:.0f} ms,"
         f" p99 {percentile(latencies, 99) * 1000:.0f} ms"
+    )
+    gateway_cpu = sum(r.cpu_ms[0] for r in gateway) / len(gateway)
+    store_cpu = sum(r.cpu_ms[1] for r in gateway) / len(gateway)
+    print(
+        f"CPU per message, mean of gateway runs: gateway {gateway_cpu:.2f} ms,"
+        f" store {store_cpu:.2f} ms (accept to ticket, delivery over LMTP included)"
     )
     print()
     print("problems: warnings/errors in the daemons' logs (gateway), deferred or bounced")
