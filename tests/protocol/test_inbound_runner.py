@@ -11,6 +11,7 @@ import pytest
 from conftest import MAILBOX, Running, make_config, provision, wait_for
 from wire import send_message, stored_messages
 
+from mxdesk import config as cfg
 from mxdesk import state
 from mxdesk.gateway.spool import HELD, QUEUED, list_entries
 
@@ -57,6 +58,12 @@ async def test_store_down_200_accepted_then_all_delivered_once(short_tmp: Path) 
         await r.close()
 
 
+def _set_active(config: cfg.Config, active: bool) -> None:
+    conn = state.connect(config.general.state_db)
+    conn.execute("UPDATE mailboxes SET active=? WHERE address=?", (int(active), MAILBOX))
+    conn.close()
+
+
 async def test_store_refusing_holds_the_entry_visibly(short_tmp: Path) -> None:
     config = make_config(short_tmp)
     provision(config)
@@ -65,25 +72,19 @@ async def test_store_refusing_holds_the_entry_visibly(short_tmp: Path) -> None:
     await r.start_gateway()
     try:
         # The gateway accepted the mailbox; by the time of delivery the store refuses it.
-        conn = state.connect(config.general.state_db)
-        conn.execute("UPDATE mailboxes SET active=0 WHERE address=?", (MAILBOX,))
-        conn.close()
+        _set_active(config, False)
         refused = await send_message(r.port, "x@example.org", [MAILBOX], b"Subject: x\r\n\r\ny\r\n")
         # The gateway reads the state database on every RCPT, so it refuses too.
         assert refused.startswith("550 5.1.1")
 
-        conn = state.connect(config.general.state_db)
-        conn.execute("UPDATE mailboxes SET active=1 WHERE address=?", (MAILBOX,))
-        conn.close()
+        _set_active(config, True)
         assert r.gateway is not None
         await r.stop_store()
         reply = await send_message(
             r.port, "x@example.org", [MAILBOX], b"Subject: held\r\n\r\ny\r\n"
         )
         assert reply.startswith("250")
-        conn = state.connect(config.general.state_db)
-        conn.execute("UPDATE mailboxes SET active=0 WHERE address=?", (MAILBOX,))
-        conn.close()
+        _set_active(config, False)
         await r.start_store()
         entries = await wait_for(
             lambda: [e for e in list_entries(config.gateway.spool_path) if e.state == HELD],
