@@ -19,7 +19,8 @@ from mxdesk.store.service import start_store
 
 
 def init_state(config: cfg.Config) -> None:
-    """Creates the state directory and the databases; safe to run again."""
+    """Creates the state directory, the databases and the base domain's DKIM keys; safe to run
+    again."""
     config.general.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
     conn = state.connect(config.general.state_db)
     try:
@@ -53,7 +54,7 @@ async def _both(config: cfg.Config) -> list[daemon.Service]:
 @click.command("init")
 @pass_context
 def init(ctx: Context) -> None:
-    """Create the state directory and databases (idempotent)."""
+    """Create the state directory, databases and the base domain's DKIM keys (idempotent)."""
     init_state(ctx.config)
     click.echo(f"state in {ctx.config.general.state_dir}")
 

@@ -22,7 +22,7 @@ def domain_group() -> None:
 @pass_context
 @errors_to_exit(state.StateError)
 def add(ctx: Context, label: str, tenant_slug: str, as_json: bool) -> None:
-    """Create the hosted subdomain LABEL.<base domain> for a plus or premium tenant."""
+    """Create LABEL.<base domain> for a plus or premium tenant, with its DKIM keys."""
     view = domains.add_hosted_domain(
         need_state(ctx), ctx.config, label, tenant_slug, ctx.reserved()
     )
