@@ -34,6 +34,8 @@ class GeneralConfig:
     runtime_dir: Path = Path("/run/mxdesk")
     reserved_labels_file: Path | None = None
     log_level: str = "info"
+    secrets_key_file: Path = Path("/var/lib/mxdesk/secrets.key")
+    secrets_credential: str = "mxdesk-secrets"
 
     @property
     def host_name(self) -> str:
@@ -69,6 +71,30 @@ class RetryConfig:
 
 
 @dataclass(frozen=True)
+class SubmissionConfig:
+    socket: Path = Path("/run/mxdesk/gateway/submit.sock")
+    socket_group: str = ""
+    # Unix user name -> tenant slugs it may send for ("*" = every tenant).
+    senders: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+@dataclass(frozen=True)
+class OutboundConfig:
+    send_delay: float = 10.0
+    smtp_port: int = 25
+    nameservers: tuple[Listen, ...] = ()
+    per_destination: int = 4
+    connect_timeout: float = 30.0
+    command_timeout: float = 300.0
+    tls: str = "may"
+
+
+OUTBOUND_RETRY = RetryConfig(
+    initial=300.0, maximum=4 * 3600.0, factor=2.0, hold_after=5 * 24 * 3600.0, concurrency=20
+)
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     lmtp_socket: Path = Path("/run/mxdesk/store/lmtp.sock")
     database: Path = Path("/var/lib/mxdesk/tickets.db")
@@ -86,6 +112,9 @@ class Config:
     general: GeneralConfig = field(default_factory=GeneralConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     inbound_retry: RetryConfig = field(default_factory=RetryConfig)
+    submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+    outbound: OutboundConfig = field(default_factory=OutboundConfig)
+    outbound_retry: RetryConfig = OUTBOUND_RETRY
     store: StoreConfig = field(default_factory=StoreConfig)
     dkim: DkimConfig = field(default_factory=DkimConfig)
     source: Path | None = None
@@ -135,10 +164,10 @@ class _Reader:
             self.errors.append(f"{self.key(extra)}: unknown key")
 
 
-def _listen(raw: Any, key: str, errors: list[str]) -> tuple[Listen, ...]:
-    if not isinstance(raw, list) or not raw:
-        errors.append(f'{key}: expected a non-empty list of "host:port" strings')
-        return GatewayConfig.listen
+def _host_ports(raw: Any, key: str, errors: list[str]) -> tuple[Listen, ...]:
+    if not isinstance(raw, list):
+        errors.append(f'{key}: expected a list of "host:port" strings')
+        return ()
     result = []
     for item in raw:
         host, sep, port = str(item).rpartition(":")
@@ -147,7 +176,41 @@ def _listen(raw: Any, key: str, errors: list[str]) -> tuple[Listen, ...]:
             errors.append(f'{key}: {item!r} is not "host:port" (e.g. "127.0.0.1:2525")')
             continue
         result.append(Listen(host, int(port)))
-    return tuple(result) or GatewayConfig.listen
+    return tuple(result)
+
+
+def _listen(raw: Any, key: str, errors: list[str]) -> tuple[Listen, ...]:
+    if isinstance(raw, list) and not raw:
+        errors.append(f'{key}: expected a non-empty list of "host:port" strings')
+    return _host_ports(raw, key, errors) or GatewayConfig.listen
+
+
+def _retry(table: Any, key: str, default: RetryConfig, errors: list[str]) -> RetryConfig:
+    r = _Reader(table if isinstance(table, dict) else {}, key, errors)
+    retry = RetryConfig(
+        initial=r.positive("initial", float, default.initial),
+        maximum=r.positive("maximum", float, default.maximum),
+        factor=r.positive("factor", float, default.factor),
+        hold_after=r.positive("hold_after", float, default.hold_after),
+        concurrency=r.positive("concurrency", int, default.concurrency),
+    )
+    if retry.factor < 1:
+        errors.append(f"{key}.factor: must be at least 1")
+    r.finish()
+    return retry
+
+
+def _senders(raw: Any, key: str, errors: list[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    if not isinstance(raw, dict):
+        errors.append(f'{key}: expected a table of user = ["tenant", …]')
+        return ()
+    result = []
+    for user, tenants in sorted(raw.items()):
+        if not isinstance(tenants, list) or not all(isinstance(t, str) for t in tenants):
+            errors.append(f'{key}.{user}: expected a list of tenant slugs (or ["*"])')
+            continue
+        result.append((user, tuple(tenants)))
+    return tuple(result)
 
 
 def _label_ok(name: str) -> bool:
@@ -184,13 +247,18 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
         runtime_dir=runtime_dir,
         reserved_labels_file=g.path("reserved_labels_file", None),
         log_level=log_level,
+        secrets_key_file=g.path("secrets_key_file", None) or state_dir / "secrets.key",
+        secrets_credential=g.get("secrets_credential", str, GeneralConfig.secrets_credential),
     )
     if general.reserved_labels_file and not general.reserved_labels_file.is_file():
         errors.append(f"mxdesk.reserved_labels_file: {general.reserved_labels_file} does not exist")
     g.finish()
 
     gw_table = dict(table("gateway"))
-    retry_table = gw_table.pop("inbound_retry", {}) if isinstance(gw_table, dict) else {}
+    retry_table = gw_table.pop("inbound_retry", {})
+    out_retry_table = gw_table.pop("outbound_retry", {})
+    sub_table = gw_table.pop("submission", {})
+    out_table = gw_table.pop("outbound", {})
     w = _Reader(gw_table, "gateway", errors)
     w.seen.add("listen")
     listen = _listen(gw_table.get("listen", ["0.0.0.0:25"]), "gateway.listen", errors)
@@ -218,19 +286,39 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
     )
     w.finish()
 
-    r = _Reader(
-        retry_table if isinstance(retry_table, dict) else {}, "gateway.inbound_retry", errors
+    retry = _retry(retry_table, "gateway.inbound_retry", RetryConfig(), errors)
+    outbound_retry = _retry(out_retry_table, "gateway.outbound_retry", OUTBOUND_RETRY, errors)
+
+    sub = _Reader(sub_table if isinstance(sub_table, dict) else {}, "gateway.submission", errors)
+    sub.seen.add("senders")
+    submission = SubmissionConfig(
+        socket=sub.path("socket", None) or runtime_dir / "gateway" / "submit.sock",
+        socket_group=sub.get("socket_group", str, ""),
+        senders=_senders(sub.table.get("senders", {}), "gateway.submission.senders", errors),
     )
-    retry = RetryConfig(
-        initial=r.positive("initial", float, RetryConfig.initial),
-        maximum=r.positive("maximum", float, RetryConfig.maximum),
-        factor=r.positive("factor", float, RetryConfig.factor),
-        hold_after=r.positive("hold_after", float, RetryConfig.hold_after),
-        concurrency=r.positive("concurrency", int, RetryConfig.concurrency),
+    if len(str(submission.socket)) > 100:
+        errors.append(f"gateway.submission.socket: {submission.socket} is too long for a socket")
+    sub.finish()
+
+    o = _Reader(out_table if isinstance(out_table, dict) else {}, "gateway.outbound", errors)
+    o.seen.add("nameservers")
+    defaults = OutboundConfig()
+    outbound = OutboundConfig(
+        send_delay=o.get("send_delay", float, defaults.send_delay),
+        smtp_port=o.positive("smtp_port", int, defaults.smtp_port),
+        nameservers=_host_ports(
+            o.table.get("nameservers", []), "gateway.outbound.nameservers", errors
+        ),
+        per_destination=o.positive("per_destination", int, defaults.per_destination),
+        connect_timeout=o.positive("connect_timeout", float, defaults.connect_timeout),
+        command_timeout=o.positive("command_timeout", float, defaults.command_timeout),
+        tls=o.get("tls", str, defaults.tls),
     )
-    if retry.factor < 1:
-        errors.append("gateway.inbound_retry.factor: must be at least 1")
-    r.finish()
+    if outbound.send_delay < 0:
+        errors.append("gateway.outbound.send_delay: must be 0 or more seconds")
+    if outbound.tls not in ("may", "none"):
+        errors.append(f"gateway.outbound.tls: {outbound.tls!r} is not may or none")
+    o.finish()
 
     s = _Reader(table("store"), "store", errors)
     lmtp_socket = s.path("lmtp_socket", runtime_dir / "store" / "lmtp.sock")
@@ -256,6 +344,9 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
         general=general,
         gateway=gateway,
         inbound_retry=retry,
+        submission=submission,
+        outbound=outbound,
+        outbound_retry=outbound_retry,
         store=store,
         dkim=dkim,
         source=source,

@@ -15,6 +15,9 @@ def test_example_file_is_valid_and_matches_defaults() -> None:
     assert loaded.gateway == cfg.parse({}).gateway
     assert loaded.store == cfg.parse({}).store
     assert loaded.inbound_retry == cfg.RetryConfig()
+    assert loaded.outbound_retry == cfg.OUTBOUND_RETRY
+    assert loaded.submission == cfg.parse({}).submission
+    assert loaded.outbound == cfg.parse({}).outbound
     assert loaded.dkim == cfg.parse({}).dkim
 
 
@@ -23,10 +26,13 @@ def test_every_setting_is_in_the_example_and_nothing_else() -> None:
     sections = {
         "mxdesk": (example["mxdesk"], cfg.GeneralConfig),
         "gateway": (
-            {k: v for k, v in example["gateway"].items() if k != "inbound_retry"},
+            {k: v for k, v in example["gateway"].items() if not isinstance(v, dict)},
             cfg.GatewayConfig,
         ),
         "gateway.inbound_retry": (example["gateway"]["inbound_retry"], cfg.RetryConfig),
+        "gateway.outbound_retry": (example["gateway"]["outbound_retry"], cfg.RetryConfig),
+        "gateway.submission": (example["gateway"]["submission"], cfg.SubmissionConfig),
+        "gateway.outbound": (example["gateway"]["outbound"], cfg.OutboundConfig),
         "store": (example["store"], cfg.StoreConfig),
         "dkim": (example["dkim"], cfg.DkimConfig),
     }
@@ -44,6 +50,8 @@ def test_errors_name_their_keys() -> None:
                     "listen": ["nowhere"],
                     "idle_timeout": "long",
                     "inbound_retry": {"factor": 0.5},
+                    "outbound": {"tls": "always", "nameservers": ["x"]},
+                    "submission": {"senders": {"helpdesk": "marca"}},
                 },
                 "extra": {},
             }
@@ -56,6 +64,9 @@ def test_errors_name_their_keys() -> None:
         "gateway.listen",
         "gateway.idle_timeout",
         "gateway.inbound_retry.factor",
+        "gateway.outbound.tls",
+        "gateway.outbound.nameservers",
+        "gateway.submission.senders.helpdesk",
         "extra: unknown section",
     ):
         assert key in text
