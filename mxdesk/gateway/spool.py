@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mxdesk.state import migrate
+
 log = logging.getLogger("mxdesk.gateway.spool")
 T = TypeVar("T")
 
-SCHEMA = """
+SCHEMA = [
+    """
 CREATE TABLE IF NOT EXISTS entries (
     id TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -42,9 +45,21 @@ CREATE TABLE IF NOT EXISTS recipients (
     reply TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (entry, position)
 );
-"""
+""",
+    # Delivery status notifications (RFC 3461): the submitter's envelope id and RET, and each
+    # recipient's NOTIFY; `notified` remembers that a delay notice went out already.
+    """
+ALTER TABLE entries ADD COLUMN envid TEXT NOT NULL DEFAULT '';
+ALTER TABLE entries ADD COLUMN ret TEXT NOT NULL DEFAULT '';
+ALTER TABLE recipients ADD COLUMN notify TEXT NOT NULL DEFAULT '';
+ALTER TABLE recipients ADD COLUMN notified TEXT NOT NULL DEFAULT '';
+""",
+]
 
-QUEUED, HELD = "queued", "held"
+# queued: waiting for its next attempt; delivering: claimed by the outbound runner (so it can no
+# longer be cancelled); held: needs a person (mxdesk queue release / cancel).
+RECIPIENT_COLUMNS = "original, mailbox, tenant, status, reply, notify, notified"
+QUEUED, DELIVERING, HELD = "queued", "delivering", "held"
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 
 
@@ -54,11 +69,16 @@ class SpoolError(Exception):
 
 @dataclass(frozen=True)
 class Recipient:
+    """One envelope recipient. Inbound: mailbox is the hosted mailbox it reaches. Outbound:
+    mailbox is the remote address (domain lower-cased) and tenant the sender's tenant."""
+
     original: str
     mailbox: str
     tenant: str
     status: str = PENDING
     reply: str = ""
+    notify: str = ""  # RFC 3461 NOTIFY: "" (default: FAILURE), "NEVER" or e.g. "SUCCESS,FAILURE"
+    notified: str = ""
 
 
 @dataclass(frozen=True)
@@ -69,6 +89,9 @@ class NewEntry:
     mail_from: str
     recipients: Sequence[Recipient]
     data: bytes
+    envid: str = ""
+    ret: str = ""
+    not_before: float = 0.0  # the first attempt waits until then (the outbound send delay)
 
 
 @dataclass(frozen=True)
@@ -85,6 +108,8 @@ class SpoolEntry:
     last_error: str
     recipients: tuple[Recipient, ...]
     data: bytes = field(default=b"", repr=False)
+    envid: str = ""
+    ret: str = ""
 
     @property
     def pending(self) -> list[Recipient]:
@@ -129,7 +154,7 @@ class Spool:
         # FULL: the WAL is fsynced at every commit, so a committed entry survives power loss.
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
-        conn.executescript(SCHEMA)
+        migrate(conn, SCHEMA)
         conn.row_factory = sqlite3.Row
         self._conn = conn
         # The WAL and journal files may just have been created: make their names durable.
@@ -244,8 +269,7 @@ class Spool:
         rcpts = (
             self._db()
             .execute(
-                "SELECT original, mailbox, tenant, status, reply FROM recipients WHERE entry=?"
-                " ORDER BY position",
+                f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE entry=? ORDER BY position",
                 (row["id"],),
             )
             .fetchall()
@@ -263,6 +287,8 @@ class Spool:
             last_error=row["last_error"],
             recipients=tuple(Recipient(*r) for r in rcpts),
             data=row["data"] if with_data else b"",
+            envid=row["envid"],
+            ret=row["ret"],
         )
 
     async def next_due_time(self, kind: str) -> float | None:
@@ -300,13 +326,25 @@ class Spool:
 def _insert(conn: sqlite3.Connection, e: NewEntry) -> None:
     now = time.time()
     conn.execute(
-        "INSERT INTO entries (id, kind, created, client, mail_from, size, data, next_attempt)"
-        " VALUES (?,?,?,?,?,?,?,?)",
-        (e.id, e.kind, now, e.client, e.mail_from, len(e.data), e.data, now),
+        "INSERT INTO entries (id, kind, created, client, mail_from, size, data, next_attempt,"
+        " envid, ret) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        (
+            e.id,
+            e.kind,
+            now,
+            e.client,
+            e.mail_from,
+            len(e.data),
+            e.data,
+            max(now, e.not_before),
+            e.envid,
+            e.ret,
+        ),
     )
     conn.executemany(
-        "INSERT INTO recipients (entry, position, original, mailbox, tenant) VALUES (?,?,?,?,?)",
-        [(e.id, i, r.original, r.mailbox, r.tenant) for i, r in enumerate(e.recipients)],
+        "INSERT INTO recipients (entry, position, original, mailbox, tenant, notify)"
+        " VALUES (?,?,?,?,?,?)",
+        [(e.id, i, r.original, r.mailbox, r.tenant, r.notify) for i, r in enumerate(e.recipients)],
     )
 
 
@@ -347,13 +385,12 @@ def list_entries(path: Path) -> list[SpoolEntry]:
     try:
         rows = conn.execute(
             "SELECT id, kind, created, client, mail_from, size, state, attempts, next_attempt,"
-            " last_error FROM entries ORDER BY created"
+            " last_error, envid, ret FROM entries ORDER BY created"
         ).fetchall()
         result = []
         for row in rows:
             rcpts = conn.execute(
-                "SELECT original, mailbox, tenant, status, reply FROM recipients WHERE entry=?"
-                " ORDER BY position",
+                f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE entry=? ORDER BY position",
                 (row["id"],),
             ).fetchall()
             result.append(SpoolEntry(**dict(row), recipients=tuple(Recipient(*r) for r in rcpts)))
