@@ -8,7 +8,7 @@ import click
 
 from mxdesk.cli.context import Context, pass_context
 from mxdesk.cli.output import emit_json, emit_table, json_option
-from mxdesk.gateway.spool import list_entries
+from mxdesk.gateway.queuectl import list_entries
 
 
 @click.group("queue")

@@ -60,6 +60,8 @@ ALTER TABLE recipients ADD COLUMN notified TEXT NOT NULL DEFAULT '';
 # longer be cancelled); held: needs a person (mxdesk queue release / cancel).
 RECIPIENT_COLUMNS = "original, mailbox, tenant, status, reply, notify, notified"
 QUEUED, DELIVERING, HELD = "queued", "delivering", "held"
+# Kinds whose entries the runner claims before delivering (they can be cancelled while queued).
+CLAIMED_KINDS = frozenset({"out"})
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 
 
@@ -173,6 +175,8 @@ class Spool:
                 "UPDATE entries SET state=?, last_error=? WHERE id=?",
                 (HELD, "no recipients recorded", row["id"]),
             )
+        # A claim dies with the process that made it: the attempt did not finish.
+        conn.execute("UPDATE entries SET state=? WHERE state=?", (QUEUED, DELIVERING))
         count = conn.execute("SELECT count(*) FROM entries WHERE state=?", (QUEUED,)).fetchone()
         if count[0]:
             log.info("spool recovered with %d queued entries", count[0])
@@ -258,12 +262,38 @@ class Spool:
 
     def _due(self, kind: str, limit: int, exclude: frozenset[str]) -> list[SpoolEntry]:
         conn = self._db()
-        rows = conn.execute(
-            "SELECT * FROM entries WHERE state=? AND kind=? AND next_attempt<=?"
-            " ORDER BY next_attempt LIMIT ?",
-            (QUEUED, kind, time.time(), limit + len(exclude)),
-        ).fetchall()
-        return [self._entry(r) for r in rows if r["id"] not in exclude][:limit]
+        claim = kind in CLAIMED_KINDS
+        if claim:
+            conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows = conn.execute(
+                "SELECT * FROM entries WHERE state=? AND kind=? AND next_attempt<=?"
+                " ORDER BY next_attempt LIMIT ?",
+                (QUEUED, kind, time.time(), limit + len(exclude)),
+            ).fetchall()
+            rows = [r for r in rows if r["id"] not in exclude][:limit]
+            if claim:
+                # Claimed durably before anything is sent: from now on `mxdesk queue cancel`
+                # refuses, so a cancelled reply can never reach a remote server.
+                conn.executemany(
+                    "UPDATE entries SET state=? WHERE id=?", [(DELIVERING, r["id"]) for r in rows]
+                )
+                conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return [self._entry(r) for r in rows]
+
+    async def unclaim(self, entry_id: str) -> None:
+        """Puts a claimed entry back in the queue unchanged (its attempt crashed)."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE entries SET state=? WHERE id=? AND state=?", (QUEUED, entry_id, DELIVERING)
+            )
+
+        await self._transact(op, new=False)
 
     def _entry(self, row: sqlite3.Row, with_data: bool = True) -> SpoolEntry:
         rcpts = (
@@ -312,15 +342,29 @@ class Spool:
         retry_at: float | None,
         hold: bool,
         error: str,
+        drop_failed: bool = False,
+        notices: Sequence[NewEntry] = (),
+        notified: Sequence[str] = (),
     ) -> None:
         """Records per-recipient results; removes the entry once no recipient is pending.
 
         results maps a recipient's mailbox to (status, reply). An entry whose recipients are all
-        delivered is deleted; one with failed recipients and none pending is held.
+        delivered is deleted; one with failed recipients and none pending is held, or deleted
+        with drop_failed (outbound: the sender was told by a DSN). notices (DSNs) are inserted
+        in the same transaction, and the mailboxes in notified are marked as told of a delay,
+        so a crash can neither lose a notice nor send one twice.
         """
-        await self._transact(
-            lambda conn: _apply(conn, entry.id, results, retry_at, hold, error), new=False
-        )
+
+        def op(conn: sqlite3.Connection) -> None:
+            for notice in notices:
+                _insert(conn, notice)
+            conn.executemany(
+                "UPDATE recipients SET notified='delayed' WHERE entry=? AND mailbox=?",
+                [(entry.id, m) for m in notified],
+            )
+            _apply(conn, entry.id, results, retry_at, hold, error, drop_failed)
+
+        await self._transact(op, new=bool(notices))
 
 
 def _insert(conn: sqlite3.Connection, e: NewEntry) -> None:
@@ -355,6 +399,7 @@ def _apply(
     retry_at: float | None,
     hold: bool,
     error: str,
+    drop_failed: bool,
 ) -> None:
     for mailbox, (status, reply) in results.items():
         conn.execute(
@@ -366,7 +411,7 @@ def _apply(
             "SELECT status, count(*) FROM recipients WHERE entry=? GROUP BY status", (entry_id,)
         ).fetchall()
     )
-    if not counts.get(PENDING) and not counts.get(FAILED):
+    if not counts.get(PENDING) and (drop_failed or not counts.get(FAILED)):
         conn.execute("DELETE FROM entries WHERE id=?", (entry_id,))
         return
     state = HELD if hold or not counts.get(PENDING) else QUEUED
@@ -374,26 +419,3 @@ def _apply(
         "UPDATE entries SET state=?, attempts=attempts+1, next_attempt=?, last_error=? WHERE id=?",
         (state, retry_at or time.time(), error[:500], entry_id),
     )
-
-
-def list_entries(path: Path) -> list[SpoolEntry]:
-    """All entries without their data, for `mxdesk queue list`; opens the spool read-only."""
-    if not path.exists():
-        return []
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    conn.row_factory = sqlite3.Row
-    try:
-        rows = conn.execute(
-            "SELECT id, kind, created, client, mail_from, size, state, attempts, next_attempt,"
-            " last_error, envid, ret FROM entries ORDER BY created"
-        ).fetchall()
-        result = []
-        for row in rows:
-            rcpts = conn.execute(
-                f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE entry=? ORDER BY position",
-                (row["id"],),
-            ).fetchall()
-            result.append(SpoolEntry(**dict(row), recipients=tuple(Recipient(*r) for r in rcpts)))
-        return result
-    finally:
-        conn.close()

@@ -13,7 +13,7 @@ from conftest import wait_for
 from daemons import Daemon, provision, write_config
 from wire import send_message, stored_messages
 
-from mxdesk.gateway.spool import list_entries
+from mxdesk.gateway.queuectl import list_entries
 
 MESSAGES = int(os.environ.get("MXDESK_CRASH_MESSAGES", "2000"))
 PARALLEL = 20

@@ -13,7 +13,8 @@ from wire import send_message, stored_messages
 
 from mxdesk import config as cfg
 from mxdesk import state
-from mxdesk.gateway.spool import HELD, QUEUED, list_entries
+from mxdesk.gateway.queuectl import list_entries
+from mxdesk.gateway.spool import HELD, QUEUED
 
 
 async def test_store_down_200_accepted_then_all_delivered_once(short_tmp: Path) -> None:

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from wire import Wire, send_message, stored_messages
 
-from mxdesk.gateway.spool import list_entries
+from mxdesk.gateway.queuectl import list_entries
 
 MSG = b"From: Cliente <cliente@example.org>\r\nSubject: Ajuda\r\n\r\nOla\r\n"
 
