@@ -115,10 +115,14 @@ class QueueRunner:
         except Exception as exc:
             # The entry stays queued as it was; it is tried again at the next poll.
             self._log.exception("queue_id=%s delivery attempt crashed: %s", entry.id, exc)
+            await self.crashed(entry)
             return RetryLater(POLL_SECONDS, str(exc))
         finally:
             self._inflight.pop(entry.id, None)
             self._wake.set()
+
+    async def crashed(self, entry: SpoolEntry) -> None:
+        """Called after an attempt raised; the entry must become due again."""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())

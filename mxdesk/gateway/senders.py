@@ -1,0 +1,83 @@
+"""Who may send as whom on the submission socket, and the DKIM keys that sign what they send."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from email.parser import BytesHeaderParser
+from email.policy import default
+from email.utils import getaddresses
+
+from mxdesk import dkimkeys, state
+from mxdesk.gateway.dkim import DkimKey, DkimKeyError
+
+log = logging.getLogger("mxdesk.gateway.submission")
+KEY_CACHE_SECONDS = 60.0
+EVERY_TENANT = "*"
+
+
+class SenderPolicy:
+    """Answers from the state database, which the CLI may change while the daemon runs."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        base_domain: str,
+        senders: dict[str, tuple[str, ...]],
+        own_uid: int | None = None,
+    ) -> None:
+        self._conn = conn
+        self._base = base_domain
+        self._senders = senders
+        self._own_uid = os.getuid() if own_uid is None else own_uid
+        self._keys: dict[str, tuple[float, list[DkimKey]]] = {}
+
+    def may_send_for(self, uid: int, user: str, tenant: str) -> bool:
+        if uid in (0, self._own_uid):
+            return True
+        allowed = self._senders.get(user, ())
+        return EVERY_TENANT in allowed or tenant in allowed
+
+    def tenant_of_address(self, address: str) -> str | None:
+        """The tenant an address belongs to: an active domain of it, or its default inbox."""
+        local, at, domain = address.rpartition("@")
+        domain = domain.lower().rstrip(".")
+        if not at or not local:
+            return None
+        if domain == self._base:
+            box = state.get_mailbox(self._conn, f"{local.lower()}@{domain}")
+            return box.tenant if box is not None and box.default_inbox and box.active else None
+        found = state.get_domain(self._conn, domain)
+        return found.tenant if found is not None and found.status == "active" else None
+
+    def tenant_of(self, address: str, uid: int, user: str) -> str | None:
+        """The tenant the envelope sender belongs to, if this user may send for it."""
+        tenant = self.tenant_of_address(address)
+        if tenant is None or not self.may_send_for(uid, user, tenant):
+            return None
+        return tenant
+
+    def signing_keys(self, message: bytes, tenant: str, mail_from: str) -> list[DkimKey]:
+        """The keys of the From: header's domain when it is the tenant's (DMARC alignment,
+        RFC 7489 §3.1.1), else of the envelope sender's domain; [] when there are none."""
+        head = BytesHeaderParser(policy=default).parsebytes(message, headersonly=True)
+        domain = mail_from.rpartition("@")[2].lower()
+        for _, addr in getaddresses([str(v) for v in head.get_all("From", [])]):
+            if addr and self.tenant_of_address(addr) == tenant:
+                domain = addr.rpartition("@")[2].lower()
+                break
+        return self._load(domain)
+
+    def _load(self, domain: str) -> list[DkimKey]:
+        cached = self._keys.get(domain)
+        if cached is not None and time.monotonic() - cached[0] < KEY_CACHE_SECONDS:
+            return cached[1]
+        try:
+            keys = dkimkeys.load_signing_keys(self._conn, domain)
+        except (OSError, DkimKeyError) as exc:
+            log.error("domain=%s DKIM keys cannot be loaded: %s", domain, exc)
+            keys = []
+        self._keys[domain] = (time.monotonic(), keys)
+        return keys
