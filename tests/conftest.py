@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from mxdesk import config as cfg
-from mxdesk import state
+from mxdesk import dkimkeys, state
 from mxdesk.gateway.dkim import DkimKey, generate_key, load_key
 from mxdesk.gateway.service import GatewayService
 from mxdesk.names import builtin_reserved
@@ -57,7 +57,9 @@ def make_config(root: Path, **gateway: Any) -> cfg.Config:
     return cfg.parse(data)
 
 
-def provision(config: cfg.Config) -> None:
+def provision(config: cfg.Config, dkim: bool = False) -> None:
+    """Tenants marca (plus) and outra (premium), each with a hosted domain and a mailbox; with
+    dkim, the domains also get their signing keys (as `mxdesk domain add` makes them)."""
     conn = state.connect(config.general.state_db)
     reserved = builtin_reserved()
     state.add_tenant(conn, BASE, "marca", "owner@marca.example", "plus", reserved)
@@ -66,6 +68,9 @@ def provision(config: cfg.Config) -> None:
     state.add_tenant(conn, BASE, "outra", "owner@outra.example", "premium", reserved)
     state.add_hosted_domain(conn, BASE, "outra", "outra", reserved)
     state.add_mailbox(conn, BASE, f"contato@outra.{BASE}", "Contato Outra")
+    if dkim:
+        for domain in (f"marca.{BASE}", f"outra.{BASE}"):
+            dkimkeys.create_keys(conn, config.dkim, domain)
     conn.close()
 
 

@@ -1,4 +1,4 @@
-"""`mxdesk queue …`: what the gateway's spool holds."""
+"""`mxdesk queue …`: what the gateway's spool holds, and changing it (like postsuper)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import time
 import click
 
 from mxdesk.cli.context import Context, pass_context
-from mxdesk.cli.output import emit_json, emit_table, json_option
-from mxdesk.gateway.queuectl import list_entries
+from mxdesk.cli.output import emit_json, emit_table, errors_to_exit, json_option
+from mxdesk.gateway import queuectl
+from mxdesk.gateway.queuectl import QueueControlError, list_entries
+from mxdesk.store.decode import without_controls
 
 
 @click.group("queue")
@@ -44,6 +46,88 @@ def list_(ctx: Context, as_json: bool) -> None:
         )
     emit_table(rows, ["id", "dir", "state", "created", "size", "tries", "from", "to", "error"])
     click.echo(f"{len(entries)} entries", err=True)
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+@queue_group.command("show")
+@click.argument("queue_id")
+@click.option("--body", is_flag=True, help="Also print the whole message, not only its headers.")
+@json_option
+@pass_context
+@errors_to_exit(QueueControlError)
+def show(ctx: Context, queue_id: str, body: bool, as_json: bool) -> None:
+    """Show entry QUEUE_ID: state, attempts, last error, each recipient and the headers."""
+    e = queuectl.show(ctx.config.gateway.spool_path, queue_id)
+    head = e.data.partition(b"\r\n\r\n")[0]
+    if as_json:
+        emit_json({**vars(e), "data": None, "headers": head.decode("utf-8", "replace")})
+        return
+    direction = "outbound" if e.kind == "out" else "inbound"
+    click.echo(f"entry {e.id}  {direction}  {e.state}")
+    fields = [
+        ("from", e.mail_from or "<>"),
+        ("created", _when(e.created)),
+        ("size", f"{e.size} bytes"),
+        ("attempts", str(e.attempts)),
+        ("next try", _when(e.next_attempt) if e.state == "queued" else ""),
+        ("last error", e.last_error),
+        ("envid", e.envid),
+    ]
+    for name, value in fields:
+        if value:
+            click.echo(f"{name + ':':<12}{without_controls(value)}")
+    for r in e.recipients:
+        reply = f"  {without_controls(r.reply)}" if r.reply else ""
+        click.echo(f"{'to:':<12}<{r.mailbox}>  {r.status}{reply}")
+    shown = e.data if body else head + b"\r\n"
+    click.echo("\n" + without_controls(shown.decode("utf-8", "replace").replace("\r\n", "\n")))
+
+
+def _control(action: str, doc: str) -> click.Command:
+    @click.argument("queue_id")
+    @pass_context
+    @errors_to_exit(QueueControlError)
+    def command(ctx: Context, queue_id: str) -> None:
+        getattr(queuectl, action)(ctx.config.gateway.spool_path, queue_id)
+        if action == "cancel":
+            _mark_reply_cancelled(ctx, queue_id)
+        click.echo(f"{queue_id}: {action} done")
+
+    command.__doc__ = doc
+    return click.command(action)(command)
+
+
+def _mark_reply_cancelled(ctx: Context, queue_id: str) -> None:
+    """A cancelled entry that carried a reply: its ticket says so."""
+    from mxdesk.store.db import open_tickets
+    from mxdesk.store.outgoing import mark_cancelled_by_queue_id
+
+    path = ctx.config.store.database
+    if not path.exists():
+        return
+    db = open_tickets(path)
+    try:
+        message = mark_cancelled_by_queue_id(db, queue_id)
+    finally:
+        db.close()
+    if message is not None:
+        click.echo(f"message {message} marked cancelled on its ticket")
+
+
+for _action, _doc in (
+    (
+        "cancel",
+        "Cancel entry QUEUE_ID: an outbound one that is queued, waiting its send delay, "
+        "deferred or held (never once it is being delivered); an inbound one only when held.",
+    ),
+    ("hold", "Hold queued entry QUEUE_ID: it is not tried until released."),
+    ("release", "Release held entry QUEUE_ID: it is tried at once."),
+    ("retry", "Try entry QUEUE_ID at once (queued or held)."),
+):
+    queue_group.add_command(_control(_action, _doc))
 
 
 def register(group: click.Group) -> None:
