@@ -62,6 +62,21 @@ SCHEMA = [
     ALTER TABLE mailboxes ADD COLUMN operator_signatures INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE mailboxes ADD COLUMN generic_signature INTEGER NOT NULL DEFAULT 1;
     """,
+    """
+    CREATE TABLE outboxes (
+        tenant TEXT PRIMARY KEY REFERENCES tenants(slug),
+        host TEXT NOT NULL,
+        port INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535),
+        security TEXT NOT NULL CHECK (security IN ('ssl', 'starttls', 'none')),
+        user TEXT NOT NULL,
+        password BLOB NOT NULL,
+        address TEXT NOT NULL,
+        sender_name TEXT NOT NULL DEFAULT '',
+        verify INTEGER NOT NULL DEFAULT 1,
+        ca_file TEXT NOT NULL DEFAULT '',
+        updated REAL NOT NULL
+    );
+    """,
 ]
 
 

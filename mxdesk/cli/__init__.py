@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mxdesk.cli import daemons, domain, mailbox, operator, queue, tenant, ticket
+from mxdesk.cli import daemons, domain, mailbox, operator, outbox, queue, tenant, ticket
 from mxdesk.cli.context import Context
 
 
@@ -21,5 +21,5 @@ def main(ctx: click.Context, config_path: str | None) -> None:
     ctx.obj = Context(config_path)
 
 
-for module in (daemons, tenant, domain, mailbox, operator, queue, ticket):
+for module in (daemons, tenant, domain, mailbox, operator, outbox, queue, ticket):
     module.register(main)

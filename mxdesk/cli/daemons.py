@@ -12,9 +12,10 @@ import click
 from mxdesk import config as cfg
 from mxdesk import daemon, domains, state
 from mxdesk.cli.context import Context, pass_context
-from mxdesk.cli.output import emit_json, json_option
+from mxdesk.cli.output import emit_json, errors_to_exit, json_option
 from mxdesk.gateway.service import GatewayService
 from mxdesk.names import reserved_labels
+from mxdesk.secrets import SecretsError, secrets_key, secrets_key_path
 from mxdesk.store.service import start_store
 
 
@@ -53,10 +54,14 @@ async def _both(config: cfg.Config) -> list[daemon.Service]:
 
 @click.command("init")
 @pass_context
+@errors_to_exit(SecretsError)
 def init(ctx: Context) -> None:
-    """Create the state directory, databases and the base domain's DKIM keys (idempotent)."""
+    """Create the state directory, databases, the base domain's DKIM keys and the key that
+    encrypts stored passwords (idempotent)."""
     init_state(ctx.config)
+    secrets_key(ctx.config.general, create=True)
     click.echo(f"state in {ctx.config.general.state_dir}")
+    click.echo(f"secrets key in {secrets_key_path(ctx.config.general)}: keep a backup of it")
 
 
 @click.command("check-config")

@@ -11,12 +11,17 @@ from mxdesk import state
 from mxdesk.config import Config
 from mxdesk.gateway.lmtp import LmtpClient, Reply
 from mxdesk.gateway.mx import INBOUND, MxHandler
+from mxdesk.gateway.outrunner import Notices, OutboundRunner
 from mxdesk.gateway.policy import RecipientPolicy
 from mxdesk.gateway.retry import RetryPolicy
-from mxdesk.gateway.runner import QueueRunner
+from mxdesk.gateway.runner import Deliverer, QueueRunner
+from mxdesk.gateway.senders import SenderPolicy
 from mxdesk.gateway.smtp import ConnectionLimits, GatewaySMTP
 from mxdesk.gateway.spool import Spool, SpoolEntry
+from mxdesk.gateway.submission import SubmissionHandler, SubmissionSMTP
+from mxdesk.secrets import installation_key
 from mxdesk.smtpfast import SessionFactory
+from mxdesk.sockets import listen_unix
 
 log = logging.getLogger("mxdesk.gateway")
 SHUTDOWN_GRACE = 10.0
@@ -46,14 +51,19 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
 
 
 class GatewayService:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, outbound: Deliverer | None = None) -> None:
+        """outbound: the deliverer of outbound entries (default: SMTP to MX or smarthost)."""
         self.config = config
+        self.outbound = outbound
         self.spool = Spool(config.gateway.spool_path)
         self.limits = ConnectionLimits(
             config.gateway.max_connections, config.gateway.max_connections_per_client
         )
         self.servers: list[asyncio.Server] = []
         self.runner: QueueRunner | None = None
+        self.outbound_runner: OutboundRunner | None = None
+        self.submission_limits: ConnectionLimits | None = None
+        self.submission_server: asyncio.Server | None = None
         self.lmtp: LmtpClient | None = None
 
     async def start(self) -> None:
@@ -104,6 +114,52 @@ class GatewayService:
             logging.getLogger("mxdesk.gateway.inbound"),
         )
         self.runner.start()
+        await self._start_outbound(policy)
+
+    async def _start_outbound(self, policy: RecipientPolicy) -> None:
+        cfg = self.config
+        conn = state.connect(cfg.general.state_db, readonly=True)
+        senders = SenderPolicy(conn, cfg.general.base_domain, dict(cfg.submission.senders))
+        handler = SubmissionHandler(
+            senders,
+            self.spool,
+            cfg.general.host_name,
+            cfg.gateway.max_recipients,
+            cfg.outbound.send_delay,
+        )
+        local = ConnectionLimits(cfg.gateway.max_connections, cfg.gateway.max_connections)
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> SubmissionSMTP:
+            return SubmissionSMTP(
+                handler,
+                limits=local,
+                session_timeout=cfg.gateway.session_timeout,
+                data_size_limit=cfg.gateway.max_message_size,
+                enable_SMTPUTF8=True,
+                hostname=cfg.general.host_name,
+                ident="mxdesk submission",
+                timeout=cfg.gateway.idle_timeout,
+                loop=loop,
+            )
+
+        socket_path = cfg.submission.socket
+        server = await listen_unix(
+            socket_path, SessionFactory(protocol), cfg.submission.socket_group
+        )
+        self.submission_server = server
+        self.submission_limits = local
+        log.info("submission listening on %s", socket_path)
+        if self.outbound is None:
+            from mxdesk.gateway.smarthosts import smtp_deliverer
+
+            self.outbound = smtp_deliverer(cfg)
+        notices = Notices(policy, cfg.general.host_name, installation_key(cfg.general.state_dir))
+        retry = cfg.outbound_retry
+        self.outbound_runner = OutboundRunner(
+            self.spool, self.outbound, RetryPolicy.from_config(retry), retry.concurrency, notices
+        )
+        self.outbound_runner.start()
 
     @property
     def ports(self) -> list[int]:
@@ -111,20 +167,29 @@ class GatewayService:
 
     async def close(self) -> None:
         """Stops accepting, lets sessions finish (bounded), then stops the runner and spool."""
-        for server in self.servers:
+        for server in [*self.servers, *filter(None, [self.submission_server])]:
             server.close()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SHUTDOWN_GRACE
-        while self.limits.sessions and loop.time() < deadline:
+        sessions = [self.limits, *([self.submission_limits] if self.submission_limits else [])]
+        while any(s.sessions for s in sessions) and loop.time() < deadline:
             # A session between commands ends now; one in DATA may finish its message.
-            for session in list(self.limits.sessions):
-                if not session.in_data:
-                    session.shut_down()
+            for limits in sessions:
+                for session in list(limits.sessions):
+                    if not session.in_data:
+                        session.shut_down()
             await asyncio.sleep(0.05)
-        for session in list(self.limits.sessions):
-            session.shut_down()
+        for limits in sessions:
+            for session in list(limits.sessions):
+                session.shut_down()
         if self.runner is not None:
             await self.runner.stop()
+        if self.outbound_runner is not None:
+            await self.outbound_runner.stop()
+        close = getattr(self.outbound, "close", None)
+        if close is not None:
+            await close()
         if self.lmtp is not None:
             await self.lmtp.close()
         await self.spool.close()
+        self.config.submission.socket.unlink(missing_ok=True)
