@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import ssl
-import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -16,10 +14,11 @@ from typing import Any
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 from auth_smtp_harness import make_tls_files
-from conftest import require_real, wait_for
+from conftest import wait_for
 from daemons import free_port
 from dns_server import DnsServer
 from postfix_harness import port_open
+from sink import Sink
 
 from mxdesk.config import Listen, OutboundConfig
 from mxdesk.gateway import outbound
@@ -63,28 +62,6 @@ def deliverer(
 
 
 # -- Postfix's smtp-sink ---------------------------------------------------------------------
-
-
-class Sink:
-    """smtp-sink on 127.0.0.1, dumping each transaction to a file (LF line endings)."""
-
-    def __init__(self, root: Path, flags: tuple[str, ...]) -> None:
-        self.port = free_port()
-        self.dumps = root / f"sink{self.port}"
-        self.dumps.mkdir()
-        os.chmod(root, 0o755)
-        os.chmod(self.dumps, 0o777)  # it writes as nobody
-        user = ["-u", "nobody"] if os.geteuid() == 0 else []
-        dump = ["-d", f"{self.dumps}/%M."]
-        listen = [f"127.0.0.1:{self.port}", "100"]
-        self.proc = subprocess.Popen([require_real("smtp-sink"), *user, *dump, *flags, *listen])
-
-    def messages(self) -> list[bytes]:
-        return [p.read_bytes() for p in sorted(self.dumps.iterdir())]
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 @pytest.fixture
