@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import require_real
 from dns_server import TxtServer
+from opendkim import opendkim_verify
 
 from mxdesk.gateway import dkim as mxdkim
 
@@ -41,14 +40,6 @@ def resolver(dkim_keys: list[mxdkim.DkimKey], short_tmp: Path) -> Iterator[Path]
     conf.write_text(f"nameserver {host}\noptions timeout:1 attempts:2\n")
     yield conf
     server.close()
-
-
-def opendkim_verify(message: bytes, resolv_conf: Path) -> subprocess.CompletedProcess[bytes]:
-    testmsg = require_real("opendkim-testmsg")
-    script = f"mount --bind {resolv_conf} /etc/resolv.conf && exec {testmsg}"
-    return subprocess.run(
-        ["unshare", "--mount", "sh", "-c", script], input=message, capture_output=True, timeout=60
-    )
 
 
 @pytest.mark.parametrize("which", [0, 1], ids=["rsa-sha256", "ed25519-sha256"])
