@@ -1,20 +1,53 @@
-"""`mxdesk ticket …`: reading the tickets the store has filed."""
+"""`mxdesk ticket …`: reading tickets, replying, opening a ticket, cancelling a reply."""
 
 from __future__ import annotations
+
+import sqlite3
+import sys
+from pathlib import Path
 
 import click
 from sqlite_utils import Database
 
-from mxdesk.cli.context import Context, pass_context
+from mxdesk.cli.context import Context, need_state, pass_context
 from mxdesk.cli.output import emit_json, emit_table, errors_to_exit, fail, json_option
-from mxdesk.store import queries
-from mxdesk.store.db import TicketsUnavailable, open_readonly
+from mxdesk.secrets import installation_key
+from mxdesk.store import outgoing, queries
+from mxdesk.store.db import (
+    DRAFT,
+    FAILED,
+    NEW,
+    QUEUED,
+    SUBMITTING,
+    TicketsUnavailable,
+    open_readonly,
+)
+from mxdesk.store.db import open_tickets as open_writable
 from mxdesk.store.decode import without_controls
+from mxdesk.store.parse import Attachment
+from mxdesk.store.submitter import store_listening, wait_handed_over
+
+# How long `reply` and `new` wait for the store daemon to hand the message to the gateway.
+HANDOVER_WAIT = 5.0
+WRITE_ERRORS = (
+    TicketsUnavailable,
+    queries.TicketNotFound,
+    queries.NotOutgoing,
+    outgoing.OutgoingError,
+)
+BODY_FILE = click.Path(dir_okay=False, path_type=Path)
+ATTACH = click.option(
+    "--attach",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="Attach a file (repeatable); its type is guessed from its name.",
+)
 
 
 @click.group("ticket")
 def ticket_group() -> None:
-    """Tickets filed by the store (read-only)."""
+    """Tickets filed by the store: read them, reply, open new ones, cancel a reply."""
 
 
 def _tickets_db(ctx: Context) -> Database | None:
@@ -46,11 +79,12 @@ def list_(ctx: Context, tenant_slug: str | None, as_json: bool) -> None:
                     _line(t.subject, 50),
                     t.status,
                     t.messages,
+                    t.pending_replies or "",
                     t.updated,
                 )
                 for t in tickets
             ],
-            ["ticket", "tenant", "mailbox", "subject", "status", "messages", "updated"],
+            ["ticket", "tenant", "mailbox", "subject", "status", "messages", "pending", "updated"],
         )
 
 
@@ -106,7 +140,10 @@ def _print_ticket(t: queries.TicketDetail) -> None:
         ]
     )
     for i, m in enumerate(t.messages, start=1):
-        click.echo(f"\n--- message {i} of {len(t.messages)} ({m.direction}), received {m.received}")
+        when = "written" if m.direction == "out" else "received"
+        click.echo(
+            f"\n--- message {m.id} ({m.direction}, {i} of {len(t.messages)}), {when} {m.received}"
+        )
         sender = f"{m.from_name} <{m.from_addr}>" if m.from_name else m.from_addr
         _fields(
             [
@@ -118,14 +155,178 @@ def _print_ticket(t: queries.TicketDetail) -> None:
                 ("Message-ID", m.message_id or ""),
                 ("Queue-ID", m.queue_id),
                 ("Flags", ", ".join(m.flags)),
+                ("Operator", m.operator),
+                ("Status", f"{m.status}: {m.status_detail}" if m.status_detail else m.status),
             ]
         )
+        for d in m.deliveries:
+            detail = f"  {_line(d.detail)}" if d.detail else ""
+            click.echo(f"{'Delivery:':<12}{_line(d.recipient)}  {d.status}{detail}")
         for defect in m.defects:
             click.echo(f"{'Defect:':<12}{_line(defect)}")
         body = without_controls(m.text_body).strip("\n")
         click.echo(f"\n{body}\n" if body else "\n(no text body)\n")
         for a in m.attachments:
             click.echo(f"  attachment  {_line(a.filename)}  {a.content_type}  {_size(a.size)}")
+
+
+def _writable(ctx: Context) -> tuple[Database, sqlite3.Connection, bytes]:
+    """tickets.db for writing, the state database and the installation's Message-ID key."""
+    conn = need_state(ctx)
+    try:
+        key = installation_key(ctx.config.general.state_dir)
+        db = open_writable(ctx.config.store.database)
+    except (OSError, ValueError, sqlite3.Error) as exc:
+        raise TicketsUnavailable(f"cannot open the tickets database or its key: {exc}") from None
+    return db, conn, key
+
+
+def _limits(ctx: Context) -> outgoing.Limits:
+    gateway = ctx.config.gateway
+    return outgoing.Limits(gateway.max_message_size, gateway.max_recipients)
+
+
+def _body(path: Path | None) -> str:
+    if path is None and sys.stdin.isatty():
+        click.echo("reading the text from standard input; end it with Ctrl-D", err=True)
+    try:
+        data = path.read_bytes() if path else sys.stdin.buffer.read()
+    except OSError as exc:
+        raise outgoing.OutgoingError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise outgoing.OutgoingError(f"{path or 'standard input'} is not UTF-8 text") from None
+
+
+def _attachments(paths: tuple[Path, ...]) -> list[Attachment]:
+    return [outgoing.attachment_from_path(p) for p in paths]
+
+
+def _report(ctx: Context, db: Database, out: queries.Outgoing, as_json: bool, opened: str) -> None:
+    """Waits briefly for the store daemon to hand the message over, then says where it is."""
+    running = store_listening(ctx.config.store.lmtp_socket)
+    if out.status == NEW and running is not False:
+        out = wait_handed_over(db, out.id, HANDOVER_WAIT)
+    if as_json:
+        emit_json(out)
+    where = f"{opened}message {out.id} on ticket #{out.ticket}"
+    if out.status == FAILED:
+        queued = f"queued as {out.queue_id}, but " if out.queue_id else ""
+        fail(f"{where}: {queued}refused by the gateway: {out.detail}")
+    if as_json:
+        return
+    if out.status == DRAFT:
+        click.echo(f"{where}: kept as a draft, not sent")
+    elif out.status in (NEW, SUBMITTING):
+        why = "the store daemon is not running" if running is False else out.detail
+        click.echo(
+            f"{where}: stored; it is handed to the gateway as soon as the gateway is reachable"
+            + (f" ({why})" if why else "")
+        )
+    else:
+        later = "" if out.status == QUEUED else f" (now {out.status})"  # a fast notice came back
+        click.echo(f"{where}: queued as {out.queue_id}{later}")
+
+
+@ticket_group.command("reply")
+@click.argument("number", type=int)
+@click.option("--operator", required=True, metavar="NAME", help="Who replies (their signature).")
+@click.option("--body-file", type=BODY_FILE, help="The text (UTF-8); default: standard input.")
+@click.option("--cc", multiple=True, metavar="ADDR", help="Also send to ADDR (repeatable).")
+@ATTACH
+@json_option
+@pass_context
+@errors_to_exit(*WRITE_ERRORS)
+def reply(
+    ctx: Context,
+    number: int,
+    operator: str,
+    body_file: Path | None,
+    cc: tuple[str, ...],
+    attach: tuple[Path, ...],
+    as_json: bool,
+) -> None:
+    """Reply to ticket NUMBER's requester from the ticket's mailbox.
+
+    The reply is stored at once; the store daemon hands it to the gateway (this command waits
+    a few seconds for that and prints the gateway's queue id)."""
+    db, conn, key = _writable(ctx)
+    request = outgoing.ReplyRequest(number, operator, _body(body_file), cc, _attachments(attach))
+    out = outgoing.create_reply(db, conn, key, request, _limits(ctx))
+    _report(ctx, db, out, as_json, "")
+
+
+@ticket_group.command("new")
+@click.option("--tenant", "tenant_slug", required=True, metavar="SLUG")
+@click.option("--from", "mailbox", required=True, metavar="MAILBOX", help="The tenant's mailbox.")
+@click.option(
+    "--to",
+    "to",
+    required=True,
+    multiple=True,
+    metavar="ADDR",
+    help="Repeatable; the first one is the ticket's requester.",
+)
+@click.option("--cc", multiple=True, metavar="ADDR", help="Also send to ADDR (repeatable).")
+@click.option("--subject", help="The ticket's subject (required).")
+@click.option("--body-file", type=BODY_FILE, help="The text (UTF-8); default: standard input.")
+@click.option("--operator", metavar="NAME", help="Who writes (their signature).")
+@ATTACH
+@click.option("--no-send", is_flag=True, help="Open the ticket and keep the message as a draft.")
+@json_option
+@pass_context
+@errors_to_exit(*WRITE_ERRORS)
+def new(
+    ctx: Context,
+    tenant_slug: str,
+    mailbox: str,
+    to: tuple[str, ...],
+    cc: tuple[str, ...],
+    subject: str | None,
+    body_file: Path | None,
+    operator: str | None,
+    attach: tuple[Path, ...],
+    no_send: bool,
+    as_json: bool,
+) -> None:
+    """Open a ticket by writing to someone from one of the tenant's mailboxes.
+
+    The message goes out like a reply; with --no-send it stays on the ticket as a draft and
+    is never sent."""
+    if not (subject or "").strip():
+        fail("a new ticket needs a subject: give --subject")
+    db, conn, key = _writable(ctx)
+    request = outgoing.NewTicketRequest(
+        tenant=tenant_slug,
+        mailbox=mailbox,
+        to=to,
+        cc=cc,
+        subject=subject or "",
+        body=_body(body_file),
+        operator=operator,
+        attachments=_attachments(attach),
+        send=not no_send,
+    )
+    out = outgoing.create_ticket(db, conn, key, request, _limits(ctx))
+    _report(ctx, db, out, as_json, f"ticket #{out.ticket} opened: ")
+
+
+@ticket_group.command("cancel")
+@click.argument("message", type=int)
+@json_option
+@pass_context
+@errors_to_exit(*WRITE_ERRORS)
+def cancel(ctx: Context, message: int, as_json: bool) -> None:
+    """Cancel reply MESSAGE (its id in 'mxdesk ticket show') before it is delivered."""
+    if not ctx.config.store.database.exists():
+        fail(f"no tickets yet: {ctx.config.store.database} does not exist")
+    db = open_writable(ctx.config.store.database)
+    out = outgoing.cancel(db, ctx.config.gateway.spool_path, message)
+    if as_json:
+        emit_json(out)
+    else:
+        click.echo(f"message {out.id} on ticket #{out.ticket}: cancelled")
 
 
 def register(group: click.Group) -> None:

@@ -70,7 +70,39 @@ SCHEMA = [
         UNIQUE (ticket, address)
     );
     """,
+    # Outbound messages: written with status 'new' by `mxdesk ticket reply|new`, handed to the
+    # gateway by the store daemon, then kept up to date by the gateway's delivery status notices.
+    """
+    ALTER TABLE messages ADD COLUMN status TEXT NOT NULL DEFAULT '';
+    ALTER TABLE messages ADD COLUMN status_detail TEXT NOT NULL DEFAULT '';
+    ALTER TABLE messages ADD COLUMN envid TEXT;
+    ALTER TABLE messages ADD COLUMN operator TEXT NOT NULL DEFAULT '';
+    ALTER TABLE messages ADD COLUMN submit_attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN next_submit REAL NOT NULL DEFAULT 0;
+    CREATE UNIQUE INDEX messages_envid ON messages(envid);
+    CREATE INDEX messages_outbox ON messages(status, next_submit);
+    CREATE INDEX messages_queue_id ON messages(queue_id);
+    CREATE TABLE deliveries (
+        message INTEGER NOT NULL REFERENCES messages(id),
+        recipient TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending',
+        detail TEXT NOT NULL DEFAULT '',
+        updated REAL NOT NULL,
+        PRIMARY KEY (message, recipient)
+    );
+    """,
 ]
+
+# An outbound message's status. new: waiting for the store daemon; submitting: being handed to
+# the gateway; queued: in the gateway's spool; deferred: a recipient's delivery is being retried;
+# sent: every recipient has it; failed: a recipient refused it for good; cancelled: stopped by a
+# person; draft: kept on its ticket, never sent. Inbound messages have ''.
+NEW, SUBMITTING, QUEUED, DEFERRED = "new", "submitting", "queued", "deferred"
+SENT, FAILED, CANCELLED, DRAFT = "sent", "failed", "cancelled", "draft"
+# A recipient's delivery: pending until the gateway reports; sent and failed are final.
+PENDING = "pending"
+OPEN_DELIVERY = (PENDING, DEFERRED)
+MAX_DETAIL = 500
 
 
 class TicketsUnavailable(Exception):
@@ -97,8 +129,15 @@ def open_readonly(path: Path) -> Database:
     try:
         conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=10)
         conn.execute("SELECT 1 FROM tickets LIMIT 1")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.Error as exc:
         raise TicketsUnavailable(f"cannot read the tickets database {path}: {exc}") from None
+    if version < len(SCHEMA):
+        conn.close()
+        raise TicketsUnavailable(
+            f"the tickets database {path} has an older layout: start the store daemon once"
+            " to bring it up to date"
+        )
     return Database(conn)
 
 
@@ -158,3 +197,71 @@ def add_participants(
 
 def touch_ticket(db: Database, number: int, now: float) -> None:
     db.execute("UPDATE tickets SET updated = ? WHERE number = ?", [now, number])
+
+
+def insert_deliveries(db: Database, message: int, recipients: Iterable[str], now: float) -> None:
+    rows = [
+        {"message": message, "recipient": r, "status": PENDING, "detail": "", "updated": now}
+        for r in recipients
+    ]
+    if rows:
+        db.table("deliveries").insert_all(rows)
+
+
+def set_delivery(
+    db: Database, message: int, recipient: str, status: str, detail: str, now: float
+) -> bool:
+    """Records one recipient's outcome; sent and failed are final, so a late or repeated
+    report cannot undo them. True when the row changed."""
+    cur = db.execute(
+        "UPDATE deliveries SET status = ?, detail = ?, updated = ?"
+        " WHERE message = ? AND recipient = ? COLLATE NOCASE AND status IN (?, ?)",
+        [status, detail[:MAX_DETAIL], now, message, recipient, *OPEN_DELIVERY],
+    )
+    return bool(cur.rowcount)
+
+
+def derived_status(current: str, deliveries: Iterable[str]) -> str:
+    """A handed-over message's status from its recipients' outcomes: failed if any failed, else
+    deferred if any is deferred, else sent when all are sent, else queued. A message not yet
+    handed over, a draft and a cancelled message keep their status."""
+    if current in (NEW, SUBMITTING, DRAFT, CANCELLED):
+        return current
+    found = set(deliveries)
+    if FAILED in found:
+        return FAILED
+    if DEFERRED in found:
+        return DEFERRED
+    return SENT if found == {SENT} else QUEUED
+
+
+def refresh_status(db: Database, message: int) -> str:
+    """Sets the message's status (and its detail) from its deliveries; returns the status."""
+    (row,) = db.query("SELECT status, status_detail FROM messages WHERE id = ?", [message])
+    rows = list(
+        db.query(
+            "SELECT recipient, status, detail FROM deliveries WHERE message = ? ORDER BY rowid",
+            [message],
+        )
+    )
+    status = derived_status(row["status"], [r["status"] for r in rows])
+    detail = row["status_detail"]
+    if status in (FAILED, DEFERRED):
+        detail = "; ".join(
+            f"{r['recipient']}: {r['detail']}" for r in rows if r["status"] == status
+        )
+    elif status in (QUEUED, SENT):
+        detail = ""
+    if (status, detail) != (row["status"], row["status_detail"]):
+        db.execute(
+            "UPDATE messages SET status = ?, status_detail = ? WHERE id = ?",
+            [status, detail[:MAX_DETAIL], message],
+        )
+    return status
+
+
+def cancel_deliveries(db: Database, message: int, now: float) -> None:
+    db.execute(
+        "UPDATE deliveries SET status = ?, updated = ? WHERE message = ? AND status IN (?, ?)",
+        [CANCELLED, now, message, *OPEN_DELIVERY],
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +13,10 @@ class TicketNotFound(LookupError):
     """No ticket has that number."""
 
 
+class NotOutgoing(LookupError):
+    """No outbound message has that id."""
+
+
 @dataclass(frozen=True)
 class TicketSummary:
     number: int
@@ -21,6 +25,8 @@ class TicketSummary:
     subject: str
     status: str
     messages: int
+    # Replies not yet delivered: waiting for the store daemon, in the gateway's queue, or retrying.
+    pending_replies: int
     updated: str
 
 
@@ -29,6 +35,16 @@ class AttachmentInfo:
     filename: str
     content_type: str
     size: int
+
+
+@dataclass(frozen=True)
+class DeliveryView:
+    """One envelope recipient of an outbound message and what the gateway reported for it."""
+
+    recipient: str
+    status: str
+    detail: str
+    updated: str
 
 
 @dataclass(frozen=True)
@@ -48,6 +64,11 @@ class MessageView:
     defects: list[str]
     attachments: list[AttachmentInfo]
     received: str
+    # Outbound only ('' and [] for inbound): see mxdesk.store.db for the statuses.
+    status: str
+    status_detail: str
+    operator: str
+    deliveries: list[DeliveryView]
 
 
 @dataclass(frozen=True)
@@ -86,7 +107,9 @@ def list_tickets(db: Database, tenant: str | None = None) -> list[TicketSummary]
     where, args = ("WHERE t.tenant = ?", [tenant]) if tenant else ("", [])
     rows = db.query(
         "SELECT t.number, t.tenant, t.mailbox, t.subject, t.status, t.updated,"
-        " (SELECT count(*) FROM messages m WHERE m.ticket = t.number) AS messages"
+        " (SELECT count(*) FROM messages m WHERE m.ticket = t.number) AS messages,"
+        " (SELECT count(*) FROM messages m WHERE m.ticket = t.number"
+        "   AND m.status IN ('new', 'submitting', 'queued', 'deferred')) AS pending_replies"
         f" FROM tickets t {where} ORDER BY t.updated DESC, t.number DESC",
         args,
     )
@@ -109,7 +132,8 @@ def get_ticket(db: Database, number: int) -> TicketDetail:
         _message(db, m)
         for m in db.query(
             "SELECT id, queue_id, direction, from_addr, from_name, to_addrs, cc_addrs, date,"
-            " subject, message_id, text_body, flags, defects, created"
+            " subject, message_id, text_body, flags, defects, created, status, status_detail,"
+            " operator"
             " FROM messages WHERE ticket = ? ORDER BY id",
             [number],
         )
@@ -158,4 +182,64 @@ def _message(db: Database, m: dict[str, Any]) -> MessageView:
         defects=_split(m["defects"], "\n"),
         attachments=files,
         received=timestamp(m["created"]),
+        status=m["status"],
+        status_detail=m["status_detail"],
+        operator=m["operator"],
+        deliveries=deliveries_of(db, m["id"]) if m["direction"] == "out" else [],
+    )
+
+
+def deliveries_of(db: Database, message: int) -> list[DeliveryView]:
+    """The envelope recipients of an outbound message, in the order they were given."""
+    return [
+        DeliveryView(d["recipient"], d["status"], d["detail"], timestamp(d["updated"]))
+        for d in db.query(
+            "SELECT recipient, status, detail, updated FROM deliveries WHERE message = ?"
+            " ORDER BY rowid",
+            [message],
+        )
+    ]
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """An outbound message as its sender sees it: its status and each recipient's."""
+
+    id: int
+    ticket: int
+    status: str
+    detail: str
+    queue_id: str
+    envid: str
+    message_id: str
+    operator: str
+    submit_attempts: int
+    deliveries: list[DeliveryView] = field(default_factory=list)
+
+
+def get_outgoing(db: Database, message: int) -> Outgoing:
+    """Outbound message `message` (its id as 'mxdesk ticket show' prints it)."""
+    rows = list(
+        db.query(
+            "SELECT id, ticket, direction, status, status_detail, queue_id, envid, message_id,"
+            " operator, submit_attempts FROM messages WHERE id = ?",
+            [message],
+        )
+    )
+    if not rows:
+        raise NotOutgoing(f"no message {message}: see 'mxdesk ticket show'")
+    if rows[0]["direction"] != "out":
+        raise NotOutgoing(f"message {message} is an incoming message, not a reply")
+    r = rows[0]
+    return Outgoing(
+        id=r["id"],
+        ticket=r["ticket"],
+        status=r["status"],
+        detail=r["status_detail"],
+        queue_id=r["queue_id"] or "",
+        envid=r["envid"] or "",
+        message_id=r["message_id"] or "",
+        operator=r["operator"],
+        submit_attempts=r["submit_attempts"],
+        deliveries=deliveries_of(db, message),
     )

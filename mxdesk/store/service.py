@@ -1,4 +1,5 @@
-"""The store daemon's composition root: tickets.db, mailbox lookups and the LMTP socket."""
+"""The store daemon's composition root: tickets.db, mailbox lookups, the LMTP socket and the
+hand-over of replies to the gateway."""
 
 from __future__ import annotations
 
@@ -15,6 +16,13 @@ from mxdesk.smtpfast import SessionFactory
 from mxdesk.state import Mailbox
 from mxdesk.store.db import open_tickets
 from mxdesk.store.lmtp import LmtpHandler, LmtpSession, listen_unix
+from mxdesk.store.submitter import (
+    BACKOFF_INITIAL,
+    BACKOFF_MAX,
+    POLL_INTERVAL,
+    Outbox,
+    Submitter,
+)
 from mxdesk.store.tickets import Filed, TicketStore
 
 log = logging.getLogger("mxdesk.store")
@@ -77,14 +85,18 @@ class StoreService:
         filer: ThreadedFiler,
         mailboxes: StateMailboxes,
         socket_path: Path,
+        submitter: Submitter,
     ) -> None:
         self.server = server
         self.sessions = sessions
         self.filer = filer
         self.mailboxes = mailboxes
         self.socket_path = socket_path
+        self.submitter = submitter
 
     async def close(self) -> None:
+        await self.submitter.close()
+        self.submitter.outbox.db.close()
         self.server.close()
         await self.filer.drain()
         for session in list(self.sessions):
@@ -98,12 +110,19 @@ class StoreService:
         log.info("store stopped")
 
 
-async def start_store(config: Config) -> StoreService:
-    """Opens tickets.db and serves LMTP on the configured Unix socket."""
+async def start_store(
+    config: Config,
+    poll_interval: float = POLL_INTERVAL,
+    backoff: tuple[float, float] = (BACKOFF_INITIAL, BACKOFF_MAX),
+) -> StoreService:
+    """Opens tickets.db, serves LMTP on the configured Unix socket and starts handing replies
+    over to the gateway (poll_interval and backoff in seconds; tests make them short)."""
     store = TicketStore(
         await asyncio.to_thread(open_tickets, config.store.database),
         message_id_key=installation_key(config.general.state_dir),
     )
+    # Its own connection: the hand-over and the LMTP filing are separate SQLite writers.
+    outbox = Outbox(await asyncio.to_thread(open_tickets, config.store.database), backoff=backoff)
     mailboxes = StateMailboxes(config.general.state_db)
     filer = ThreadedFiler(store)
     handler = LmtpHandler(mailboxes, filer, config.gateway.max_recipients)
@@ -125,6 +144,11 @@ async def start_store(config: Config) -> StoreService:
         )
     except BaseException:
         store.close()
+        outbox.db.close()
         raise
     log.info("store listening on %s", config.store.lmtp_socket)
-    return StoreService(server, sessions, filer, mailboxes, config.store.lmtp_socket)
+    submitter = Submitter(
+        outbox, config.submission.socket, config.general.host_name, poll_interval=poll_interval
+    )
+    submitter.start()
+    return StoreService(server, sessions, filer, mailboxes, config.store.lmtp_socket, submitter)

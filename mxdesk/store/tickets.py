@@ -15,8 +15,10 @@ from sqlite_utils import Database
 from mxdesk.state import Mailbox, transaction
 from mxdesk.store import db as tickets_db
 from mxdesk.store.compose import ticket_of_message_id
+from mxdesk.store.notices import Applied, Notice, apply_notice, read_notice
 from mxdesk.store.parse import ParsedMessage, parse_message, queue_id_of
 from mxdesk.store.threader import (
+    Placement,
     ThreadFacts,
     is_automatic,
     participants_of,
@@ -68,6 +70,10 @@ class TicketStore:
         parsed: ParsedMessage | None = None
         results: list[Filed | None] = []
         queue_id, prefix = delivery_id(raw)
+        notice = None
+        # The gateway sends its notices from the null sender (RFC 3464 §2): a cheap first test.
+        if self.message_id_key is not None and envelope_from == "":
+            notice = read_notice(raw, self.message_id_key)
         for mailbox in mailboxes:
             key = f"{prefix}:{mailbox.address}"
             try:
@@ -75,7 +81,7 @@ class TicketStore:
                     ticket = tickets_db.delivered_ticket(self.db, key)
                 if ticket is None:
                     parsed = parsed or parse_message(raw)
-                    filed = self._file(raw, parsed, envelope_from, mailbox, queue_id, key)
+                    filed = self._file(raw, parsed, envelope_from, mailbox, queue_id, key, notice)
                 else:
                     filed = Filed(queue_id, ticket, duplicate=True)
                     log.info(
@@ -100,38 +106,35 @@ class TicketStore:
         mailbox: Mailbox,
         queue_id: str,
         key: str,
+        notice: Notice | None = None,
     ) -> Filed:
         now = self.clock()
         with self._lock, transaction(self.db.conn):
             ticket = tickets_db.delivered_ticket(self.db, key)
             if ticket is not None:
                 return Filed(queue_id, ticket, duplicate=True)
-            automatic = is_automatic(msg, envelope_from)
-            refs = referenced_ids(msg, automatic)
-            signed = {
-                mid: number
-                for mid in refs
-                if self.message_id_key
-                and (number := ticket_of_message_id(self.message_id_key, mid)) is not None
-            }
-            facts = ThreadFacts(
-                tickets_db.known_messages(self.db, refs),
-                tickets_db.known_tickets(self.db, [*subject_tags(msg.subject), *signed.values()]),
-                signed,
-            )
-            placement = place(msg, automatic, mailbox.tenant, mailbox.address, facts)
+            applied = apply_notice(self.db, notice, mailbox.tenant, now) if notice else None
+            if notice is not None and applied is not None:
+                _log_notice(queue_id, mailbox, notice, applied)
+                if not notice.failed:
+                    # Delivered and delayed only change statuses, which the ticket shows.
+                    return Filed(queue_id, applied.ticket, duplicate=False)
+                placement = Placement(applied.ticket, "notice", automatic=True)
+            else:
+                placement = self._place(msg, envelope_from, mailbox)
+            automatic = placement.automatic
             flags = "automatic" if automatic else ""
             ticket = placement.ticket
             if ticket is None:
                 row = _ticket_row(msg, envelope_from, mailbox, flags, now)
                 ticket = tickets_db.insert_row(self.db, "tickets", row)
-            row = _message_row(msg, raw, envelope_from, mailbox, flags, now)
+            row = message_row(msg, raw, envelope_from, mailbox, flags, now)
             # A digest-based key means the message came without the gateway's queue id.
             from_gateway = key == f"{queue_id}:{mailbox.address}"
             row |= {"ticket": ticket, "idempotency_key": key}
             row |= {"queue_id": queue_id if from_gateway else None}
             message = tickets_db.insert_row(self.db, "messages", row)
-            tickets_db.insert_attachments(self.db, _attachment_rows(msg, message))
+            tickets_db.insert_attachments(self.db, attachment_rows(msg, message))
             people = participants_of(msg, mailbox.address, automatic)
             if placement.ticket is None and people and people[0][1] == "from":
                 people[0] = (people[0][0], "requester")
@@ -148,9 +151,38 @@ class TicketStore:
         )
         return Filed(queue_id, ticket, duplicate=False)
 
+    def _place(self, msg: ParsedMessage, envelope_from: str, mailbox: Mailbox) -> Placement:
+        automatic = is_automatic(msg, envelope_from)
+        refs = referenced_ids(msg, automatic)
+        signed = {
+            mid: number
+            for mid in refs
+            if self.message_id_key
+            and (number := ticket_of_message_id(self.message_id_key, mid)) is not None
+        }
+        facts = ThreadFacts(
+            tickets_db.known_messages(self.db, refs),
+            tickets_db.known_tickets(self.db, [*subject_tags(msg.subject), *signed.values()]),
+            signed,
+        )
+        return place(msg, automatic, mailbox.tenant, mailbox.address, facts)
+
     def close(self) -> None:
         with self._lock:
             self.db.close()
+
+
+def _log_notice(queue_id: str, mailbox: Mailbox, notice: Notice, applied: Applied) -> None:
+    log.info(
+        "queue_id=%s rcpt=%s ticket=%d message=%d notice on queue_id=%s: %s; reply %s",
+        queue_id,
+        mailbox.address,
+        applied.ticket,
+        applied.message,
+        notice.queue_id or "-",
+        ", ".join(f"{o.recipient} {o.status}" for o in notice.outcomes[:10]),
+        applied.status,
+    )
 
 
 def _ticket_row(
@@ -167,7 +199,7 @@ def _ticket_row(
     }
 
 
-def _message_row(
+def message_row(
     msg: ParsedMessage, raw: bytes, envelope_from: str, mailbox: Mailbox, flags: str, now: float
 ) -> dict[str, Any]:
     return {
@@ -192,7 +224,7 @@ def _message_row(
     }
 
 
-def _attachment_rows(msg: ParsedMessage, message: int) -> list[dict[str, Any]]:
+def attachment_rows(msg: ParsedMessage, message: int) -> list[dict[str, Any]]:
     return [
         {
             "message": message,
