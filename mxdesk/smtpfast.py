@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import types
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -18,10 +19,31 @@ def with_extensions(responses: list[str]) -> list[str]:
     return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
 
 
+# <local@domain> with a dot-atom local part (RFC 5321 §4.1.2), then whatever follows: the common
+# case, parsed here in microseconds; anything else (quotes, UTF-8, <>) takes aiosmtpd's parser.
+_PLAIN_PATH = re.compile(
+    r"\s*<([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)>(.*)",
+    re.DOTALL,
+)
+
+
 class BlockDataSMTP(SMTP):
     """aiosmtpd's SMTP (and, as a base of LMTP, LMTP) with DATA read in blocks."""
 
     in_data = False
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's address parser (email's header parser) costs a quarter of a millisecond
+        per MAIL or RCPT; a plain <local@domain> gives the same result without it."""
+        match = _PLAIN_PATH.match(arg)
+        rest = match[2].lstrip(" \t") if match else ""
+        if match is None or rest.startswith("("):  # a comment: RFC 5322 CFWS, the long way
+            return super()._getaddr(arg)
+        local = match[1].rpartition("@")[0]
+        if self.local_part_limit and len(local) > self.local_part_limit:
+            return None, None
+        return match[1], rest
 
     async def smtp_DATA(self, arg: str) -> None:
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sqlite3
 import time
-from email.parser import BytesHeaderParser
-from email.policy import default
 from email.utils import getaddresses
 
 from mxdesk import dkimkeys, state
@@ -16,6 +15,21 @@ from mxdesk.gateway.dkim import DkimKey, DkimKeyError
 log = logging.getLogger("mxdesk.gateway.submission")
 KEY_CACHE_SECONDS = 60.0
 EVERY_TENANT = "*"
+
+
+_FOLD = re.compile(rb"\r\n(?=[ \t])")
+
+
+def header_values(message: bytes, name: bytes) -> list[str]:
+    """The unfolded values of one header field of a CRLF message (name in lower case): what
+    the full email parser would give for an address field, at a fraction of its cost."""
+    head = _FOLD.sub(b"", message.split(b"\r\n\r\n", 1)[0])
+    prefix = name + b":"
+    return [
+        line[len(prefix) :].strip().decode("utf-8", "replace")
+        for line in head.split(b"\r\n")
+        if line[: len(prefix)].lower() == prefix
+    ]
 
 
 class SenderPolicy:
@@ -62,9 +76,8 @@ class SenderPolicy:
     def signing_keys(self, message: bytes, tenant: str, mail_from: str) -> list[DkimKey]:
         """The keys of the From: header's domain when it is the tenant's (DMARC alignment,
         RFC 7489 §3.1.1), else of the envelope sender's domain; [] when there are none."""
-        head = BytesHeaderParser(policy=default).parsebytes(message, headersonly=True)
         domain = mail_from.rpartition("@")[2].lower()
-        for _, addr in getaddresses([str(v) for v in head.get_all("From", [])]):
+        for _, addr in getaddresses(header_values(message, b"from")):
             if addr and self.tenant_of_address(addr) == tenant:
                 domain = addr.rpartition("@")[2].lower()
                 break

@@ -1,3 +1,5 @@
+import pytest
+
 from mxdesk.gateway.lmtp import dot_stuff
 from mxdesk.gateway.retry import RetryPolicy
 from mxdesk.gateway.smtp import with_enhanced_code
@@ -26,3 +28,31 @@ def test_enhanced_codes_added_only_where_missing() -> None:
     assert with_enhanced_code("503 Error: need RCPT command").startswith("503 5.5.1")
     assert with_enhanced_code("354 End data with <CR><LF>.<CR><LF>").startswith("354 End")
     assert with_enhanced_code("220 mx.example mxdesk") == "220 mx.example mxdesk"
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "<suporte@marca.helpdesk.example>",
+        "<a.b+c@x.example> SIZE=100 BODY=8BITMIME",
+        " <a@x.example>",
+        "<>",
+        '<"quoted local"@x.example>',
+        "<ação@x.example>",
+        "<a..b@x.example>",
+        "<.a@x.example>",
+        "<a@-x.example>",
+        "<@relay.example:a@x.example>",
+        "a@x.example",
+        "<a@x.example",
+        "<" + "l" * 70 + "@x.example>",
+    ],
+)
+def test_fast_address_parser_agrees_with_aiosmtpd(arg: str) -> None:
+    from aiosmtpd.smtp import SMTP
+
+    from mxdesk.smtpfast import BlockDataSMTP
+
+    fast = BlockDataSMTP(object())
+    slow = SMTP(object())
+    assert fast._getaddr(arg) == slow._getaddr(arg)
