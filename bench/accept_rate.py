@@ -234,6 +234,15 @@ def machine(args: argparse.Namespace, postfix: str) -> list[str]:
     ]
 
 
+def print_reproduce(script: str, args: argparse.Namespace) -> None:
+    """The command line that repeats this run."""
+    command = [".venv/bin/python", script]
+    for name in ("messages", "sessions", "size", "repeat"):
+        command += [f"--{name}", str(getattr(args, name))]
+    print("reproduce:")
+    print("  " + shlex.join(command))
+
+
 def report(args: argparse.Namespace, runs: list[Run]) -> None:
     postfix = [r for r in runs if r.side == "postfix"]
     gateway = [r for r in runs if r.side == "gateway"]
@@ -280,24 +289,7 @@ def report(args: argparse.Namespace, runs: list[Run]) -> None:
     print("deliveries (Postfix); filed/s: messages filed per second, first accept to last ticket")
     print("smtp-source command (same for both sides, only the port differs):")
     print("  " + shlex.join([*smtp_source(0, args)[:-1], "127.0.0.1:PORT"]))
-    print("reproduce:")
-    print(
-        "  "
-        + shlex.join(
-            [
-                ".venv/bin/python",
-                "bench/accept_rate.py",
-                "--messages",
-                str(args.messages),
-                "--sessions",
-                str(args.sessions),
-                "--size",
-                str(args.size),
-                "--repeat",
-                str(args.repeat),
-            ]
-        )
-    )
+    print_reproduce("bench/accept_rate.py", args)
 
 
 def main() -> None:

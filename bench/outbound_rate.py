@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from accept_rate import cpu_seconds, machine, wait_until
+from accept_rate import cpu_seconds, machine, print_reproduce, wait_until
 from daemons import Daemon, cli, free_port, provision, write_config
 from dns_server import DnsServer
 from postfix_harness import PostfixInstance, postfix_binary
@@ -205,24 +205,7 @@ def report(args: argparse.Namespace, runs: list[Run]) -> None:
     print()
     print("load (only the target differs):")
     print("  " + shlex.join(smtp_source("TARGET", args)))
-    print("reproduce:")
-    print(
-        "  "
-        + shlex.join(
-            [
-                ".venv/bin/python",
-                "bench/outbound_rate.py",
-                "--messages",
-                str(args.messages),
-                "--sessions",
-                str(args.sessions),
-                "--size",
-                str(args.size),
-                "--repeat",
-                str(args.repeat),
-            ]
-        )
-    )
+    print_reproduce("bench/outbound_rate.py", args)
 
 
 def main() -> None:

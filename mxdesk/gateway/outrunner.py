@@ -18,14 +18,13 @@ from mxdesk.gateway.dsn import (
     build_notice,
     wants,
 )
-from mxdesk.gateway.lmtp import LmtpError, Reply
+from mxdesk.gateway.lmtp import Reply
 from mxdesk.gateway.mx import INBOUND
 from mxdesk.gateway.policy import Accept, RecipientPolicy
 from mxdesk.gateway.retry import RetryPolicy
 from mxdesk.gateway.runner import (
     Delivered,
     Deliverer,
-    DeliveryError,
     FailedPermanently,
     Outcome,
     QueueRunner,
@@ -91,15 +90,12 @@ class OutboundRunner(QueueRunner):
 
     async def dispose(self, entry: SpoolEntry) -> Outcome:
         pending = entry.pending
-        try:
-            replies = await self._deliverer.deliver(entry)
-        except (DeliveryError, LmtpError, OSError) as exc:
-            replies = {r.mailbox: Reply(451, f"4.4.0 {exc}") for r in pending}
+        replies = await self.attempt(entry)
         results: dict[str, tuple[str, str]] = {}
         reports: list[RecipientReport] = []
         deferred: list[tuple[Recipient, Reply]] = []
         for r in pending:
-            reply = replies.get(r.mailbox, Reply(451, "4.3.0 no reply for this recipient"))
+            reply = replies[r.mailbox]
             if reply.ok:
                 results[r.mailbox] = (R_DELIVERED, str(reply))
                 if wants(r, "SUCCESS"):

@@ -70,17 +70,24 @@ class QueueRunner:
         self._task: asyncio.Task[None] | None = None
         spool.on_commit(self._wake.set)
 
-    async def dispose(self, entry: SpoolEntry) -> Outcome:
+    async def attempt(self, entry: SpoolEntry) -> dict[str, Reply]:
+        """One delivery attempt: a reply for every pending recipient, whatever happens."""
         pending = entry.pending
         try:
             replies = await self._deliverer.deliver(entry)
         except (DeliveryError, LmtpError, OSError) as exc:
             replies = {r.mailbox: Reply(451, f"4.4.0 {exc}") for r in pending}
+        missing = Reply(451, "4.3.0 no reply for this recipient")
+        return {r.mailbox: replies.get(r.mailbox, missing) for r in pending}
+
+    async def dispose(self, entry: SpoolEntry) -> Outcome:
+        pending = entry.pending
+        replies = await self.attempt(entry)
         results: dict[str, tuple[str, str]] = {}
         temporary: list[str] = []
         failed: list[str] = []
         for r in pending:
-            reply = replies.get(r.mailbox, Reply(451, "4.3.0 no reply for this recipient"))
+            reply = replies[r.mailbox]
             if reply.ok:
                 results[r.mailbox] = (DELIVERED, str(reply))
                 self._log.info("queue_id=%s to=<%s> delivered: %s", entry.id, r.mailbox, reply)
