@@ -1,9 +1,11 @@
-"""`mxdesk ticket reply|new|cancel|show` as an operator runs them, with the store daemon and a
-stand-in gateway on the submission socket."""
+"""`mxdesk ticket reply|new|cancel|show` as an operator runs them, with the store daemon and
+the real gateway on the submission socket (its send delay keeps each reply queued, where
+`mxdesk queue show` reads what was handed over)."""
 
 from __future__ import annotations
 
 import json
+import re
 import smtplib
 import time
 from collections.abc import Iterator
@@ -22,14 +24,14 @@ FIRST = (
     f"To: {MAILBOX}\r\nSubject: Pedido atrasado\r\nMessage-ID: <pedido-1@example.com>\r\n"
     "\r\nCadê meu pedido?\r\n"
 )
+# The gateway keeps replies queued for an hour: nothing leaves the machine in these tests.
+HOLD = '\n[gateway.outbound]\nsend_delay = 3600.0\nnameservers = ["127.0.0.1:9"]\n'
+QUEUED_AS = re.compile(r"queued as ([0-9A-F]{17})")
 
 
-class Recorder:
-    """The gateway's side of submission: accepts everything, keeps the commands and data."""
-
-    def __init__(self) -> None:
-        self.commands: list[str] = []
-        self.data: list[bytes] = []
+class RefusingSubmission:
+    """A submission server that refuses one recipient. The gateway never refuses an address
+    the CLI accepts, but another server on the socket may: this injects that failure."""
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -40,26 +42,23 @@ class Recorder:
         return "250 2.1.5 Ok"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        self.data.append(envelope.original_content or b"")
-        return f"250 2.0.0 Ok: queued as Q{len(self.data)}"
+        return "250 2.0.0 Ok: queued as Q4"
 
 
 class DsnSMTP(SMTP):
-    """aiosmtpd refuses DSN parameters (RFC 3461): record the commands, then strip them."""
+    """aiosmtpd refuses DSN parameters (RFC 3461): strip them."""
 
     async def smtp_MAIL(self, arg: str) -> None:
-        self.event_handler.commands.append(f"MAIL {arg}")
         await super().smtp_MAIL(arg.split(" ", 1)[0])
 
     async def smtp_RCPT(self, arg: str) -> None:
-        self.event_handler.commands.append(f"RCPT {arg}")
         await super().smtp_RCPT(arg.split(" ", 1)[0])
 
 
-class Gateway(UnixSocketController):
+class Refusing(UnixSocketController):
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        super().__init__(Recorder(), unix_socket=str(path))
+        super().__init__(RefusingSubmission(), unix_socket=str(path))
 
     def factory(self) -> SMTP:
         return DsnSMTP(self.handler)
@@ -68,6 +67,7 @@ class Gateway(UnixSocketController):
 @pytest.fixture
 def conf(short_tmp: Path) -> Path:
     path = write_config(short_tmp)
+    path.write_text(path.read_text() + HOLD)
     provision(path)
     cli(path, "tenant", "add", "outra", "--owner", "dono@outra.example", "--plan", "plus")
     cli(path, "domain", "add", "outra", "--tenant", "outra")
@@ -86,26 +86,42 @@ def conf(short_tmp: Path) -> Path:
     return path
 
 
+def daemon(conf: Path, command: str) -> Daemon:
+    d = Daemon(conf, command, conf.parent / f"{command}.log")
+    d.start()
+    return d
+
+
+def stop(*daemons: Daemon) -> None:
+    for d in daemons:
+        d.terminate()
+        d.close()
+
+
 @pytest.fixture
 def store(conf: Path) -> Iterator[Daemon]:
-    daemon = Daemon(conf, "store", conf.parent / "store.log")
-    daemon.start()
-    yield daemon
-    daemon.terminate()
-    daemon.close()
+    d = daemon(conf, "store")
+    yield d
+    stop(d)
 
 
 @pytest.fixture
-def gateway(conf: Path) -> Iterator[Gateway]:
-    g = Gateway(conf.parent / "run" / "gateway" / "submit.sock")
-    g.start()
-    yield g
-    g.stop()
+def gateway(conf: Path) -> Iterator[Daemon]:
+    d = daemon(conf, "gateway")
+    yield d
+    stop(d)
 
 
 def show(conf: Path, number: int) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(cli(conf, "ticket", "show", str(number), "--json").stdout)
     return result
+
+
+def queued(conf: Path, queue_id: str, body: bool = True) -> tuple[dict[str, Any], str]:
+    """The gateway's spool entry (JSON) and the message as `queue show --body` prints it."""
+    entry = json.loads(cli(conf, "queue", "show", queue_id, "--json").stdout)
+    text = cli(conf, "queue", "show", queue_id, *(["--body"] if body else [])).stdout
+    return entry, text
 
 
 def wait_status(
@@ -119,8 +135,14 @@ def wait_status(
             return message
 
 
+def open_draft(conf: Path, subject: str, body: str) -> str:
+    """`ticket new … --no-send`: a ticket whose first message is kept as a draft."""
+    new = ["ticket", "new", "--tenant", "marca", "--from", MAILBOX, "--to", CLIENTE]
+    return cli(conf, *new, "--subject", subject, "--no-send", input=body).stdout
+
+
 def test_reply_and_new_ticket_with_the_store_daemon(
-    conf: Path, store: Daemon, gateway: Gateway
+    conf: Path, store: Daemon, gateway: Daemon
 ) -> None:
     with smtplib.LMTP(str(conf.parent / "run" / "store" / "lmtp.sock")) as lmtp:
         lmtp.sendmail(CLIENTE, [MAILBOX], FIRST.encode())
@@ -130,27 +152,29 @@ def test_reply_and_new_ticket_with_the_store_daemon(
     pdf.write_bytes(b"%PDF-1.4 nota")
     args = ["--operator", "Ana", "--cc", "Gerente@Example.org", "--attach", str(pdf)]
     result = cli(conf, "ticket", "reply", "1", "--body-file", str(body), *args)
-    assert result.stdout == "message 2 on ticket #1: queued as Q1\n"
-    recorder: Recorder = gateway.handler
-    (mail, *rcpts) = recorder.commands
-    assert mail.startswith(f"MAIL FROM:<{MAILBOX}> RET=HDRS ENVID=")
-    assert rcpts == [
-        f"RCPT TO:<{CLIENTE}> NOTIFY=SUCCESS,FAILURE,DELAY",
-        "RCPT TO:<gerente@example.org> NOTIFY=SUCCESS,FAILURE,DELAY",
+    match = QUEUED_AS.fullmatch(result.stdout.strip().split(": ", 1)[1])
+    assert result.stdout.startswith("message 2 on ticket #1: queued as ") and match
+    first_id = match[1]
+    entry, sent = queued(conf, first_id)
+    assert (entry["kind"], entry["mail_from"], entry["ret"]) == ("out", MAILBOX, "HDRS")
+    assert re.fullmatch(r"[A-Z0-9]{24}", entry["envid"])
+    assert [(r["mailbox"], r["notify"]) for r in entry["recipients"]] == [
+        (CLIENTE, "SUCCESS,FAILURE,DELAY"),
+        ("gerente@example.org", "SUCCESS,FAILURE,DELAY"),
     ]
-    sent = recorder.data[0]
-    assert b"In-Reply-To: <pedido-1@example.com>" in sent
-    assert b"Subject: Re: Pedido atrasado" in sent
-    assert b'filename="nota fiscal.pdf"' in sent
+    assert "In-Reply-To: <pedido-1@example.com>" in sent
+    assert "Subject: Re: Pedido atrasado" in sent
+    assert 'filename="nota fiscal.pdf"' in sent
 
     again = cli(conf, "ticket", "reply", "1", "--operator", "Ana", "--json", input="Mais uma.\n")
-    assert json.loads(again.stdout)["queue_id"] == "Q2"
+    second_id = json.loads(again.stdout)["queue_id"]
+    assert QUEUED_AS.fullmatch(f"queued as {second_id}") and second_id != first_id
     ticket = show(conf, 1)
     reply = ticket["messages"][1]
     assert (reply["direction"], reply["status"], reply["queue_id"], reply["operator"]) == (
         "out",
         "queued",
-        "Q1",
+        first_id,
         "Ana",
     )
     assert [(d["recipient"], d["status"]) for d in reply["deliveries"]] == [
@@ -166,66 +190,45 @@ def test_reply_and_new_ticket_with_the_store_daemon(
         "2",
     ]
 
-    opened = cli(
-        conf,
-        "ticket",
-        "new",
-        "--tenant",
-        "marca",
-        "--from",
-        MAILBOX,
-        "--to",
-        "novo@example.com",
-        "--subject",
-        "Sua fatura",
-        "--operator",
-        "Ana",
-        input="Segue a fatura.\n",
-    )
-    assert opened.stdout == "ticket #2 opened: message 4 on ticket #2: queued as Q3\n"
-    assert b"Subject: Sua fatura\r\n" in recorder.data[2]
-    assert b"In-Reply-To" not in recorder.data[2]
+    new = ["ticket", "new", "--tenant", "marca", "--from", MAILBOX, "--to", "novo@example.com"]
+    opened = cli(conf, *new, "--subject", "Sua fatura", "--operator", "Ana", input="Fatura.\n")
+    third = QUEUED_AS.search(opened.stdout)
+    assert opened.stdout.startswith("ticket #2 opened: message 4 on ticket #2: queued as ")
+    assert third is not None
+    _, third_sent = queued(conf, third[1])
+    assert "Subject: Sua fatura\n" in third_sent
+    assert "In-Reply-To" not in third_sent
 
-    refused = cli(
-        conf,
-        "ticket",
-        "reply",
-        "2",
-        "--operator",
-        "Ana",
-        "--cc",
-        "recusado@example.org",
-        input="Cópia.\n",
-        check=False,
-    )
+
+def test_a_recipient_refused_at_submission_fails_with_the_reason(conf: Path, store: Daemon) -> None:
+    open_draft(conf, "Sua fatura", "Olá!\n")
+    server = Refusing(conf.parent / "run" / "gateway" / "submit.sock")
+    server.start()
+    try:
+        refused = cli(
+            conf,
+            *("ticket", "reply", "1", "--operator", "Ana", "--cc", "recusado@example.org"),
+            input="Cópia.\n",
+            check=False,
+        )
+        accepted = cli(conf, "ticket", "reply", "1", "--operator", "Ana", input="Sem cópia.\n")
+    finally:
+        server.stop()
     assert refused.returncode == 1
     assert refused.stderr == (
-        "mxdesk: message 5 on ticket #2: queued as Q4, but refused by the gateway:"
+        "mxdesk: message 2 on ticket #1: queued as Q4, but refused by the gateway:"
         " recusado@example.org: 550 5.7.1 Recipient address rejected: refused here\n"
     )
+    assert accepted.stdout == "message 3 on ticket #1: queued as Q4\n"
 
     # Queued in a gateway whose spool does not exist here: the cancel says why it cannot.
-    refused = cli(conf, "ticket", "cancel", "2", check=False)
+    refused = cli(conf, "ticket", "cancel", "3", check=False)
     assert refused.returncode == 1 and "no spool at" in refused.stderr
 
 
 def test_without_the_store_daemon_the_reply_waits(conf: Path) -> None:
-    opened = cli(
-        conf,
-        "ticket",
-        "new",
-        "--tenant",
-        "marca",
-        "--from",
-        MAILBOX,
-        "--to",
-        CLIENTE,
-        "--subject",
-        "Bem-vindo",
-        "--no-send",
-        input="Olá!\n",
-    )
-    assert opened.stdout == "ticket #1 opened: message 1 on ticket #1: kept as a draft, not sent\n"
+    opened = open_draft(conf, "Bem-vindo", "Olá!\n")
+    assert opened == "ticket #1 opened: message 1 on ticket #1: kept as a draft, not sent\n"
     result = cli(conf, "ticket", "reply", "1", "--operator", "Ana", input="Oi de novo.\n")
     assert result.stdout == (
         "message 2 on ticket #1: stored; it is handed to the gateway as soon as the gateway is"
@@ -239,41 +242,27 @@ def test_without_the_store_daemon_the_reply_waits(conf: Path) -> None:
 
     waiting = cli(conf, "ticket", "reply", "1", "--operator", "Ana", input="Terceira.\n")
     assert "message 3 on ticket #1: stored" in waiting.stdout
-    daemon = Daemon(conf, "store", conf.parent / "store.log")
-    daemon.start()
+    store = daemon(conf, "store")
     try:
         wait_status(conf, 1, 2, "new")
         late = cli(conf, "ticket", "reply", "1", "--operator", "Ana", input="Quarta.\n")
         assert "message 4 on ticket #1: stored" in late.stdout
         assert "(gateway not reachable: " in late.stdout
-        gateway = Gateway(conf.parent / "run" / "gateway" / "submit.sock")
-        gateway.start()
+        gateway = daemon(conf, "gateway")
         try:
-            assert wait_status(conf, 1, 3, "queued")["queue_id"] in ("Q1", "Q2")
-            wait_status(conf, 1, 2, "queued")
+            third = wait_status(conf, 1, 3, "queued")
+            fourth = wait_status(conf, 1, 2, "queued")
+            assert {third["queue_id"], fourth["queue_id"]} <= {
+                e["id"] for e in json.loads(cli(conf, "queue", "list", "--json").stdout)
+            }
         finally:
-            gateway.stop()
+            stop(gateway)
     finally:
-        daemon.terminate()
-        daemon.close()
+        stop(store)
 
 
 def test_errors_are_one_line(conf: Path) -> None:
-    cli(
-        conf,
-        "ticket",
-        "new",
-        "--tenant",
-        "marca",
-        "--from",
-        MAILBOX,
-        "--to",
-        CLIENTE,
-        "--subject",
-        "x",
-        "--no-send",
-        input="x\n",
-    )
+    open_draft(conf, "x", "x\n")
     binary = conf.parent / "binary.txt"
     binary.write_bytes(b"\xff\xfe\x00")
     reply = ["ticket", "reply", "1", "--operator", "Ana"]
