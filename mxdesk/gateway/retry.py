@@ -20,7 +20,10 @@ class RetryPolicy:
 
     def delay(self, attempts: int) -> float:
         """Seconds to wait after the attempts-th failure (1-based): exponential, capped."""
-        return float(min(self.maximum, self.initial * self.factor ** max(0, attempts - 1)))
+        # The exponent is bounded: after a thousand failures factor**n overflows a float, and
+        # by then the delay has long reached the maximum anyway.
+        exponent = min(max(0, attempts - 1), 60)
+        return float(min(self.maximum, self.initial * self.factor**exponent))
 
     def give_up(self, age: float) -> bool:
         return age >= self.hold_after

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import math
 import re
 import socket
 import time
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 import aiosmtplib
 from sqlite_utils import Database
 
+from mxdesk.gateway.retry import RetryPolicy
 from mxdesk.state import transaction
 from mxdesk.store import db as tickets_db
 from mxdesk.store.db import FAILED, NEW, PENDING, QUEUED, SUBMITTING
@@ -74,7 +76,9 @@ class Outbox:
     ) -> None:
         self.db = db
         self.clock = clock
-        self.backoff = backoff
+        # The gateway's retry rule (one place says how back-off grows); a reply is never
+        # given up on here: it waits for the gateway however long that takes.
+        self.backoff = RetryPolicy(backoff[0], backoff[1], 2.0, math.inf)
 
     def recover(self) -> int:
         """Puts back messages a crash left half handed over; returns how many."""
@@ -138,8 +142,7 @@ class Outbox:
 
     def retry(self, c: Claimed, detail: str) -> float:
         """Puts the message back for a later attempt; returns the delay in seconds."""
-        first, most = self.backoff
-        delay = min(most, first * 2.0 ** min(c.attempts, 30))
+        delay = self.backoff.delay(c.attempts + 1)
         with transaction(self.db.conn):
             self.db.execute(
                 "UPDATE messages SET status = ?, status_detail = ?, next_submit = ?,"

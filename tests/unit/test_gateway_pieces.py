@@ -18,6 +18,8 @@ def test_retry_is_exponential_and_capped() -> None:
     assert [policy.delay(n) for n in (1, 2, 3, 4, 5, 6)] == [30, 60, 120, 240, 480, 600]
     assert not policy.give_up(3599)
     assert policy.give_up(3600)
+    # A store that waits for a gateway down for days counts thousands of attempts.
+    assert policy.delay(5000) == 600
 
 
 def test_enhanced_codes_added_only_where_missing() -> None:
