@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import ssl
 from collections.abc import Mapping
 
@@ -65,12 +66,15 @@ class GatewayService:
         self.submission_limits: ConnectionLimits | None = None
         self.submission_server: asyncio.Server | None = None
         self.lmtp: LmtpClient | None = None
+        self.state: sqlite3.Connection | None = None
 
     async def start(self) -> None:
         cfg = self.config
         await self.spool.open()
+        # One read-only connection for every lookup on the loop (policy, senders, outboxes).
+        self.state = state.connect(cfg.general.state_db, readonly=True)
         policy = RecipientPolicy(
-            state.connect(cfg.general.state_db, readonly=True),
+            self.state,
             cfg.general.base_domain,
             cfg.gateway.postmaster_tenant,
         )
@@ -114,11 +118,10 @@ class GatewayService:
             logging.getLogger("mxdesk.gateway.inbound"),
         )
         self.runner.start()
-        await self._start_outbound(policy)
+        await self._start_outbound(policy, self.state)
 
-    async def _start_outbound(self, policy: RecipientPolicy) -> None:
+    async def _start_outbound(self, policy: RecipientPolicy, conn: sqlite3.Connection) -> None:
         cfg = self.config
-        conn = state.connect(cfg.general.state_db, readonly=True)
         senders = SenderPolicy(conn, cfg.general.base_domain, dict(cfg.submission.senders))
         handler = SubmissionHandler(
             senders,
@@ -153,7 +156,7 @@ class GatewayService:
         if self.outbound is None:
             from mxdesk.gateway.smarthosts import smtp_deliverer
 
-            self.outbound = smtp_deliverer(cfg)
+            self.outbound = smtp_deliverer(cfg, conn)
         notices = Notices(policy, cfg.general.host_name, installation_key(cfg.general.state_dir))
         retry = cfg.outbound_retry
         self.outbound_runner = OutboundRunner(
@@ -192,4 +195,6 @@ class GatewayService:
         if self.lmtp is not None:
             await self.lmtp.close()
         await self.spool.close()
+        if self.state is not None:
+            self.state.close()
         self.config.submission.socket.unlink(missing_ok=True)

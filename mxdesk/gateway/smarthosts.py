@@ -6,7 +6,7 @@ import logging
 import sqlite3
 import time
 
-from mxdesk import outbox, state
+from mxdesk import outbox
 from mxdesk.config import Config
 from mxdesk.gateway.outbound import Smarthost, SmtpDeliverer
 from mxdesk.secrets import SecretsError, secrets_key
@@ -19,17 +19,15 @@ class SmarthostLookup:
     """A tenant's outbox from the state database (changed by the CLI at any time), cached a few
     seconds; the password is decrypted here, in the gateway, and kept only in memory."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, conn: sqlite3.Connection) -> None:
         self._config = config
-        self._conn: sqlite3.Connection | None = None
+        self._conn = conn
         self._cache: dict[str, tuple[float, Smarthost | None]] = {}
 
     def __call__(self, tenant: str) -> Smarthost | None:
         cached = self._cache.get(tenant)
         if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
             return cached[1]
-        if self._conn is None:
-            self._conn = state.connect(self._config.general.state_db, readonly=True)
         found = outbox.load_outbox(self._conn, self._key, tenant) if self._has(tenant) else None
         host = None
         if found is not None:
@@ -47,7 +45,6 @@ class SmarthostLookup:
         return host
 
     def _has(self, tenant: str) -> bool:
-        assert self._conn is not None
         row = self._conn.execute("SELECT 1 FROM outboxes WHERE tenant=?", (tenant,)).fetchone()
         return row is not None
 
@@ -60,5 +57,7 @@ class SmarthostLookup:
             raise
 
 
-def smtp_deliverer(config: Config) -> SmtpDeliverer:
-    return SmtpDeliverer(config.outbound, config.general.host_name, SmarthostLookup(config))
+def smtp_deliverer(config: Config, conn: sqlite3.Connection) -> SmtpDeliverer:
+    """conn: the gateway's read-only connection to the state database."""
+    lookup = SmarthostLookup(config, conn)
+    return SmtpDeliverer(config.outbound, config.general.host_name, lookup)
