@@ -234,6 +234,22 @@ def machine(args: argparse.Namespace, postfix: str) -> list[str]:
     ]
 
 
+def add_load_arguments(parser: argparse.ArgumentParser, sessions_help: str) -> None:
+    """The options every benchmark here takes: the load, the repeats, where and how long."""
+    parser.add_argument("--messages", type=int, default=2000, help="messages per run")
+    parser.add_argument("--sessions", type=int, default=10, help=sessions_help)
+    parser.add_argument("--size", type=int, default=4096, help="message body bytes")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each side")
+    parser.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to wait for delivery after the load"
+    )
+    parser.add_argument(
+        "--workdir",
+        default="/tmp",
+        help="where the instances live (keep the path short: Unix sockets)",
+    )
+
+
 def print_reproduce(script: str, args: argparse.Namespace) -> None:
     """The command line that repeats this run."""
     command = [".venv/bin/python", script]
@@ -297,18 +313,7 @@ def main() -> None:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--messages", type=int, default=2000, help="messages per run")
-    parser.add_argument("--sessions", type=int, default=10, help="parallel SMTP sessions")
-    parser.add_argument("--size", type=int, default=4096, help="message body bytes")
-    parser.add_argument("--repeat", type=int, default=2, help="runs of each side")
-    parser.add_argument(
-        "--timeout", type=float, default=600.0, help="seconds to wait for delivery after the load"
-    )
-    parser.add_argument(
-        "--workdir",
-        default="/tmp",
-        help="where the instances live (keep the path short: Unix sockets)",
-    )
+    add_load_arguments(parser, "parallel SMTP sessions")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: Postfix is started with `postfix start`")

@@ -32,10 +32,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from accept_rate import cpu_seconds, machine, print_reproduce, wait_until
-from daemons import Daemon, cli, free_port, provision, write_config
+from accept_rate import add_load_arguments, cpu_seconds, machine, print_reproduce, wait_until
+from daemons import Daemon, cli, provision, write_config
 from dns_server import DnsServer
-from postfix_harness import PostfixInstance, postfix_binary
+from postfix_harness import PostfixInstance, port_open, postfix_binary
+from sink import Sink
 
 DEST = "destino.example"
 RECIPIENT = f"cliente@{DEST}"
@@ -82,32 +83,17 @@ def smtp_source(target: str, args: argparse.Namespace) -> list[str]:
     ]
 
 
-class Sink:
-    """smtp-sink on a loopback port: accepts everything, keeps nothing (as fast as it gets)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [binary("smtp-sink"), "-u", "nobody", "-8", f"127.0.0.1:{self.port}", "256"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        wait_until(self._listening, 10, "smtp-sink to listen")
-
-    def _listening(self) -> bool:
-        import socket
-
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", self.port)) == 0
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+def start_sink(root: Path) -> Sink:
+    """smtp-sink that keeps nothing (`-8`: it offers 8BITMIME, as a real MX does)."""
+    sink = Sink(root, ("-8",), dump=False, backlog=256)
+    wait_until(lambda: port_open(sink.port), 10, "smtp-sink to listen")
+    return sink
 
 
 def run_postfix(args: argparse.Namespace) -> Run:
-    sink = Sink()
-    instance = PostfixInstance.relaying(DEST, sink.port, root=new_dir(args, "pf"))
+    root = new_dir(args, "pf")
+    sink = start_sink(root)
+    instance = PostfixInstance.relaying(DEST, sink.port, root=root / "postfix")
     try:
         instance.start()
         start = time.perf_counter()
@@ -124,6 +110,7 @@ def run_postfix(args: argparse.Namespace) -> Run:
         instance.stop()
         instance.cleanup()
         sink.close()
+        shutil.rmtree(root, ignore_errors=True)
     return Run("postfix", args.messages, seconds, problems=problems, version=version)
 
 
@@ -135,9 +122,9 @@ def outbound_entries(spool: Path) -> int:
 
 
 def run_gateway(args: argparse.Namespace) -> Run:
-    sink = Sink()
-    dns = DnsServer([(DEST, "MX", f"10 mx.{DEST}."), (f"mx.{DEST}", "A", "127.0.0.1")])
     root = new_dir(args, "mx")
+    sink = start_sink(root)
+    dns = DnsServer([(DEST, "MX", f"10 mx.{DEST}."), (f"mx.{DEST}", "A", "127.0.0.1")])
     extra = (
         "\n[gateway.outbound]\nsend_delay = 0.0\n"
         f'smtp_port = {sink.port}\nnameservers = ["127.0.0.1:{dns.port}"]\n'
@@ -213,18 +200,13 @@ def main() -> None:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--messages", type=int, default=2000, help="messages per run")
-    parser.add_argument("--sessions", type=int, default=10, help="parallel submitting sessions")
-    parser.add_argument("--size", type=int, default=4096, help="message body bytes")
-    parser.add_argument("--repeat", type=int, default=2, help="runs of each side")
+    add_load_arguments(parser, "parallel submitting sessions")
     parser.add_argument(
         "--connections", type=int, default=20, help="gateway: connections to the sink at once"
     )
     parser.add_argument(
         "--concurrency", type=int, default=40, help="gateway: deliveries in flight at once"
     )
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
-    parser.add_argument("--workdir", default="/tmp", help="where the instances live")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: Postfix is started with `postfix start`")

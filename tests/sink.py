@@ -18,16 +18,27 @@ class Sink:
     given to start a new sink where a stopped one listened.
     """
 
-    def __init__(self, root: Path, flags: tuple[str, ...] = (), port: int | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        flags: tuple[str, ...] = (),
+        port: int | None = None,
+        dump: bool = True,
+        backlog: int = 100,
+    ) -> None:
+        """dump=False keeps nothing (a benchmark's receiver): messages() is then empty."""
         self.port = port or free_port()
         self.dumps = root / f"sink{self.port}"
         self.dumps.mkdir(exist_ok=True)
         os.chmod(root, 0o755)
         os.chmod(self.dumps, 0o777)  # it writes as nobody
         user = ["-u", "nobody"] if os.geteuid() == 0 else []
-        dump = ["-d", f"{self.dumps}/%M."]
-        listen = [f"127.0.0.1:{self.port}", "100"]
-        self.proc = subprocess.Popen([require_real("smtp-sink"), *user, *dump, *flags, *listen])
+        dumping = ["-d", f"{self.dumps}/%M."] if dump else []
+        listen = [f"127.0.0.1:{self.port}", str(backlog)]
+        self.proc = subprocess.Popen(
+            [require_real("smtp-sink"), *user, *dumping, *flags, *listen],
+            stdout=subprocess.DEVNULL,
+        )
 
     def messages(self) -> list[bytes]:
         """Every message received; a refused transaction leaves an empty dump, not counted."""
