@@ -12,14 +12,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from mxdesk.gateway.spool import (
-    DELIVERING,
-    HELD,
-    QUEUED,
-    RECIPIENT_COLUMNS,
-    Recipient,
-    SpoolEntry,
-)
+from mxdesk.gateway.entries import DELIVERING, HELD, QUEUED, SpoolEntry, read_entry
 
 OUTBOUND = "out"
 
@@ -43,17 +36,7 @@ def _entry(conn: sqlite3.Connection, queue_id: str, with_data: bool) -> SpoolEnt
         raise QueueControlError(
             f"no queue entry {queue_id}: it was delivered, bounced or cancelled already"
         )
-    rcpts = conn.execute(
-        f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE entry=? ORDER BY position",
-        (queue_id,),
-    ).fetchall()
-    fields = dict(row)
-    fields.pop("data")
-    return SpoolEntry(
-        **fields,
-        recipients=tuple(Recipient(*r) for r in rcpts),
-        data=row["data"] if with_data else b"",
-    )
+    return read_entry(conn, row, with_data)
 
 
 def show(path: Path, queue_id: str) -> SpoolEntry:
@@ -147,13 +130,6 @@ def list_entries(path: Path) -> list[SpoolEntry]:
             "SELECT id, kind, created, client, mail_from, size, state, attempts, next_attempt,"
             " last_error, envid, ret FROM entries ORDER BY created"
         ).fetchall()
-        result = []
-        for row in rows:
-            rcpts = conn.execute(
-                f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE entry=? ORDER BY position",
-                (row["id"],),
-            ).fetchall()
-            result.append(SpoolEntry(**dict(row), recipients=tuple(Recipient(*r) for r in rcpts)))
-        return result
+        return [read_entry(conn, row, with_data=False) for row in rows]
     finally:
         conn.close()
