@@ -15,14 +15,16 @@ from mxdesk.cli.context import Context, pass_context
 from mxdesk.cli.output import emit_json, errors_to_exit, json_option
 from mxdesk.gateway.service import GatewayService
 from mxdesk.names import reserved_labels
-from mxdesk.secrets import SecretsError, secrets_key, secrets_key_path
+from mxdesk.secrets import SecretsError, installation_key, secrets_key, secrets_key_path
 from mxdesk.store.service import start_store
 
 
 def init_state(config: cfg.Config) -> None:
-    """Creates the state directory, the databases and the base domain's DKIM keys; safe to run
-    again."""
+    """Creates the state directory, the databases, the base domain's DKIM keys and the key
+    of mxdesk's Message-IDs and notices; safe to run again."""
     config.general.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    # Made here, by whoever runs init or a daemon, not by the first `ticket reply`.
+    installation_key(config.general.state_dir)
     conn = state.connect(config.general.state_db)
     try:
         domains.ensure_base_domain_keys(conn, config)
@@ -79,7 +81,8 @@ def check_config(ctx: Context, as_json: bool) -> None:
 @click.command("gateway")
 @pass_context
 def gateway(ctx: Context) -> None:
-    """Run the gateway daemon (MX listener, spool, delivery to the store)."""
+    """Run the gateway daemon (MX and submission listeners, spool, delivery to the store and
+    to recipients' MX hosts or company outboxes)."""
     config = _refuse_bad_config(ctx)
     raise SystemExit(asyncio.run(daemon.serve(lambda: _gateway(config))))
 
@@ -87,7 +90,8 @@ def gateway(ctx: Context) -> None:
 @click.command("store")
 @pass_context
 def store(ctx: Context) -> None:
-    """Run the ticket store daemon (LMTP server on a Unix socket)."""
+    """Run the ticket store daemon (LMTP server on a Unix socket; hands replies to the
+    gateway)."""
     config = _refuse_bad_config(ctx)
     raise SystemExit(asyncio.run(daemon.serve(lambda: _store(config))))
 

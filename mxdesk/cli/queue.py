@@ -22,7 +22,8 @@ def queue_group() -> None:
 @json_option
 @pass_context
 def list_(ctx: Context, as_json: bool) -> None:
-    """List spool entries: queued (waiting or retrying) and held (refused, needs a person)."""
+    """List spool entries, inbound (in) and outbound (out): queued (waiting its send delay or
+    its next try), delivering (being delivered now) and held (needs a person)."""
     entries = list_entries(ctx.config.gateway.spool_path)
     if as_json:
         emit_json(entries)
