@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -250,6 +251,26 @@ def add_load_arguments(parser: argparse.ArgumentParser, sessions_help: str) -> N
     )
 
 
+R = TypeVar("R")
+
+
+def run_interleaved(
+    args: argparse.Namespace,
+    postfix: Callable[[argparse.Namespace], R],
+    gateway: Callable[[argparse.Namespace], R],
+) -> list[R]:
+    """--repeat runs of each side, interleaved, so that a drift of the machine's speed during
+    the run hits both sides alike."""
+    if os.geteuid() != 0:
+        sys.exit("run as root: Postfix is started with `postfix start`")
+    runs: list[R] = []
+    for i in range(args.repeat):
+        for side, run in (("postfix", postfix), ("gateway", gateway)):
+            print(f"run {i + 1}/{args.repeat}: {side} …", flush=True)
+            runs.append(run(args))
+    return runs
+
+
 def print_reproduce(script: str, args: argparse.Namespace) -> None:
     """The command line that repeats this run."""
     command = [".venv/bin/python", script]
@@ -315,15 +336,7 @@ def main() -> None:
     )
     add_load_arguments(parser, "parallel SMTP sessions")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("run as root: Postfix is started with `postfix start`")
-    runs: list[Run] = []
-    # Interleaved, so a drift of the machine's speed during the run hits both sides alike.
-    for i in range(args.repeat):
-        for side, run in (("postfix", run_postfix), ("gateway", run_gateway)):
-            print(f"run {i + 1}/{args.repeat}: {side} …", flush=True)
-            runs.append(run(args))
-    report(args, runs)
+    report(args, run_interleaved(args, run_postfix, run_gateway))
 
 
 if __name__ == "__main__":

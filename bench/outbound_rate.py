@@ -19,7 +19,6 @@ and its log has one "delivered" line per message).
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import shutil
 import sqlite3
@@ -32,7 +31,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from accept_rate import add_load_arguments, cpu_seconds, machine, print_reproduce, wait_until
+from accept_rate import (
+    add_load_arguments,
+    cpu_seconds,
+    machine,
+    print_reproduce,
+    run_interleaved,
+    wait_until,
+)
 from daemons import Daemon, cli, provision, write_config
 from dns_server import DnsServer
 from postfix_harness import PostfixInstance, port_open, postfix_binary
@@ -208,14 +214,7 @@ def main() -> None:
         "--concurrency", type=int, default=40, help="gateway: deliveries in flight at once"
     )
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("run as root: Postfix is started with `postfix start`")
-    runs: list[Run] = []
-    for i in range(args.repeat):
-        for side, run in (("postfix", run_postfix), ("gateway", run_gateway)):
-            print(f"run {i + 1}/{args.repeat}: {side} …", flush=True)
-            runs.append(run(args))
-    report(args, runs)
+    report(args, run_interleaved(args, run_postfix, run_gateway))
 
 
 if __name__ == "__main__":
