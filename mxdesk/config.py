@@ -8,8 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mxdesk.configread import Listen, Reader, host_ports
+from mxdesk.dns.settings import DnsConfig, parse_dns
+
 DEFAULT_CONFIG_PATH = Path("/etc/mxdesk/mxdesk.toml")
 CONFIG_ENV = "MXDESK_CONFIG"
+LANGUAGES = ("pt", "en")
 
 
 class ConfigError(Exception):
@@ -18,12 +22,6 @@ class ConfigError(Exception):
     def __init__(self, errors: list[str]) -> None:
         super().__init__("\n".join(errors))
         self.errors = errors
-
-
-@dataclass(frozen=True)
-class Listen:
-    host: str
-    port: int
 
 
 @dataclass(frozen=True)
@@ -36,6 +34,7 @@ class GeneralConfig:
     log_level: str = "info"
     secrets_key_file: Path = Path("/var/lib/mxdesk/secrets.key")
     secrets_credential: str = "mxdesk-secrets"
+    language: str = "pt"
 
     @property
     def host_name(self) -> str:
@@ -117,76 +116,18 @@ class Config:
     outbound_retry: RetryConfig = OUTBOUND_RETRY
     store: StoreConfig = field(default_factory=StoreConfig)
     dkim: DkimConfig = field(default_factory=DkimConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
     source: Path | None = None
-
-
-class _Reader:
-    """Reads one TOML table, remembering which keys were used and collecting errors."""
-
-    def __init__(self, table: dict[str, Any], prefix: str, errors: list[str]) -> None:
-        self.table = table
-        self.prefix = prefix
-        self.errors = errors
-        self.seen: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}.{name}"
-
-    def get(self, name: str, kind: type, default: Any) -> Any:
-        self.seen.add(name)
-        if name not in self.table:
-            return default
-        value = self.table[name]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            self.errors.append(f"{self.key(name)}: expected {kind.__name__}, got {value!r}")
-            return default
-        return value
-
-    def positive(self, name: str, kind: type, default: Any) -> Any:
-        value = self.get(name, kind, default)
-        if value <= 0:
-            self.errors.append(f"{self.key(name)}: must be greater than 0, got {value!r}")
-            return default
-        return value
-
-    def path(self, name: str, default: Path | None) -> Path | None:
-        value = self.get(name, str, None)
-        if value is None:
-            return default
-        if value == "":
-            return None
-        return Path(value)
-
-    def finish(self) -> None:
-        for extra in sorted(set(self.table) - self.seen):
-            self.errors.append(f"{self.key(extra)}: unknown key")
-
-
-def _host_ports(raw: Any, key: str, errors: list[str]) -> tuple[Listen, ...]:
-    if not isinstance(raw, list):
-        errors.append(f'{key}: expected a list of "host:port" strings')
-        return ()
-    result = []
-    for item in raw:
-        host, sep, port = str(item).rpartition(":")
-        host = host.strip("[]")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-            errors.append(f'{key}: {item!r} is not "host:port" (e.g. "127.0.0.1:2525")')
-            continue
-        result.append(Listen(host, int(port)))
-    return tuple(result)
 
 
 def _listen(raw: Any, key: str, errors: list[str]) -> tuple[Listen, ...]:
     if isinstance(raw, list) and not raw:
         errors.append(f'{key}: expected a non-empty list of "host:port" strings')
-    return _host_ports(raw, key, errors) or GatewayConfig.listen
+    return host_ports(raw, key, errors) or GatewayConfig.listen
 
 
 def _retry(table: Any, key: str, default: RetryConfig, errors: list[str]) -> RetryConfig:
-    r = _Reader(table if isinstance(table, dict) else {}, key, errors)
+    r = Reader(table if isinstance(table, dict) else {}, key, errors)
     retry = RetryConfig(
         initial=r.positive("initial", float, default.initial),
         maximum=r.positive("maximum", float, default.maximum),
@@ -228,16 +169,19 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
             return {}
         return value
 
-    for extra in sorted(set(data) - {"mxdesk", "gateway", "store", "dkim"}):
+    for extra in sorted(set(data) - {"mxdesk", "gateway", "store", "dkim", "dns"}):
         errors.append(f"{extra}: unknown section")
 
-    g = _Reader(table("mxdesk"), "mxdesk", errors)
+    g = Reader(table("mxdesk"), "mxdesk", errors)
     base = g.get("base_domain", str, GeneralConfig.base_domain).lower().rstrip(".")
     if not all(_label_ok(p) for p in base.split(".")) or "." not in base:
         errors.append(f"mxdesk.base_domain: {base!r} is not a domain name (e.g. helpdesk.example)")
     state_dir = g.path("state_dir", GeneralConfig.state_dir) or GeneralConfig.state_dir
     runtime_dir = g.path("runtime_dir", GeneralConfig.runtime_dir) or GeneralConfig.runtime_dir
     log_level = g.get("log_level", str, "info")
+    language = g.get("language", str, GeneralConfig.language)
+    if language not in LANGUAGES:
+        errors.append(f"mxdesk.language: {language!r} is not one of {', '.join(LANGUAGES)}")
     if log_level not in ("debug", "info", "warning", "error"):
         errors.append(f"mxdesk.log_level: {log_level!r} is not debug, info, warning or error")
     general = GeneralConfig(
@@ -249,6 +193,7 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
         log_level=log_level,
         secrets_key_file=g.path("secrets_key_file", None) or state_dir / "secrets.key",
         secrets_credential=g.get("secrets_credential", str, GeneralConfig.secrets_credential),
+        language=language,
     )
     if general.reserved_labels_file and not general.reserved_labels_file.is_file():
         errors.append(f"mxdesk.reserved_labels_file: {general.reserved_labels_file} does not exist")
@@ -259,7 +204,7 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
     out_retry_table = gw_table.pop("outbound_retry", {})
     sub_table = gw_table.pop("submission", {})
     out_table = gw_table.pop("outbound", {})
-    w = _Reader(gw_table, "gateway", errors)
+    w = Reader(gw_table, "gateway", errors)
     w.seen.add("listen")
     listen = _listen(gw_table.get("listen", ["0.0.0.0:25"]), "gateway.listen", errors)
     tls_cert = w.path("tls_cert", None)
@@ -289,7 +234,7 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
     retry = _retry(retry_table, "gateway.inbound_retry", RetryConfig(), errors)
     outbound_retry = _retry(out_retry_table, "gateway.outbound_retry", OUTBOUND_RETRY, errors)
 
-    sub = _Reader(sub_table if isinstance(sub_table, dict) else {}, "gateway.submission", errors)
+    sub = Reader(sub_table if isinstance(sub_table, dict) else {}, "gateway.submission", errors)
     sub.seen.add("senders")
     submission = SubmissionConfig(
         socket=sub.path("socket", None) or runtime_dir / "gateway" / "submit.sock",
@@ -300,13 +245,13 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
         errors.append(f"gateway.submission.socket: {submission.socket} is too long for a socket")
     sub.finish()
 
-    o = _Reader(out_table if isinstance(out_table, dict) else {}, "gateway.outbound", errors)
+    o = Reader(out_table if isinstance(out_table, dict) else {}, "gateway.outbound", errors)
     o.seen.add("nameservers")
     defaults = OutboundConfig()
     outbound = OutboundConfig(
         send_delay=o.get("send_delay", float, defaults.send_delay),
         smtp_port=o.positive("smtp_port", int, defaults.smtp_port),
-        nameservers=_host_ports(
+        nameservers=host_ports(
             o.table.get("nameservers", []), "gateway.outbound.nameservers", errors
         ),
         per_destination=o.positive("per_destination", int, defaults.per_destination),
@@ -320,7 +265,7 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
         errors.append(f"gateway.outbound.tls: {outbound.tls!r} is not may or none")
     o.finish()
 
-    s = _Reader(table("store"), "store", errors)
+    s = Reader(table("store"), "store", errors)
     lmtp_socket = s.path("lmtp_socket", runtime_dir / "store" / "lmtp.sock")
     store = StoreConfig(
         lmtp_socket=lmtp_socket or runtime_dir / "store" / "lmtp.sock",
@@ -331,12 +276,14 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
         errors.append(f"store.lmtp_socket: {store.lmtp_socket} is too long for a Unix socket")
     s.finish()
 
-    k = _Reader(table("dkim"), "dkim", errors)
+    k = Reader(table("dkim"), "dkim", errors)
     dkim = DkimConfig(
         keys_dir=k.path("keys_dir", state_dir / "dkim") or state_dir / "dkim",
         ed25519=k.get("ed25519", bool, False),
     )
     k.finish()
+
+    dns = parse_dns(table("dns"), base, errors)
 
     if errors:
         raise ConfigError(errors)
@@ -349,6 +296,7 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
         outbound_retry=outbound_retry,
         store=store,
         dkim=dkim,
+        dns=dns,
         source=source,
     )
 

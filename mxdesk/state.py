@@ -77,7 +77,36 @@ SCHEMA = [
         updated REAL NOT NULL
     );
     """,
+    # The domain lifecycle: pending -> publishing -> propagating -> active (SQLite cannot
+    # change a CHECK constraint, so the table is rebuilt). Domains active before keep it.
+    """
+    CREATE TABLE domains_new (
+        name TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL REFERENCES tenants(slug),
+        kind TEXT NOT NULL CHECK (kind IN ('hosted', 'own')),
+        status TEXT NOT NULL CHECK (status IN
+            ('pending', 'publishing', 'propagating', 'active', 'disabled')),
+        created REAL NOT NULL,
+        token TEXT NOT NULL DEFAULT '',
+        last_error TEXT NOT NULL DEFAULT '',
+        served INTEGER NOT NULL DEFAULT 0,
+        expected INTEGER NOT NULL DEFAULT 0,
+        checked REAL,
+        next_action REAL NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        activated REAL,
+        forced INTEGER NOT NULL DEFAULT 0,
+        owner_notified INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO domains_new (name, tenant, kind, status, created, activated, owner_notified)
+        SELECT name, tenant, kind, status, created,
+               CASE WHEN status = 'active' THEN created END, 1 FROM domains;
+    DROP TABLE domains;
+    ALTER TABLE domains_new RENAME TO domains;
+    CREATE INDEX domains_status ON domains(status, next_action);
+    """,
 ]
+DOMAIN_STATES = ("pending", "publishing", "propagating", "active", "disabled")
 
 
 class StateError(Exception):
@@ -99,6 +128,21 @@ class Domain:
     kind: str
     status: str
     created: float
+    token: str = ""  # own domains: the ownership proof served at _mxdesk.<name>
+    last_error: str = ""
+    served: int = 0  # records x servers that served the plan at the last check
+    expected: int = 0
+    checked: float | None = None
+    next_action: float = 0.0
+    attempts: int = 0
+    activated: float | None = None
+    forced: bool = False
+    owner_notified: bool = False
+
+    @property
+    def receives(self) -> bool:
+        """Mail to it is accepted before it is active: its MX may point here already."""
+        return self.status != "disabled"
 
 
 @dataclass(frozen=True)
@@ -202,25 +246,59 @@ def list_tenants(conn: sqlite3.Connection) -> list[Tenant]:
     return [Tenant(**r) for r in conn.execute("SELECT * FROM tenants ORDER BY slug")]
 
 
-def add_hosted_domain(
-    conn: sqlite3.Connection, base_domain: str, label: str, tenant: str, reserved: frozenset[str]
+def add_domain(
+    conn: sqlite3.Connection, name: str, tenant: str, kind: str, token: str = ""
 ) -> Domain:
-    """Creates the hosted subdomain <label>.<base domain> for a plus or premium tenant."""
-    _check(label, "domain label", reserved)
-    name = f"{label}.{base_domain}"
+    """Creates a domain of the tenant, pending: it becomes active only once its records are
+    served (mxdesk.dns.lifecycle). Hosted subdomains need plus or up, own domains premium."""
     now = time.time()
     with transaction(conn):
         t = get_tenant(conn, tenant)
-        if t.plan == "basic":
+        if kind == "own" and t.plan != "premium":
+            raise StateError(
+                f"tenant {tenant!r} is on the {t.plan} plan: own domains need premium"
+                f" (mxdesk tenant set {tenant} --plan premium)"
+            )
+        if kind == "hosted" and t.plan == "basic":
             raise StateError(
                 f"tenant {tenant!r} is on the basic plan: hosted subdomains need plus or premium"
             )
         row = conn.execute("SELECT tenant FROM domains WHERE name=?", (name,)).fetchone()
         if row is not None:
-            raise StateError(f"domain {name} is already taken")
-        # Until DNS publishing exists, a hosted domain is active as soon as it is created.
-        conn.execute("INSERT INTO domains VALUES (?,?,'hosted','active',?)", (name, tenant, now))
-    return Domain(name, tenant, "hosted", "active", now)
+            whose = "this tenant" if row["tenant"] == tenant else "another tenant"
+            raise StateError(f"domain {name} is already taken by {whose}")
+        conn.execute(
+            "INSERT INTO domains (name, tenant, kind, status, created, token)"
+            " VALUES (?,?,?,'pending',?,?)",
+            (name, tenant, kind, now, token),
+        )
+    return Domain(name, tenant, kind, "pending", now, token)
+
+
+def hosted_name(base_domain: str, label: str, reserved: frozenset[str]) -> str:
+    return f"{_check(label, 'domain label', reserved)}.{base_domain}"
+
+
+def add_hosted_domain(
+    conn: sqlite3.Connection, base_domain: str, label: str, tenant: str, reserved: frozenset[str]
+) -> Domain:
+    """Creates the hosted subdomain <label>.<base domain> (pending) for the tenant."""
+    return add_domain(conn, hosted_name(base_domain, label, reserved), tenant, "hosted")
+
+
+def set_domain(conn: sqlite3.Connection, name: str, **fields: object) -> None:
+    """Changes columns of one domain (the lifecycle's steps), in one transaction."""
+    unknown = set(fields) - set(Domain.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"no domain column {sorted(unknown)}")
+    columns = ", ".join(f"{k}=?" for k in fields)
+    with transaction(conn):
+        conn.execute(f"UPDATE domains SET {columns} WHERE name=?", (*fields.values(), name))
+
+
+def remove_domain(conn: sqlite3.Connection, name: str) -> None:
+    with transaction(conn):
+        conn.execute("DELETE FROM domains WHERE name=?", (name,))
 
 
 def list_domains(conn: sqlite3.Connection, tenant: str | None = None) -> list[Domain]:

@@ -68,8 +68,10 @@ def provision(config: cfg.Config, dkim: bool = False) -> None:
     state.add_tenant(conn, BASE, "outra", "owner@outra.example", "premium", reserved)
     state.add_hosted_domain(conn, BASE, "outra", "outra", reserved)
     state.add_mailbox(conn, BASE, f"contato@outra.{BASE}", "Contato Outra")
-    if dkim:
-        for domain in (f"marca.{BASE}", f"outra.{BASE}"):
+    for domain in (f"marca.{BASE}", f"outra.{BASE}"):
+        # No DNS here: active by hand, as `mxdesk domain activate --force` does.
+        state.set_domain(conn, domain, status="active", forced=True, owner_notified=True)
+        if dkim:
             dkimkeys.create_keys(conn, config.dkim, domain)
     conn.close()
 
@@ -149,3 +151,17 @@ async def wait_for(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+def wait_for_sync(
+    condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition"
+) -> Any:
+    """wait_for for tests outside an event loop (daemons in subprocesses, the CLI)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import wait_for
-from daemons import Daemon, cli, free_port, write_config
+from daemons import Daemon, activate, cli, free_port, write_config
 from dns_server import DnsServer
 from sink import Sink
 from wire import send_message
@@ -47,6 +47,7 @@ class Site:
             self.config, "tenant", "add", "marca", "--owner", "dono@marca.example", "--plan", "plus"
         )
         cli(self.config, "domain", "add", "marca", "--tenant", "marca")
+        activate(self.config, "marca.helpdesk.example")
         cli(self.config, "mailbox", "add", MAILBOX, "--name", "Suporte Marca")
         signature = root / "ana.sig"
         signature.write_text("Ana Souza\nSuporte Marca")

@@ -13,6 +13,7 @@ from mxdesk import config as cfg
 from mxdesk import daemon, domains, state
 from mxdesk.cli.context import Context, pass_context
 from mxdesk.cli.output import emit_json, errors_to_exit, json_option
+from mxdesk.dns.lifecycle import activate
 from mxdesk.gateway.service import GatewayService
 from mxdesk.names import reserved_labels
 from mxdesk.secrets import SecretsError, installation_key, secrets_key, secrets_key_path
@@ -125,7 +126,10 @@ def _demo(directory: Path, port: int) -> Path:
     reserved = reserved_labels(None)
     try:
         state.add_tenant(conn, base, "marca", "owner@marca.example", "plus", reserved)
-        domains.add_hosted_domain(conn, config, "marca", "marca", reserved)
+        domain = domains.add_domain(conn, config, "marca", "marca", reserved).domain.name
+        # The demo has no DNS to publish to: active at once, and no mail to its owner.
+        activate(conn, domain, forced=True)
+        state.set_domain(conn, domain, owner_notified=True)
         state.add_mailbox(conn, base, f"suporte@marca.{base}", "Suporte Marca")
     except (state.StateError, sqlite3.IntegrityError):
         pass  # already set up by an earlier run

@@ -1,58 +1,296 @@
-"""`mxdesk domain …`: hosted subdomains of the base domain."""
+"""`mxdesk domain …`: hosted subdomains and own domains, their records and their way to active."""
 
 from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
 
 import click
 
 from mxdesk import domains, state
 from mxdesk.cli.context import Context, need_state, pass_context
-from mxdesk.cli.output import emit_json, emit_table, errors_to_exit, json_option
+from mxdesk.cli.output import emit_json, emit_table, errors_to_exit, fail, json_option
+from mxdesk.dns.providers import ProviderError
+from mxdesk.dns.records import OWNERSHIP_LABEL, OWNERSHIP_PREFIX, RecordPlan, zone_file
 from mxdesk.gateway.dkim import DkimKeyError
+
+ERRORS = (state.StateError, DkimKeyError, OSError, ProviderError)
 
 
 @click.group("domain")
 def domain_group() -> None:
-    """Hosted subdomains (<label>.<base domain>)."""
+    """Hosted subdomains (<label>.<base domain>) and customers' own domains."""
 
 
 @domain_group.command("add")
-@click.argument("label")
+@click.argument("name")
 @click.option("--tenant", "tenant_slug", required=True, metavar="SLUG")
+@click.option("--own", is_flag=True, help="NAME is the customer's own domain (plan premium).")
+@click.option("--wait", is_flag=True, help="Follow the domain until it is active.")
+@click.option("--timeout", default=3600.0, show_default=True, help="Seconds --wait waits.")
 @json_option
 @pass_context
-@errors_to_exit(state.StateError)
-def add(ctx: Context, label: str, tenant_slug: str, as_json: bool) -> None:
-    """Create LABEL.<base domain> for a plus or premium tenant, with its DKIM keys."""
-    view = domains.add_hosted_domain(
-        need_state(ctx), ctx.config, label, tenant_slug, ctx.reserved()
+@errors_to_exit(*ERRORS)
+def add(
+    ctx: Context, name: str, tenant_slug: str, own: bool, wait: bool, timeout: float, as_json: bool
+) -> None:
+    """Create domain NAME for a tenant, with its DKIM keys, and publish its records.
+
+    NAME is a label (marca: marca.<base domain>, plus or premium) or, with --own, the
+    customer's domain (marca.com.br, premium). Where a provider serves the zone the records
+    are published now; a refused key or an unreachable provider is said here and nothing is
+    kept. The gateway then checks every authoritative server and activates the domain once
+    all of them serve every record; replies wait in the queue until then.
+    """
+    from mxdesk.dns.lifecycle import publish_domain
+
+    conn = need_state(ctx)
+    view = domains.add_domain(conn, ctx.config, name, tenant_slug, ctx.reserved(), own=own)
+    domain = view.domain.name
+    try:
+        published = asyncio.run(publish_domain(conn, ctx.config, domain))
+    except BaseException as exc:
+        domains.remove_domain(conn, ctx.config, domain)
+        if isinstance(exc, ProviderError):
+            fail(f"{domain}: {exc}; nothing was created")
+        raise
+    plan = domains.domain_plan(conn, ctx.config, domain)
+    if as_json and not wait:
+        emit_json({"domain": domains.get(conn, domain), "published": published, "plan": plan})
+    elif not as_json:
+        click.echo(f"domain {domain} created for tenant {tenant_slug}")
+        for p in published:
+            if p.provider:
+                what = f"{len(p.changed)} record sets changed" if p.changed else "already there"
+                click.echo(f"published in zone {p.zone} through {p.provider}: {what}")
+        manual = [r for r in plan.records if not ctx.config.dns.zone_of(r.name)[1]]
+        if manual:
+            click.echo("no provider publishes these records: put them in the zone by hand")
+            click.echo(zone_file(RecordPlan(domain, tuple(manual))), nl=False)
+        _print_mta_sts(plan)
+    if wait:
+        sys.exit(_follow(ctx, domain, timeout, as_json))
+    if not as_json:
+        click.echo(f"propagating: follow it with 'mxdesk domain wait {domain}'")
+
+
+def _print_mta_sts(plan: RecordPlan) -> None:
+    if plan.mta_sts_policy:
+        click.echo(
+            f"MTA-STS: serve this file at https://mta-sts.{plan.domain}/.well-known/mta-sts.txt"
+            " from your web server (mxdesk does not serve HTTPS):"
+        )
+        click.echo(plan.mta_sts_policy.replace("\r\n", "\n"), nl=False)
+
+
+@domain_group.command("records")
+@click.argument("name", required=False)
+@click.option("--base", is_flag=True, help="The base domain's records (with MX addresses).")
+@click.option(
+    "--zone-file", "zone_file_", is_flag=True, help="Zone-file lines for BIND, Knot or NSD."
+)
+@json_option
+@pass_context
+@errors_to_exit(*ERRORS)
+def records(ctx: Context, name: str | None, base: bool, zone_file_: bool, as_json: bool) -> None:
+    """Print the DNS records domain NAME (or --base) needs."""
+    if bool(name) == base:
+        fail("give a domain NAME or --base")
+    conn = need_state(ctx)
+    plan = (
+        domains.base_plan(conn, ctx.config)
+        if base
+        else domains.domain_plan(conn, ctx.config, str(name))
     )
     if as_json:
-        emit_json(view)
+        emit_json(plan)
+    elif zone_file_:
+        click.echo(zone_file(plan), nl=False)
     else:
-        d = view.domain
-        click.echo(f"domain {d.name} created for tenant {d.tenant} ({d.status})")
-        _print_dkim(view)
+        emit_table(
+            [(r.name, r.type, r.ttl, r.purpose, r.value) for r in plan.records],
+            ["name", "type", "ttl", "purpose", "value"],
+        )
+        _print_mta_sts(plan)
 
 
-def _print_dkim(view: domains.DomainView) -> None:
-    for r in view.dkim:
-        click.echo(f'DKIM {r.algorithm}: {r.name}. IN TXT "{r.txt}"')
+@domain_group.command("check")
+@click.argument("name")
+@json_option
+@pass_context
+@errors_to_exit(*ERRORS)
+def check(ctx: Context, name: str, as_json: bool) -> None:
+    """Ask every authoritative server of domain NAME for each record; exit 1 unless all serve
+    every record (ok, missing, differs, lame or unreachable per record and server)."""
+    from mxdesk.dns.check import AuthoritativeChecker, CheckReport
+
+    conn = need_state(ctx)
+    plan = domains.domain_plan(conn, ctx.config, name)
+
+    async def run() -> CheckReport:
+        return await AuthoritativeChecker(ctx.config.dns).check(plan.domain, plan.records)
+
+    report = asyncio.run(run())
+    if as_json:
+        emit_json({"domain": plan.domain, "ok": report.ok, "checks": report.checks})
+    else:
+        rows = [
+            (
+                c.record.name,
+                c.record.type,
+                a.server,
+                a.address,
+                a.status,
+                " | ".join(a.served) if a.status == "differs" else a.detail,
+            )
+            for c in report.checks
+            for a in c.answers
+        ]
+        emit_table(rows, ["record", "type", "server", "address", "status", "detail"])
+        click.echo(f"{report.served}/{report.expected} served")
+    if not report.ok:
+        sys.exit(1)
+
+
+@domain_group.command("publish")
+@click.argument("name")
+@pass_context
+@errors_to_exit(*ERRORS)
+def publish_(ctx: Context, name: str) -> None:
+    """Publish domain NAME's records again (changes only what differs)."""
+    from mxdesk.dns.publish import publish
+
+    conn = need_state(ctx)
+    plan = domains.domain_plan(conn, ctx.config, name)
+    for p in asyncio.run(publish(plan, ctx.config.dns)):
+        if not p.provider:
+            click.echo(f"zone {p.zone or '(none)'}: no provider; see 'mxdesk domain records'")
+        elif p.changed:
+            changed = ", ".join(f"{c.name} {c.type}" for c in p.changed)
+            click.echo(f"zone {p.zone}: replaced {changed}")
+        else:
+            click.echo(f"zone {p.zone}: nothing to change")
+
+
+@domain_group.command("wait")
+@click.argument("name")
+@click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait.")
+@json_option
+@pass_context
+@errors_to_exit(*ERRORS)
+def wait(ctx: Context, name: str, timeout: float, as_json: bool) -> None:
+    """Follow domain NAME until it is active; exit 0 if it became active, 1 if not in time."""
+    sys.exit(_follow(ctx, domains.get(need_state(ctx), name).name, timeout, as_json))
+
+
+def _follow(ctx: Context, name: str, timeout: float, as_json: bool) -> int:
+    conn = need_state(ctx)
+    start = time.monotonic()
+    live = sys.stdout.isatty() and not as_json
+    last: tuple[object, ...] = ()
+    warned = False
+    stale_after = 3 * ctx.config.dns.check_interval + 10
+    while True:
+        d = domains.get(conn, name)
+        elapsed = time.monotonic() - start
+        now = (d.status, d.served, d.expected, d.last_error)
+        if as_json and now != last:
+            click.echo(
+                json.dumps(
+                    {
+                        "domain": name,
+                        "status": d.status,
+                        "served": d.served,
+                        "expected": d.expected,
+                        "elapsed": round(elapsed, 1),
+                        "last_error": d.last_error,
+                    }
+                )
+            )
+        elif live:
+            click.echo(
+                f"\r{name}: {d.status}, {d.served}/{d.expected} served, {elapsed:.0f}s\033[K",
+                nl=False,
+            )
+        elif now != last:
+            click.echo(
+                f"{name}: {d.status}, {d.served}/{d.expected} served, {elapsed:.0f}s"
+                + (f" ({d.last_error})" if d.last_error else "")
+            )
+        last = now
+        if d.status == "active":
+            if live:
+                click.echo()
+            return 0
+        if elapsed > timeout:
+            if live:
+                click.echo()
+            click.echo(
+                f"mxdesk: {name} is not active after {timeout:.0f}s"
+                + (f": {d.last_error}" if d.last_error else ""),
+                err=True,
+            )
+            return 1
+        if not warned and elapsed > stale_after and (d.checked or 0) < time.time() - stale_after:
+            click.echo(
+                f"\nmxdesk: nothing has checked {name} for {elapsed:.0f}s:"
+                " is the gateway (mxdesk-gateway) running?",
+                err=True,
+            )
+            warned = True
+        time.sleep(0.2)
+
+
+@domain_group.command("activate")
+@click.argument("name")
+@click.option("--force", is_flag=True, required=True, help="Skip the check (required).")
+@click.option("--no-mail", is_flag=True, help="Do not mail the tenant's owner about it.")
+@pass_context
+@errors_to_exit(*ERRORS)
+def activate(ctx: Context, name: str, force: bool, no_mail: bool) -> None:
+    """Make domain NAME active without waiting for its records to be served: for records
+    published by other means or a closed lab network. Logged, and shown by 'domain show'."""
+    from mxdesk.dns.lifecycle import activate as do_activate
+
+    conn = need_state(ctx)
+    d = domains.get(conn, name)
+    if d.status == "active":
+        fail(f"{d.name} is active already")
+    do_activate(conn, d.name, forced=True)
+    if no_mail:
+        state.set_domain(conn, d.name, owner_notified=True)
+    click.echo(f"{d.name} is active (forced): replies from it may leave now")
 
 
 @domain_group.command("show")
 @click.argument("name")
 @json_option
 @pass_context
-@errors_to_exit(state.StateError, DkimKeyError, OSError)
+@errors_to_exit(*ERRORS)
 def show(ctx: Context, name: str, as_json: bool) -> None:
-    """Show domain NAME and the DKIM records it needs in DNS."""
+    """Show domain NAME: its state, progress and the DKIM records it needs in DNS."""
     view = domains.show_domain(need_state(ctx), name)
     if as_json:
         emit_json(view)
-    else:
-        d = view.domain
-        click.echo(f"{d.name}  tenant {d.tenant}  {d.kind}  {d.status}")
-        _print_dkim(view)
+        return
+    d = view.domain
+    click.echo(f"{d.name}  tenant {d.tenant}  {d.kind}  {d.status}")
+    if d.status != "active":
+        click.echo(f"served: {d.served}/{d.expected} records x servers")
+    if d.activated:
+        how = " (forced: records not checked)" if d.forced else ""
+        click.echo(
+            f"active since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(d.activated))}{how}"
+        )
+    if d.last_error:
+        click.echo(f"last error: {d.last_error}")
+    if d.token:
+        proof = f'{OWNERSHIP_LABEL}.{d.name}. IN TXT "{OWNERSHIP_PREFIX}{d.token}"'
+        click.echo(f"ownership proof: {proof}")
+    for r in view.dkim:
+        click.echo(f'DKIM {r.algorithm}: {r.name}. IN TXT "{r.txt}"')
 
 
 @domain_group.command("list")
@@ -60,14 +298,14 @@ def show(ctx: Context, name: str, as_json: bool) -> None:
 @json_option
 @pass_context
 def list_(ctx: Context, tenant_slug: str | None, as_json: bool) -> None:
-    """List hosted domains."""
-    domains = state.list_domains(need_state(ctx), tenant_slug)
+    """List domains with their state (pending, publishing, propagating, active)."""
+    found = state.list_domains(need_state(ctx), tenant_slug)
     if as_json:
-        emit_json(domains)
+        emit_json(found)
     else:
         emit_table(
-            [(d.name, d.tenant, d.kind, d.status) for d in domains],
-            ["domain", "tenant", "kind", "status"],
+            [(d.name, d.tenant, d.kind, d.status, f"{d.served}/{d.expected}") for d in found],
+            ["domain", "tenant", "kind", "status", "served"],
         )
 
 

@@ -79,6 +79,7 @@ class NewEntry:
     envid: str = ""
     ret: str = ""
     not_before: float = 0.0  # the first attempt waits until then (the outbound send delay)
+    held: str = ""  # committed held with this reason (a reply whose domain is not active yet)
 
 
 @dataclass(frozen=True)

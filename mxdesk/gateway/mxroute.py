@@ -16,7 +16,7 @@ import dns.nameserver
 import dns.rdtypes.ANY.MX
 import dns.resolver
 
-from mxdesk.config import Listen
+from mxdesk.configread import Listen
 from mxdesk.gateway.lmtp import Reply
 
 # Postfix's smtp_mx_address_limit: a domain with many addresses must not hold a delivery for ages.

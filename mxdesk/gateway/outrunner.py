@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from mxdesk.gateway.dsn import (
     DELAYED,
@@ -84,11 +85,20 @@ class OutboundRunner(QueueRunner):
         retry: RetryPolicy,
         concurrency: int,
         notices: Notices,
+        waiting_for: Callable[[bytes], str] | None = None,
     ) -> None:
+        """waiting_for: why a message may not leave yet ("" = it may), checked before every
+        attempt so that even a released entry never goes out signed with an unserved key."""
         super().__init__(spool, OUTBOUND, deliverer, retry, concurrency, log)
         self._notices = notices
+        self._waiting_for = waiting_for
 
     async def dispose(self, entry: SpoolEntry) -> Outcome:
+        reason = self._waiting_for(entry.data) if self._waiting_for else ""
+        if reason:
+            await self._spool.hold(entry.id, reason)
+            self._log.info("queue_id=%s held: %s", entry.id, reason)
+            return RetryLater(0.0, reason)
         pending = entry.pending
         replies = await self.attempt(entry)
         results: dict[str, tuple[str, str]] = {}

@@ -62,7 +62,7 @@ class RecipientPolicy:
             tenant = None
         else:
             d = state.get_domain(self._conn, domain)
-            if d is None or d.status != "active":
+            if d is None or not d.receives:
                 return Reject(R550_NOT_HERE)
             tenant = d.tenant
         if local == "postmaster":

@@ -18,6 +18,14 @@ EVERY_TENANT = "*"
 
 
 _FOLD = re.compile(rb"\r\n(?=[ \t])")
+_SIGNING_DOMAIN = re.compile(r"(?:^|;)\s*d\s*=\s*([^;\s]+)")
+WAITING_PREFIX = "domain "
+WAITING_SUFFIX = " not active yet"
+
+
+def waiting_reason(domain: str) -> str:
+    """The hold reason of a reply whose domain is not active yet (`queue list` shows it)."""
+    return f"{WAITING_PREFIX}{domain}{WAITING_SUFFIX}"
 
 
 def header_values(message: bytes, name: bytes) -> list[str]:
@@ -55,7 +63,8 @@ class SenderPolicy:
         return EVERY_TENANT in allowed or tenant in allowed
 
     def tenant_of_address(self, address: str) -> str | None:
-        """The tenant an address belongs to: an active domain of it, or its default inbox."""
+        """The tenant an address belongs to: a domain of it (active or on its way), or its
+        default inbox."""
         local, at, domain = address.rpartition("@")
         domain = domain.lower().rstrip(".")
         if not at or not local:
@@ -64,7 +73,7 @@ class SenderPolicy:
             box = state.get_mailbox(self._conn, f"{local.lower()}@{domain}")
             return box.tenant if box is not None and box.default_inbox and box.active else None
         found = state.get_domain(self._conn, domain)
-        return found.tenant if found is not None and found.status == "active" else None
+        return found.tenant if found is not None and found.receives else None
 
     def tenant_of(self, address: str, uid: int, user: str) -> str | None:
         """The tenant the envelope sender belongs to, if this user may send for it."""
@@ -82,6 +91,18 @@ class SenderPolicy:
                 domain = addr.rpartition("@")[2].lower()
                 break
         return self._load(domain)
+
+    def waiting_for(self, message: bytes) -> str:
+        """Why a signed message may not leave yet: a domain it is signed for is not active,
+        so its key may not be served (DESIGN invariant 7); "" when it may go."""
+        for value in header_values(message, b"dkim-signature"):
+            match = _SIGNING_DOMAIN.search(value)
+            if match is None:
+                continue
+            found = state.get_domain(self._conn, match[1].lower())
+            if found is not None and found.status != "active":
+                return waiting_reason(found.name)
+        return ""
 
     def _load(self, domain: str) -> list[DkimKey]:
         cached = self._keys.get(domain)

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 from mxdesk import state
 from mxdesk.config import Config
+from mxdesk.dns.lifecycle import DomainLifecycle
 from mxdesk.gateway.lmtp import LmtpClient, Reply
 from mxdesk.gateway.mx import INBOUND, MxHandler
 from mxdesk.gateway.outrunner import Notices, OutboundRunner
@@ -67,6 +68,7 @@ class GatewayService:
         self.submission_server: asyncio.Server | None = None
         self.lmtp: LmtpClient | None = None
         self.state: sqlite3.Connection | None = None
+        self.lifecycle: DomainLifecycle | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -160,9 +162,16 @@ class GatewayService:
         notices = Notices(policy, cfg.general.host_name, installation_key(cfg.general.state_dir))
         retry = cfg.outbound_retry
         self.outbound_runner = OutboundRunner(
-            self.spool, self.outbound, RetryPolicy.from_config(retry), retry.concurrency, notices
+            self.spool,
+            self.outbound,
+            RetryPolicy.from_config(retry),
+            retry.concurrency,
+            notices,
+            senders.waiting_for,
         )
         self.outbound_runner.start()
+        self.lifecycle = DomainLifecycle(cfg, self.spool)
+        self.lifecycle.start()
 
     @property
     def ports(self) -> list[int]:
@@ -185,6 +194,8 @@ class GatewayService:
         for limits in sessions:
             for session in list(limits.sessions):
                 session.shut_down()
+        if self.lifecycle is not None:
+            await self.lifecycle.stop()
         if self.runner is not None:
             await self.runner.stop()
         if self.outbound_runner is not None:

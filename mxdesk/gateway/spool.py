@@ -272,12 +272,53 @@ class Spool:
 
         await self._transact(op, new=bool(notices))
 
+    async def hold(self, entry_id: str, reason: str) -> None:
+        """Holds a claimed entry unchanged (not an attempt): it waits for release_waiting."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE entries SET state=?, last_error=? WHERE id=?", (HELD, reason, entry_id)
+            )
+
+        await self._transact(op, new=False)
+
+    async def exists(self, entry_id: str) -> bool:
+        def read() -> bool:
+            row = self._db().execute("SELECT 1 FROM entries WHERE id=?", (entry_id,))
+            return row.fetchone() is not None
+
+        return await self._run(read)
+
+    async def holds(self, prefix: str) -> list[str]:
+        """The distinct reasons of held entries that start with prefix."""
+
+        def read() -> list[str]:
+            rows = self._db().execute(
+                "SELECT DISTINCT last_error FROM entries WHERE state=? AND last_error LIKE ?",
+                (HELD, prefix.replace("%", "") + "%"),
+            )
+            return [r[0] for r in rows]
+
+        return await self._run(read)
+
+    async def release_waiting(self, reason: str) -> None:
+        """Puts the entries held for reason back in the queue, due now; wakes the runners."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE entries SET state=?, next_attempt=?, last_error='' WHERE state=?"
+                " AND last_error=?",
+                (QUEUED, time.time(), HELD, reason),
+            )
+
+        await self._transact(op, new=True)
+
 
 def _insert(conn: sqlite3.Connection, e: NewEntry) -> None:
     now = time.time()
     conn.execute(
         "INSERT INTO entries (id, kind, created, client, mail_from, size, data, next_attempt,"
-        " envid, ret) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        " envid, ret, state, last_error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
         (
             e.id,
             e.kind,
@@ -289,6 +330,8 @@ def _insert(conn: sqlite3.Connection, e: NewEntry) -> None:
             max(now, e.not_before),
             e.envid,
             e.ret,
+            HELD if e.held else QUEUED,
+            e.held,
         ),
     )
     conn.executemany(

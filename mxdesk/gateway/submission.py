@@ -222,6 +222,7 @@ class SubmissionHandler:
         if not keys:
             return R550_NO_SIGNING_KEY
         signed = sign(message, keys)
+        held = self._senders.waiting_for(signed)
         entry = NewEntry(
             queue_id,
             OUTBOUND,
@@ -232,6 +233,7 @@ class SubmissionHandler:
             envid=envelope.envid,
             ret=envelope.ret,
             not_before=time.time() + self._send_delay,
+            held=held,
         )
         try:
             await asyncio.shield(self._spool.commit(entry))
@@ -239,13 +241,14 @@ class SubmissionHandler:
             log.error("queue_id=%s from=<%s> not spooled: storage error", queue_id, entry.mail_from)
             return R451_LOCAL_ERROR
         log.info(
-            "queue_id=%s uid=%s from=<%s> to=%s size=%d envid=%s result=queued",
+            "queue_id=%s uid=%s from=<%s> to=%s size=%d envid=%s result=%s",
             queue_id,
             session.uid,
             entry.mail_from,
             ",".join(f"<{r.mailbox}>" for r in entry.recipients),
             len(signed),
             entry.envid or "-",
+            f"held ({held})" if held else "queued",
         )
         return f"250 2.0.0 Ok: queued as {queue_id}"
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import UnixSocketController
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from daemons import Daemon, cli, provision, write_config
+from daemons import Daemon, activate, cli, provision, write_config
 
 MAILBOX = "suporte@marca.helpdesk.example"
 CLIENTE = "cliente@example.com"
@@ -71,6 +71,7 @@ def conf(short_tmp: Path) -> Path:
     provision(path)
     cli(path, "tenant", "add", "outra", "--owner", "dono@outra.example", "--plan", "plus")
     cli(path, "domain", "add", "outra", "--tenant", "outra")
+    activate(path, "outra.helpdesk.example")
     cli(path, "mailbox", "add", "contato@outra.helpdesk.example", "--name", "Outra")
     (short_tmp / "sig.txt").write_text("Ana Souza\nSuporte Marca\n")
     cli(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiosmtplib
 from conftest import require_real, wait_for
-from daemons import Daemon, cli, write_config
+from daemons import Daemon, activate, cli, write_config
 from dns_server import DnsServer
 from sink import Sink
 
@@ -62,6 +62,7 @@ async def test_kill_9_while_delivering_loses_no_reply(short_tmp: Path) -> None:
         ("mailbox", "add", SENDER, "--name", "Suporte Marca"),
     ):
         cli(config, *args)
+    activate(config, "marca.helpdesk.example")
     gateway = Daemon(config, "gateway", short_tmp / "gateway.log")
     gateway.start()
     socket_path = short_tmp / "run" / "gateway" / "submit.sock"

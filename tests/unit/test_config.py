@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from mxdesk import config as cfg
+from mxdesk.dns.settings import DnsConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,6 +20,7 @@ def test_example_file_is_valid_and_matches_defaults() -> None:
     assert loaded.submission == cfg.parse({}).submission
     assert loaded.outbound == cfg.parse({}).outbound
     assert loaded.dkim == cfg.parse({}).dkim
+    assert loaded.dns == cfg.parse({}).dns
 
 
 def test_every_setting_is_in_the_example_and_nothing_else() -> None:
@@ -35,6 +37,8 @@ def test_every_setting_is_in_the_example_and_nothing_else() -> None:
         "gateway.outbound": (example["gateway"]["outbound"], cfg.OutboundConfig),
         "store": (example["store"], cfg.StoreConfig),
         "dkim": (example["dkim"], cfg.DkimConfig),
+        # Provider tables are examples in comments (a table is only there when it is used).
+        "dns": ({**example["dns"], "providers": {}}, DnsConfig),
     }
     for name, (table, kind) in sections.items():
         assert set(table) == {f.name for f in dataclasses.fields(kind)}, name

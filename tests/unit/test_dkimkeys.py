@@ -27,7 +27,7 @@ def setup(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 def test_hosted_domain_gets_rsa_and_ed25519_keys(setup) -> None:  # type: ignore[no-untyped-def]
     config, conn = setup
-    view = domains.add_hosted_domain(conn, config, "marca", "marca", builtin_reserved())
+    view = domains.add_domain(conn, config, "marca", "marca", builtin_reserved())
     assert [r.algorithm for r in view.dkim] == ["rsa-sha256", "ed25519-sha256"]
     for record in dkimkeys.keys_of(conn, "marca.helpdesk.example"):
         path = Path(record.path)

@@ -1,0 +1,1 @@
+"""DNS for hosted domains: the record plan, providers, the authoritative check, the lifecycle."""

@@ -1,0 +1,202 @@
+"""A domain's way to active: pending -> publishing -> propagating -> active, kept in state.db.
+
+The CLI publishes a new domain itself (so that a refused key is said at once); the gateway's
+DomainLifecycle task carries every domain the rest of the way, across restarts: it publishes
+what a killed CLI left half-way, checks propagating domains at their authoritative servers,
+activates them, mails the owner and releases the replies that waited for the domain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass
+
+from mxdesk import dkimkeys, state
+from mxdesk.config import Config
+from mxdesk.dns.check import AuthoritativeChecker, CheckReport
+from mxdesk.dns.owner_mail import activation_mail, activation_queue_id
+from mxdesk.dns.providers import ProviderError
+from mxdesk.dns.publish import RETRY_DELAYS, Published, publish
+from mxdesk.domains import domain_plan
+from mxdesk.gateway.dkim import DkimKeyError, sign
+from mxdesk.gateway.outrunner import OUTBOUND
+from mxdesk.gateway.senders import WAITING_PREFIX, WAITING_SUFFIX
+from mxdesk.gateway.spool import NewEntry, Recipient, Spool
+
+log = logging.getLogger("mxdesk.dns.lifecycle")
+IN_PROGRESS = ("pending", "publishing", "propagating")
+MAX_BACKOFF = 3600.0
+TICK_SECONDS = 2.0
+
+
+async def publish_domain(
+    conn: sqlite3.Connection,
+    config: Config,
+    name: str,
+    retry_delays: tuple[float, ...] = RETRY_DELAYS,
+) -> list[Published]:
+    """Publishes the domain's records; on success it is propagating. Raises ProviderError."""
+    state.set_domain(conn, name, status="publishing")
+    results = await publish(domain_plan(conn, config, name), config.dns, retry_delays)
+    state.set_domain(conn, name, status="propagating", last_error="", attempts=0, next_action=0.0)
+    log.info("domain=%s published; propagating", name)
+    return results
+
+
+def activate(conn: sqlite3.Connection, name: str, *, forced: bool = False) -> None:
+    state.set_domain(
+        conn,
+        name,
+        status="active",
+        activated=time.time(),
+        forced=forced,
+        owner_notified=False,
+        last_error="",
+    )
+    if forced:
+        log.warning("domain=%s activated by hand (--force), its records unchecked", name)
+    else:
+        log.info("domain=%s active: every authoritative server serves its records", name)
+
+
+async def check_domain(
+    conn: sqlite3.Connection, config: Config, checker: AuthoritativeChecker, name: str
+) -> CheckReport:
+    """Checks a domain at its authoritative servers, records the progress, and activates a
+    propagating domain once every server serves every record."""
+    report = await checker.check(name, domain_plan(conn, config, name).records)
+    domain = state.get_domain(conn, name)
+    if report.ok and domain is not None and domain.status == "propagating":
+        activate(conn, name)
+    state.set_domain(
+        conn,
+        name,
+        served=report.served,
+        expected=report.expected,
+        checked=time.time(),
+        next_action=time.time() + config.dns.check_interval,
+        last_error="" if report.ok else "; ".join(report.problems()[:3]),
+    )
+    return report
+
+
+@dataclass
+class DomainLifecycle:
+    """The gateway's task that carries domains forward (one pass every TICK_SECONDS)."""
+
+    config: Config
+    spool: Spool
+    concurrency: int = 16
+
+    def __post_init__(self) -> None:
+        self._task: asyncio.Task[None] | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._checker: AuthoritativeChecker | None = None
+
+    def start(self) -> None:
+        self._conn = state.connect(self.config.general.state_db)
+        self._checker = AuthoritativeChecker(self.config.dns)
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._conn is not None:
+            self._conn.close()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception as exc:
+                log.exception("domain lifecycle pass failed: %s", exc)
+            await asyncio.sleep(min(self.config.dns.check_interval, TICK_SECONDS))
+
+    async def tick(self) -> None:
+        assert self._conn is not None
+        conn = self._conn
+        due = conn.execute(
+            "SELECT name FROM domains WHERE status IN (?,?,?) AND next_action<=?",
+            (*IN_PROGRESS, time.time()),
+        ).fetchall()
+        limit = asyncio.Semaphore(self.concurrency)
+
+        async def advance(name: str) -> None:
+            async with limit:
+                await self._advance(conn, name)
+
+        await asyncio.gather(*(advance(row["name"]) for row in due))
+        await self._notify_owners(conn)
+        await self._release_replies(conn)
+
+    async def _advance(self, conn: sqlite3.Connection, name: str) -> None:
+        assert self._checker is not None
+        domain = state.get_domain(conn, name)
+        if domain is None:
+            return
+        try:
+            if domain.status in ("pending", "publishing"):
+                await publish_domain(conn, self.config, name, retry_delays=())
+            await check_domain(conn, self.config, self._checker, name)
+        except (ProviderError, DkimKeyError, OSError) as exc:
+            delay = min(self.config.dns.check_interval * 2**domain.attempts, MAX_BACKOFF)
+            log.warning("domain=%s %s: trying again in %.0fs", name, exc, delay)
+            state.set_domain(
+                conn,
+                name,
+                last_error=str(exc)[:500],
+                attempts=domain.attempts + 1,
+                next_action=time.time() + delay,
+            )
+
+    async def _notify_owners(self, conn: sqlite3.Connection) -> None:
+        rows = conn.execute(
+            "SELECT name FROM domains WHERE status='active' AND owner_notified=0"
+        ).fetchall()
+        for row in rows:
+            domain = state.get_domain(conn, row["name"])
+            if domain is None or domain.activated is None:
+                continue
+            try:
+                await self._mail_owner(conn, domain)
+            except Exception as exc:
+                log.error("domain=%s the owner's mail cannot be queued: %s", domain.name, exc)
+                continue
+            state.set_domain(conn, domain.name, owner_notified=True)
+
+    async def _mail_owner(self, conn: sqlite3.Connection, domain: state.Domain) -> None:
+        assert domain.activated is not None
+        cfg = self.config
+        tenant = state.get_tenant(conn, domain.tenant)
+        addresses = [
+            m.address
+            for m in state.list_mailboxes(conn, tenant.slug)
+            if m.active and m.address.endswith("@" + domain.name)
+        ]
+        message = activation_mail(cfg, domain.name, tenant.slug, tenant.owner, addresses)
+        keys = dkimkeys.load_signing_keys(conn, cfg.general.base_domain)
+        entry = NewEntry(
+            activation_queue_id(domain.name, domain.activated),
+            OUTBOUND,
+            "local",
+            cfg.dns.notify_from,
+            (Recipient(tenant.owner, tenant.owner.lower(), tenant.slug),),
+            sign(message, keys) if keys else message,
+        )
+        if not await self.spool.exists(entry.id):
+            await asyncio.shield(self.spool.commit(entry))
+        log.info("domain=%s queue_id=%s owner <%s> told", domain.name, entry.id, tenant.owner)
+
+    async def _release_replies(self, conn: sqlite3.Connection) -> None:
+        for reason in await self.spool.holds(WAITING_PREFIX):
+            name = reason.removeprefix(WAITING_PREFIX).removesuffix(WAITING_SUFFIX)
+            domain = state.get_domain(conn, name)
+            if domain is not None and domain.status == "active":
+                await self.spool.release_waiting(reason)
+                log.info("domain=%s active: its waiting replies are released", name)
