@@ -63,12 +63,12 @@ def provision(config: Path) -> None:
     cli(config, "tenant", "add", "marca", "--owner", "owner@marca.example", "--plan", "plus")
     cli(config, "domain", "add", "marca", "--tenant", "marca")
     activate(config, "marca.helpdesk.example")
+    cli(config, "mailbox", "add", "suporte@marca.helpdesk.example", "--name", "Suporte Marca")
 
 
 def activate(config: Path, domain: str) -> None:
     """No DNS in these tests: the domain is made active by hand, its owner not told."""
     cli(config, "domain", "activate", domain, "--force", "--no-mail")
-    cli(config, "mailbox", "add", "suporte@marca.helpdesk.example", "--name", "Suporte Marca")
 
 
 class Daemon:

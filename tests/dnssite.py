@@ -24,7 +24,7 @@ class KnotSite:
     secondary: Knot
     key: TsigKey
 
-    def dns_section(self, key_file: Path, check_interval: float = 0.2) -> str:
+    def dns_section(self, key_file: Path, check_interval: float = 0.2, extra: str = "") -> str:
         """The [dns] tables of a config: helpdesk.example published to the primary; both
         servers of both zones checked (marca.com.br stands for a customer's own zone)."""
         servers = ", ".join(
@@ -36,7 +36,7 @@ class KnotSite:
             f'\n[dns]\nzones = {{ "{BASE}" = "knot" }}\n'
             f'resolvers = ["127.0.0.1:{self.primary.port}"]\n'
             f"nameserver_addresses = {{ {servers} }}\n"
-            f"check_interval = {check_interval}\ncheck_timeout = 1.0\n"
+            f"check_interval = {check_interval}\ncheck_timeout = 1.0\n{extra}"
             f'\n[dns.providers.knot]\ntype = "rfc2136"\n'
             f'server = "127.0.0.1:{self.primary.port}"\nkey_file = "{key_file}"\n'
         )

@@ -72,12 +72,20 @@ class CheckReport:
         return bool(self.checks) and all(c.ok for c in self.checks)
 
     def problems(self) -> list[str]:
+        """One line per record and server that is not ok, with what it serves instead or
+        why it could not be asked."""
         return [
-            f"{c.record.name} {c.record.type}: {a.status} at {a.server} ({a.address})"
+            f"{c.record.name} {c.record.type}: {a.status} at {a.server} ({a.address})" + _shown(a)
             for c in self.checks
             for a in c.answers
             if a.status != OK
         ]
+
+
+def _shown(answer: ServerAnswer) -> str:
+    if answer.status == DIFFERS and answer.served:
+        return ": serves " + " | ".join(repr(v) for v in answer.served)
+    return f": {answer.detail}" if answer.detail else ""
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import email
 import itertools
 import json
+import smtplib
 import subprocess
 from collections.abc import Iterator
 from email.policy import default
@@ -15,8 +16,8 @@ from typing import Any
 
 import dkim
 import pytest
-from conftest import wait_for_sync
-from daemons import MXDESK, Daemon, cli, write_config
+from conftest import require_real, wait_for_sync
+from daemons import MXDESK, Daemon, cli, free_port, write_config
 from dns_server import DnsServer
 from dnssite import OWN, KnotSite, knot_site, quoted
 from sink import Sink
@@ -38,7 +39,7 @@ class Site:
     """Config, state and the daemons of one test, with the Knot pair, a DNS server for the
     recipients' MX records and smtp-sink as every recipient's MX."""
 
-    def __init__(self, root: Path, knot: KnotSite, label: str) -> None:
+    def __init__(self, root: Path, knot: KnotSite, label: str, dns_extra: str = "") -> None:
         self.root = root
         self.knot = knot
         self.domain = f"{label}.helpdesk.example"
@@ -51,9 +52,12 @@ class Site:
             f'nameservers = ["127.0.0.1:{self.mx.port}"]\n'
             "\n[gateway.outbound_retry]\ninitial = 0.5\nmaximum = 1.0\n"
         )
-        self.config = write_config(root)
+        self.port = free_port()
+        self.config = write_config(root, self.port)
         key_file = knot.write_key(root / "tsig.key")
-        self.config.write_text(self.config.read_text() + extra + knot.dns_section(key_file))
+        self.config.write_text(
+            self.config.read_text() + extra + knot.dns_section(key_file, extra=dns_extra)
+        )
         cli(self.config, "init")
         cli(self.config, "tenant", "add", label, "--owner", OWNER, "--plan", "premium")
         self.daemons: list[Daemon] = []
@@ -137,6 +141,13 @@ def _lifecycle(s: Site, knot: KnotSite) -> None:
     )
     assert add.poll() is None, add.communicate()
     cli(s.config, "mailbox", "add", MAILBOX, "--name", "Suporte Marca")
+    # Its MX may point here already: mail to it is accepted while it propagates.
+    with smtplib.SMTP("127.0.0.1", s.port) as smtp:
+        smtp.sendmail(CUSTOMER, [MAILBOX], b"Subject: ola\r\n\r\nChegou?\r\n")
+    wait_for_sync(
+        lambda: json.loads(cli(s.config, "ticket", "list", "--json").stdout),
+        what="the ticket of a mail to a propagating domain",
+    )
     new = ["ticket", "new", "--tenant", "marca", "--from", MAILBOX, "--to", CUSTOMER]
     cli(s.config, *new, "--subject", "Sua fatura", input="Segue a fatura.\n")
     reason = f"domain {DOMAIN} not active yet"
@@ -242,3 +253,56 @@ def test_own_domains_need_the_premium_plan(site: Site) -> None:
     )
     assert result.returncode == 1
     assert "own domains need premium" in result.stderr
+
+
+def test_independent_judges_accept_the_records_the_servers_serve(
+    short_tmp: Path, knot: KnotSite
+) -> None:
+    """checkdmarc (SPF, DMARC, MX, TLS-RPT) and opendkim-testkey, both asking Knot itself."""
+    import checkdmarc
+    import dns.nameserver
+
+    s = Site(short_tmp, knot, "juiz", 'tlsrpt_rua = "mailto:tls@helpdesk.example"\n')
+    try:
+        cli(s.config, "domain", "add", "juiz", "--tenant", "juiz")
+        knot.secondary.refresh()
+        result = checkdmarc.check_domains(
+            ["juiz.helpdesk.example"],
+            nameservers=[dns.nameserver.Do53Nameserver("127.0.0.1", knot.primary.port)],
+            timeout=2,
+        )
+        assert result["spf"]["valid"] and result["spf"]["warnings"] == [], result["spf"]
+        assert result["dmarc"]["valid"], result["dmarc"]
+        assert [h["hostname"] for h in result["mx"]["hosts"]] == ["mx.helpdesk.example"]
+        assert "error" not in result["mx"]
+        assert result["smtp_tls_reporting"]["valid"], result["smtp_tls_reporting"]
+        testkey = require_real("opendkim-testkey")
+        unbound = short_tmp / "unbound.conf"
+        unbound.write_text(
+            "server:\n  do-not-query-localhost: no\nstub-zone:\n"
+            f'  name: "helpdesk.example"\n  stub-addr: 127.0.0.1@{knot.primary.port}\n'
+        )
+        conf = short_tmp / "opendkim.conf"
+        conf.write_text(f"ResolverConfiguration {unbound}\n")
+        for key in (short_tmp / "state" / "dkim" / "juiz.helpdesk.example").glob("*.pem"):
+            selector = key.stem
+            check = subprocess.run(
+                [
+                    testkey,
+                    "-d",
+                    "juiz.helpdesk.example",
+                    "-s",
+                    selector,
+                    "-k",
+                    str(key),
+                    "-vvv",
+                    "-x",
+                    str(conf),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert check.returncode == 0 and "key OK" in check.stderr + check.stdout, check
+    finally:
+        s.close()

@@ -122,7 +122,7 @@ class LexiconProvider:
                 where = urllib.parse.urlsplit(getattr(request, "url", "") or "").netloc
                 reason = _ERRNO.search(detail)
                 return ProviderError(
-                    f"{who} at {where or '?'} did not answer"
+                    f"{who}{f' at {where}' if where else ''} did not answer"
                     f" ({reason[1] if reason else type(exc).__name__})",
                     temporary=True,
                 )

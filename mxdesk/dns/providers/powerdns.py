@@ -52,14 +52,15 @@ class PowerDnsProvider:
             detail = ""
         if exc.code in (401, 403):
             return ProviderError(f"the PowerDNS API at {self.url} refused the API key ({exc.code})")
-        if exc.code == 404 and (not detail or "could not find domain" in detail.lower()):
+        if exc.code == 404:
+            # PowerDNS answers a bare 404 for an unknown zone and for an unknown server_id.
             return ProviderError(
                 f"the PowerDNS server at {self.url} does not serve zone {zone}"
-                f" (404: {detail or 'not found'})"
+                f" (404 {detail or exc.reason}; server_id {self.server_id!r})"
             )
         return ProviderError(
             f"the PowerDNS API at {self.url} answered {exc.code}: {detail or exc.reason}",
-            temporary=exc.code >= 500,
+            temporary=exc.code >= 500 or exc.code == 429,
         )
 
     async def read(self, zone: str, name: str) -> list[RRset]:
