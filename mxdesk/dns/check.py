@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 import dns.asyncquery
 import dns.asyncresolver
@@ -31,6 +32,8 @@ from mxdesk.dns.settings import DnsConfig
 
 OK, MISSING, DIFFERS, LAME, UNREACHABLE = "ok", "missing", "differs", "lame", "unreachable"
 CACHE_SECONDS = 30.0
+MAX_CACHED = 10_000
+T = TypeVar("T")
 MAX_CNAMES = 8
 
 
@@ -113,7 +116,7 @@ class AuthoritativeChecker:
         self._ns_addresses = {
             ns: [(a.host, a.port) for a in addrs] for ns, addrs in config.nameserver_addresses
         }
-        self._cache: dict[tuple[str, str], tuple[float, object]] = {}
+        self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._limit = asyncio.Semaphore(concurrency)
 
@@ -148,7 +151,9 @@ class AuthoritativeChecker:
 
     async def _served(self, host: str, port: int, name: str, rtype: str, depth: int) -> _Served:
         """What one server holds for name/rtype: OK with its values, or why there are none."""
-        query = dns.message.make_query(name + ".", rtype)
+        # EDNS with a 1232-byte payload (the DNS flag day size): a 2048-bit DKIM key fits in
+        # one UDP answer; a longer one comes back truncated and is asked again over TCP.
+        query = dns.message.make_query(name + ".", rtype, use_edns=0, payload=1232)
         query.flags &= ~dns.flags.RD
         try:
             async with self._limit:
@@ -211,17 +216,24 @@ class AuthoritativeChecker:
         servers = await self._cached("servers", zone, self._servers_for)
         return zone, servers
 
-    async def _cached(self, kind: str, key: str, fetch):  # type: ignore[no-untyped-def]
+    async def _cached(self, kind: str, key: str, fetch: Callable[[str], Awaitable[T]]) -> T:
         slot = (kind, key)
         hit = self._cache.get(slot)
         if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
+            return cast(T, hit[1])
         async with self._locks.setdefault(slot, asyncio.Lock()):
             hit = self._cache.get(slot)
             if hit is not None and hit[0] > time.monotonic():
-                return hit[1]
-            value = await fetch(key)
-            self._cache[slot] = (time.monotonic() + CACHE_SECONDS, value)
+                return cast(T, hit[1])
+            # Bounded like the record queries: thousands of domains checked at once must not
+            # start thousands of lookups whose time limits run out while the loop is busy.
+            async with self._limit:
+                value = await fetch(key)
+            now = time.monotonic()
+            if len(self._cache) > MAX_CACHED:
+                self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+                self._locks = {k: v for k, v in self._locks.items() if k in self._cache}
+            self._cache[slot] = (now + CACHE_SECONDS, value)
             return value
 
     async def _zone_for(self, name: str) -> str:
