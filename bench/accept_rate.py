@@ -221,14 +221,19 @@ def filesystem(path: Path) -> str:
     return f"{best[1]} (mounted on {best[0]})"
 
 
-def machine(args: argparse.Namespace, postfix: str) -> list[str]:
+def cpus() -> str:
+    """The CPUs this process may use and their model, for the machine note of a bench."""
     with open("/proc/cpuinfo") as cpuinfo:
         cpu = next(
             (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
             platform.machine(),
         )
+    return f"nproc: {len(os.sched_getaffinity(0))} ({cpu})"
+
+
+def machine(args: argparse.Namespace, postfix: str) -> list[str]:
     return [
-        f"nproc: {len(os.sched_getaffinity(0))} ({cpu})",
+        cpus(),
         f"kernel: {platform.release()}, Python {platform.python_version()},"
         f" Postfix {postfix or '?'}",
         f"work directory: {args.workdir}, {filesystem(Path(args.workdir).resolve())}",

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import cProfile
 import io
-import os
 import platform
 import pstats
 import shlex
@@ -39,6 +38,7 @@ import dns.message
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from accept_rate import cpus
 from authdns import BASE, TsigKey, base_zone, knot_pair
 
 from mxdesk import config as cfg
@@ -160,13 +160,8 @@ def knot_version() -> str:
 
 
 def machine() -> list[str]:
-    with open("/proc/cpuinfo") as cpuinfo:
-        cpu = next(
-            (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
-            platform.machine(),
-        )
     return [
-        f"nproc: {len(os.sched_getaffinity(0))} ({cpu})",
+        cpus(),
         f"kernel: {platform.release()}, Python {platform.python_version()}, Knot {knot_version()}",
     ]
 

@@ -304,7 +304,16 @@ def list_(ctx: Context, tenant_slug: str | None, as_json: bool) -> None:
         emit_json(found)
     else:
         emit_table(
-            [(d.name, d.tenant, d.kind, d.status, f"{d.served}/{d.expected}") for d in found],
+            [
+                (
+                    d.name,
+                    d.tenant,
+                    d.kind,
+                    d.status,
+                    f"{d.served}/{d.expected}" if d.expected else "-",
+                )
+                for d in found
+            ],
             ["domain", "tenant", "kind", "status", "served"],
         )
 

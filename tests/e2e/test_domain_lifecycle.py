@@ -160,6 +160,12 @@ def _lifecycle(s: Site, knot: KnotSite) -> None:
     gateway.kill9()
     gateway.start()
     assert s.show(DOMAIN)["domain"]["status"] == "propagating" and add.poll() is None
+    # Released by hand before the domain is active, the reply is held again, not sent.
+    cli(s.config, "queue", "release", entry["id"])
+    wait_for_sync(
+        lambda: next(e for e in queue(s) if e["id"] == entry["id"])["state"] == "held",
+        what="the outbound runner to hold the released reply again",
+    )
     assert s.sink.messages() == []
     knot.secondary.refresh()
     out, err = add.communicate(timeout=60)
@@ -217,6 +223,7 @@ def test_publishing_twice_changes_nothing(site: Site) -> None:
 
 def test_an_own_domain_stays_propagating_until_its_token_is_served(site: Site) -> None:
     tenant = site.domain.split(".")[0]
+    site.start("store")
     site.start("gateway")
     added = cli(site.config, "domain", "add", OWN, "--own", "--tenant", tenant)
     assert "put them in the zone by hand" in added.stdout
@@ -243,6 +250,22 @@ def test_an_own_domain_stays_propagating_until_its_token_is_served(site: Site) -
     site.knot.secondary.refresh(OWN)
     wait_for_sync(
         lambda: site.show(OWN)["domain"]["status"] == "active", timeout=30, what=f"{OWN} active"
+    )
+    # Its mailbox writes From: its own address, signed for the customer's domain.
+    own_box = f"suporte@{OWN}"
+    cli(site.config, "mailbox", "add", own_box, "--name", "Suporte Marca")
+    new = ["ticket", "new", "--tenant", tenant, "--from", own_box, "--to", CUSTOMER]
+    cli(site.config, *new, "--subject", "Proprio", input="Do nosso dominio.\n")
+    sent = wait_for_sync(
+        lambda: next((m for m in site.sink.messages() if b"Proprio" in m), None),
+        timeout=30,
+        what="the reply from the own domain at smtp-sink",
+    )
+    message = email.message_from_bytes(sent, policy=default)
+    assert message["From"].addresses[0].addr_spec == own_box
+    assert f"d={OWN}" in str(message["DKIM-Signature"]).replace(" ", "")
+    assert dkim.verify(
+        sent.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"), dnsfunc=site.knot.dnsfunc
     )
 
 
