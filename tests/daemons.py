@@ -74,8 +74,11 @@ def activate(config: Path, domain: str) -> None:
 class Daemon:
     """A daemon subprocess; start() returns once it sent READY=1 to its NOTIFY_SOCKET."""
 
-    def __init__(self, config: Path, command: str, log: Path) -> None:
+    def __init__(
+        self, config: Path, command: str, log: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.config = config
+        self.env = env or {}
         self.command = command
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
@@ -87,7 +90,7 @@ class Daemon:
         self._sock.bind(self._sock_path)
 
     def start(self, timeout: float = 30.0) -> None:
-        env = dict(os.environ, NOTIFY_SOCKET=self._sock_path)
+        env = dict(os.environ, **self.env, NOTIFY_SOCKET=self._sock_path)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [*MXDESK, "--config", str(self.config), self.command],

@@ -24,9 +24,16 @@ class KnotSite:
     secondary: Knot
     key: TsigKey
 
-    def dns_section(self, key_file: Path, check_interval: float = 0.2, extra: str = "") -> str:
-        """The [dns] tables of a config: helpdesk.example published to the primary; both
-        servers of both zones checked (marca.com.br stands for a customer's own zone)."""
+    def dns_section(
+        self,
+        key_file: Path | None,
+        check_interval: float = 0.2,
+        extra: str = "",
+        credential: str = "",
+    ) -> str:
+        """The [dns] tables of a config: helpdesk.example published to the primary (its TSIG
+        key in key_file, or the systemd credential named credential); both servers of both
+        zones checked (marca.com.br stands for a customer's own zone)."""
         servers = ", ".join(
             f'"ns{i}.{zone}" = "127.0.0.1:{server.port}"'
             for zone in (BASE, OWN)
@@ -38,7 +45,9 @@ class KnotSite:
             f"nameserver_addresses = {{ {servers} }}\n"
             f"check_interval = {check_interval}\ncheck_timeout = 1.0\n{extra}"
             f'\n[dns.providers.knot]\ntype = "rfc2136"\n'
-            f'server = "127.0.0.1:{self.primary.port}"\nkey_file = "{key_file}"\n'
+            f'server = "127.0.0.1:{self.primary.port}"\n'
+            + (f'key_file = "{key_file}"\n' if key_file else "")
+            + (f'key_credential = "{credential}"\n' if credential else "")
         )
 
     def write_key(self, path: Path, key: TsigKey | None = None) -> Path:

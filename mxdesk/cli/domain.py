@@ -12,7 +12,7 @@ import click
 from mxdesk import domains, state
 from mxdesk.cli.context import Context, need_state, pass_context
 from mxdesk.cli.output import emit_json, emit_table, errors_to_exit, fail, json_option
-from mxdesk.dns.providers import ProviderError
+from mxdesk.dns.providers import ProviderError, SecretUnavailable
 from mxdesk.dns.records import OWNERSHIP_LABEL, OWNERSHIP_PREFIX, RecordPlan, zone_file
 from mxdesk.gateway.dkim import DkimKeyError
 
@@ -51,6 +51,12 @@ def add(
     domain = view.domain.name
     try:
         published = asyncio.run(publish_domain(conn, ctx.config, domain))
+    except SecretUnavailable as exc:
+        # The daemon holds the secret: it publishes the domain, still pending here.
+        state.set_domain(conn, domain, status="pending")
+        published = []
+        if not as_json:
+            click.echo(f"{exc}: the gateway publishes {domain}")
     except BaseException as exc:
         domains.remove_domain(conn, ctx.config, domain)
         if isinstance(exc, ProviderError):

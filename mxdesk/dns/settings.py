@@ -34,6 +34,13 @@ PROVIDER_OPTIONS: dict[str, dict[str, tuple[type, bool]]] = {
 }
 
 
+# Where each type finds its secret: a file, or the name of a systemd credential.
+SECRET_OPTIONS = {
+    "rfc2136": ("key_file", "key_credential"),
+    "powerdns": ("api_key_file", "api_key_credential"),
+}
+
+
 @dataclass(frozen=True)
 class ProviderConfig:
     """One DNS provider: its name, type and that type's options."""
@@ -125,6 +132,9 @@ def _providers(raw: Any, errors: list[str]) -> tuple[ProviderConfig, ...]:
             value = r.get(option, option_kind, None)
             if value is not None:
                 options.append((option, value))
+        secret = SECRET_OPTIONS.get(kind)
+        if secret and not any(table.get(option) for option in secret):
+            errors.append(f"{key}: set {secret[0]} (or {secret[1]}, a systemd credential)")
         r.finish()
         result.append(ProviderConfig(name, kind, tuple(options)))
     return tuple(result)

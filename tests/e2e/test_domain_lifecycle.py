@@ -39,7 +39,9 @@ class Site:
     """Config, state and the daemons of one test, with the Knot pair, a DNS server for the
     recipients' MX records and smtp-sink as every recipient's MX."""
 
-    def __init__(self, root: Path, knot: KnotSite, label: str, dns_extra: str = "") -> None:
+    def __init__(
+        self, root: Path, knot: KnotSite, label: str, dns_extra: str = "", credential: str = ""
+    ) -> None:
         self.root = root
         self.knot = knot
         self.domain = f"{label}.helpdesk.example"
@@ -54,16 +56,18 @@ class Site:
         )
         self.port = free_port()
         self.config = write_config(root, self.port)
-        key_file = knot.write_key(root / "tsig.key")
+        key_file = None if credential else knot.write_key(root / "tsig.key")
         self.config.write_text(
-            self.config.read_text() + extra + knot.dns_section(key_file, extra=dns_extra)
+            self.config.read_text()
+            + extra
+            + knot.dns_section(key_file, extra=dns_extra, credential=credential)
         )
         cli(self.config, "init")
         cli(self.config, "tenant", "add", label, "--owner", OWNER, "--plan", "premium")
         self.daemons: list[Daemon] = []
 
-    def start(self, command: str) -> Daemon:
-        daemon = Daemon(self.config, command, self.root / f"{command}.log")
+    def start(self, command: str, env: dict[str, str] | None = None) -> Daemon:
+        daemon = Daemon(self.config, command, self.root / f"{command}.log", env)
         daemon.start()
         self.daemons.append(daemon)
         return daemon
@@ -327,5 +331,35 @@ def test_independent_judges_accept_the_records_the_servers_serve(
                 timeout=30,
             )
             assert check.returncode == 0 and "key OK" in check.stderr + check.stdout, check
+    finally:
+        s.close()
+
+
+def test_a_key_the_gateway_holds_as_a_credential_publishes_from_the_gateway(
+    short_tmp: Path, knot: KnotSite
+) -> None:
+    """key_credential only: the CLI cannot read the key, so the gateway (LoadCredential=)
+    publishes the domain, and carries it to active."""
+    s = Site(short_tmp, knot, "cred", credential="mxdesk-tsig")
+    try:
+        added = cli(s.config, "domain", "add", "cred", "--tenant", "cred")
+        assert "the gateway publishes cred.helpdesk.example" in added.stdout
+        assert s.row("cred.helpdesk.example")["status"] == "pending"
+        credentials = short_tmp / "credentials"
+        credentials.mkdir()
+        knot.write_key(credentials / "mxdesk-tsig")
+        s.start("gateway", {"CREDENTIALS_DIRECTORY": str(credentials)})
+        wait_for_sync(
+            lambda: s.row("cred.helpdesk.example")["status"] == "propagating",
+            timeout=30,
+            what="the gateway to publish",
+        )
+        assert knot.served_txt("_dmarc.cred.helpdesk.example")
+        knot.secondary.refresh()
+        wait_for_sync(
+            lambda: s.row("cred.helpdesk.example")["status"] == "active",
+            timeout=30,
+            what="the domain to become active",
+        )
     finally:
         s.close()

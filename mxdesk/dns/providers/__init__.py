@@ -62,6 +62,11 @@ def build(config: ProviderConfig) -> Provider:
     return _REGISTRY[config.type](config)
 
 
+class SecretUnavailable(ProviderError):
+    """This process cannot read the provider's secret (a systemd credential of the daemon, or
+    a file only the daemon's user may read): the gateway publishes instead."""
+
+
 def read_secret(config: ProviderConfig, file_key: str, credential_key: str) -> str:
     """A provider's secret from its systemd credential or its file (never the command line)."""
     credential = config.option(credential_key)
@@ -70,12 +75,21 @@ def read_secret(config: ProviderConfig, file_key: str, credential_key: str) -> s
         path = Path(directory) / str(credential)
     elif config.option(file_key):
         path = Path(str(config.option(file_key)))
+    elif credential:
+        raise SecretUnavailable(
+            f"DNS provider {config.name!r}: its secret is the systemd credential {credential!r},"
+            " which only the daemon has"
+        )
     else:
         raise ProviderError(
             f"DNS provider {config.name!r}: set {file_key} (or {credential_key} under systemd)"
         )
     try:
         return path.read_text("utf-8")
+    except PermissionError:
+        raise SecretUnavailable(
+            f"DNS provider {config.name!r}: {path} is not readable by this user"
+        ) from None
     except OSError as exc:
         raise ProviderError(
             f"DNS provider {config.name!r}: cannot read {path} ({exc.strerror})"
