@@ -35,6 +35,9 @@ class GeneralConfig:
     secrets_key_file: Path = Path("/var/lib/mxdesk/secrets.key")
     secrets_credential: str = "mxdesk-secrets"
     language: str = "pt"
+    # The daemons' Unix user: files the CLI makes as root are given to it ("" = nobody else:
+    # the CLI and the daemons run as the same user, as in a demo or a test).
+    user: str = "mxdesk"
 
     @property
     def host_name(self) -> str:
@@ -194,6 +197,7 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
         secrets_key_file=g.path("secrets_key_file", None) or state_dir / "secrets.key",
         secrets_credential=g.get("secrets_credential", str, GeneralConfig.secrets_credential),
         language=language,
+        user=g.get("user", str, GeneralConfig.user),
     )
     if general.reserved_labels_file and not general.reserved_labels_file.is_file():
         errors.append(f"mxdesk.reserved_labels_file: {general.reserved_labels_file} does not exist")

@@ -20,6 +20,7 @@ base_domain = "helpdesk.example"
 state_dir = "{root}/state"
 runtime_dir = "{root}/run"
 log_level = "info"
+user = ""
 
 [gateway]
 listen = ["127.0.0.1:{port}"]

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
-from mxdesk.cli import daemons, domain, mailbox, operator, outbox, queue, tenant, ticket
+from mxdesk.cli import (
+    daemons,
+    doctor,
+    domain,
+    mailbox,
+    operator,
+    outbox,
+    queue,
+    tenant,
+    ticket,
+)
 from mxdesk.cli.context import Context
 
 
@@ -18,8 +30,12 @@ from mxdesk.cli.context import Context
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None) -> None:
     """mxdesk: the mail gateway of a helpdesk."""
+    # Databases, keys and sockets are for the daemons' user and group only (0640 / 0750), as
+    # under systemd (UMask=0027), whoever runs the command.
+    os.umask(0o027)
     ctx.obj = Context(config_path)
+    ctx.call_on_close(ctx.obj.hand_over)
 
 
-for module in (daemons, tenant, domain, mailbox, operator, outbox, queue, ticket):
+for module in (daemons, doctor, tenant, domain, mailbox, operator, outbox, queue, ticket):
     module.register(main)

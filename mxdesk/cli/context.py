@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from mxdesk import config as cfg
-from mxdesk import state
+from mxdesk import ownership, state
 from mxdesk.cli.output import fail
 from mxdesk.names import reserved_labels
 
@@ -32,7 +32,19 @@ class Context:
                 for line in exc.errors:
                     click.echo(f"mxdesk: config: {line}", err=True)
                 raise SystemExit(2) from None
+            try:
+                ownership.daemon_account(self._config)
+            except ownership.OwnershipError as exc:
+                fail(str(exc))
         return self._config
+
+    def hand_over(self) -> None:
+        """After a command run as root: what it created belongs to the daemons' user."""
+        if self._config is not None:
+            try:
+                ownership.hand_over(self._config)
+            except (ownership.OwnershipError, OSError) as exc:
+                click.echo(f"mxdesk: warning: {exc}", err=True)
 
     def state(self) -> sqlite3.Connection:
         return state.connect(self.config.general.state_db)

@@ -13,7 +13,6 @@ from mxdesk import config as cfg
 from mxdesk import daemon, domains, state
 from mxdesk.cli.context import Context, pass_context
 from mxdesk.cli.output import emit_json, errors_to_exit, json_option
-from mxdesk.dns.lifecycle import activate
 from mxdesk.gateway.service import GatewayService
 from mxdesk.names import reserved_labels
 from mxdesk.secrets import SecretsError, installation_key, secrets_key, secrets_key_path
@@ -103,6 +102,8 @@ DEMO_CONFIG = """\
 base_domain = "helpdesk.example"
 state_dir = "{dir}/state"
 runtime_dir = "{dir}/run"
+# The demo runs as whoever starts it.
+user = ""
 
 [gateway]
 listen = ["127.0.0.1:{port}"]
@@ -126,6 +127,8 @@ def _demo(directory: Path, port: int) -> Path:
     reserved = reserved_labels(None)
     try:
         state.add_tenant(conn, base, "marca", "owner@marca.example", "plus", reserved)
+        from mxdesk.dns.lifecycle import activate
+
         domain = domains.add_domain(conn, config, "marca", "marca", reserved).domain.name
         # The demo has no DNS to publish to: active at once, and no mail to its owner.
         activate(conn, domain, forced=True)
