@@ -295,7 +295,7 @@ def test_normalise_ignores_spacing_around_semicolons_and_name_case() -> None:
 def test_zone_naming_an_unknown_provider_is_an_error() -> None:
     errors = config_errors(
         zones={BASE: "cloudflare"},
-        providers={"knot": {"type": "rfc2136", "server": "127.0.0.1:53"}},
+        providers={"knot": {"type": "rfc2136", "server": "127.0.0.1:53", "key_file": "/k"}},
     )
     assert errors == [
         "dns.zones.helpdesk.example: 'cloudflare' is not a provider in [dns.providers]"
@@ -306,6 +306,16 @@ def test_zone_naming_an_unknown_provider_is_an_error() -> None:
 def test_rfc2136_provider_needs_a_server() -> None:
     errors = config_errors(providers={"knot": {"type": "rfc2136", "key_file": "/etc/k.key"}})
     assert errors == ["dns.providers.knot.server: required for a rfc2136 provider"]
+
+
+def test_a_provider_without_its_secret_is_an_error() -> None:
+    errors = config_errors(providers={"knot": {"type": "rfc2136", "server": "127.0.0.1:53"}})
+    assert errors == ["dns.providers.knot: set key_file (or key_credential, a systemd credential)"]
+    assert not config_errors(
+        providers={
+            "p": {"type": "powerdns", "url": "http://127.0.0.1:8081", "api_key_credential": "k"}
+        }
+    )
 
 
 def test_unknown_provider_type_and_option_are_errors() -> None:
