@@ -142,7 +142,8 @@ async def test_filing_outlives_a_client_that_hangs_up_and_drain_waits_for_it() -
 def cli(tmp_path: Path, *args: str) -> tuple[int, str]:
     config = tmp_path / "mxdesk.toml"
     config.write_text(
-        f'[mxdesk]\nstate_dir = "{tmp_path / "state"}"\nruntime_dir = "{tmp_path / "run"}"\nuser = ""\n'
+        f'[mxdesk]\nstate_dir = "{tmp_path / "state"}"\nruntime_dir = "{tmp_path / "run"}"\n'
+        'user = ""\n'
     )
     result = CliRunner().invoke(main, ["--config", str(config), "ticket", *args])
     return result.exit_code, result.output
