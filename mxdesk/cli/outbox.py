@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 import click
@@ -35,6 +36,9 @@ def _password(from_stdin: bool, no_password: bool) -> str:
         if not line:
             raise outbox.OutboxError("no password on stdin: give it as the first line")
         return line
+    if not sys.stdin.isatty():
+        # getpass would read the terminal anyway, or warn and echo: neither is wanted here.
+        raise outbox.OutboxError("no terminal to ask for the password on: use --password-stdin")
     return str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
 
 
@@ -149,6 +153,32 @@ def list_(ctx: Context, as_json: bool) -> None:
             for v in views
         ]
         emit_table(rows, ["tenant", "host", "port", "security", "user", "address", "password"])
+
+
+@outbox_group.command("test")
+@click.argument("slug")
+@json_option
+@pass_context
+@errors_to_exit(state.StateError, SecretsError)
+def test(ctx: Context, slug: str, as_json: bool) -> None:
+    """Log in to tenant SLUG's outbox, say MAIL FROM its address, then RSET: nothing is sent.
+    Prints each step with the server's reply; exit 1 at the first step that fails."""
+    from mxdesk.gateway.outboxprobe import probe
+
+    conn = need_state(ctx)
+    state.get_tenant(conn, slug)
+    view = outbox.show_outbox(conn, slug)
+    key = secrets_key(ctx.config.general) if view.password_set else b""
+    settings = outbox.load_outbox(conn, key, slug)
+    assert settings is not None
+    steps = asyncio.run(probe(settings, ctx.config.outbound, ctx.config.general.host_name))
+    if as_json:
+        emit_json(steps)
+    else:
+        for step in steps:
+            click.echo(f"{'ok  ' if step.ok else 'FAIL'}  {step.step}: {step.reply}")
+    if not all(s.ok for s in steps):
+        sys.exit(1)
 
 
 @outbox_group.command("remove")
