@@ -39,21 +39,31 @@ def reserved_labels(extra_file: Path | None) -> frozenset[str]:
 
 
 def check_label(label: str, what: str, reserved: frozenset[str]) -> str:
-    """Returns label if it is a lowercase LDH DNS label that is not reserved, else raises."""
-    if label != label.lower():
-        raise InvalidName(f"{what} {label!r} must be lowercase: use {label.lower()!r}")
+    """The label in lower case (DNS names are case-insensitive, RFC 4343, like the addresses
+    here) if it is an LDH DNS label that is not reserved; else InvalidName, with a suggestion
+    only when the suggestion is itself acceptable."""
+    label = label.strip().lower()
     if len(label) > 63:
         raise InvalidName(f"{what} {label!r} is {len(label)} characters long: at most 63")
     if not _LABEL.match(label):
+        hint = _suggestion(label, reserved)
         raise InvalidName(
             f"{what} {label!r} is not a valid DNS label: use a-z, 0-9 and '-',"
-            " not starting or ending with '-'"
+            " not starting or ending with '-'" + (f" (e.g. {hint!r})" if hint else "")
         )
     if label.startswith("xn--") or (len(label) > 3 and label[2:4] == "--"):
         raise InvalidName(f"{what} {label!r} has '--' in positions 3-4, reserved for IDNA")
     if label in reserved:
         raise InvalidName(f"{what} {label!r} is reserved: choose another name")
     return label
+
+
+def _suggestion(label: str, reserved: frozenset[str]) -> str | None:
+    hint = re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]+", "-", label)).strip("-")[:63].strip("-")
+    try:
+        return check_label(hint, "", reserved) if hint else None
+    except InvalidName:
+        return None
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,11 @@ SCHEMA = [
     ALTER TABLE domains_new RENAME TO domains;
     CREATE INDEX domains_status ON domains(status, next_action);
     """,
+    # A tenant can be disabled: its addresses answer 550 and it may not send; nothing is lost.
+    """
+    ALTER TABLE tenants ADD COLUMN status TEXT NOT NULL DEFAULT 'active'
+        CHECK (status IN ('active', 'disabled'));
+    """,
 ]
 DOMAIN_STATES = ("pending", "publishing", "propagating", "active", "disabled")
 
@@ -119,6 +124,7 @@ class Tenant:
     owner: str
     plan: str
     created: float
+    status: str = "active"  # or "disabled": its addresses refuse mail and it may not send
 
 
 @dataclass(frozen=True)
@@ -212,7 +218,7 @@ def add_tenant(
     reserved: frozenset[str],
 ) -> Tenant:
     """Creates a tenant and its default inbox <slug>@<base domain>."""
-    _check(slug, "tenant slug", reserved)
+    slug = _check(slug, "tenant slug", reserved)
     if plan not in PLANS:
         raise StateError(f"plan {plan!r} is not one of {', '.join(PLANS)}")
     try:
@@ -226,7 +232,10 @@ def add_tenant(
         inbox = f"{slug}@{base_domain}"
         if conn.execute("SELECT 1 FROM mailboxes WHERE address=?", (inbox,)).fetchone():
             raise StateError(f"address {inbox} is already taken")
-        conn.execute("INSERT INTO tenants VALUES (?,?,?,?)", (slug, owner_addr, plan, now))
+        conn.execute(
+            "INSERT INTO tenants (slug, owner, plan, created) VALUES (?,?,?,?)",
+            (slug, owner_addr, plan, now),
+        )
         conn.execute(
             "INSERT INTO mailboxes (address, tenant, name, default_inbox, active, created)"
             " VALUES (?,?,?,1,1,?)",
@@ -292,13 +301,12 @@ def set_domain(conn: sqlite3.Connection, name: str, **fields: object) -> None:
     if unknown:
         raise ValueError(f"no domain column {sorted(unknown)}")
     columns = ", ".join(f"{k}=?" for k in fields)
+    # A disabled domain leaves that state only through mxdesk.changes.enable_domain: a step of
+    # the lifecycle that was under way when it was disabled must not bring it back.
+    leaves = fields.get("status", "disabled") != "disabled"
+    where = "name=? AND status!='disabled'" if leaves else "name=?"
     with transaction(conn):
-        conn.execute(f"UPDATE domains SET {columns} WHERE name=?", (*fields.values(), name))
-
-
-def remove_domain(conn: sqlite3.Connection, name: str) -> None:
-    with transaction(conn):
-        conn.execute("DELETE FROM domains WHERE name=?", (name,))
+        conn.execute(f"UPDATE domains SET {columns} WHERE {where}", (*fields.values(), name))
 
 
 def list_domains(conn: sqlite3.Connection, tenant: str | None = None) -> list[Domain]:
@@ -311,6 +319,14 @@ def get_domain(conn: sqlite3.Connection, name: str) -> Domain | None:
     return Domain(**row) if row else None
 
 
+def sender_name(name: str) -> str:
+    """A mailbox's sender name as stored: one line, spaces collapsed, 1 to 100 characters."""
+    name = " ".join(name.split())
+    if not name or len(name) > 100:
+        raise StateError('sender name: give 1 to 100 characters, e.g. "Suporte Marca"')
+    return name
+
+
 def add_mailbox(conn: sqlite3.Connection, base_domain: str, address: str, name: str) -> Mailbox:
     """Creates a mailbox on one of a tenant's active domains; the domain decides the tenant."""
     try:
@@ -319,9 +335,7 @@ def add_mailbox(conn: sqlite3.Connection, base_domain: str, address: str, name: 
         raise StateError(str(exc)) from None
     if "+" in addr.local:
         raise StateError(f"{address}: '+' is kept for sub-addresses (suporte+x reaches suporte)")
-    name = " ".join(name.split())
-    if not name or len(name) > 100:
-        raise StateError('sender name: give 1 to 100 characters, e.g. "Suporte Marca"')
+    name = sender_name(name)
     if addr.domain == base_domain:
         raise StateError(
             f"{base_domain} holds only the tenants' default inboxes: add a domain first"
@@ -365,3 +379,15 @@ def list_mailboxes(conn: sqlite3.Connection, tenant: str | None = None) -> list[
 def get_mailbox(conn: sqlite3.Connection, address: str) -> Mailbox | None:
     row = conn.execute("SELECT * FROM mailboxes WHERE address=?", (address.lower(),)).fetchone()
     return _mailbox(row) if row else None
+
+
+def tenant_active(conn: sqlite3.Connection, slug: str) -> bool:
+    """False when the tenant is disabled (or gone): its addresses neither receive nor send."""
+    row = conn.execute("SELECT status FROM tenants WHERE slug=?", (slug,)).fetchone()
+    return row is not None and row[0] == "active"
+
+
+def receiving_mailbox(conn: sqlite3.Connection, address: str) -> Mailbox | None:
+    """The mailbox at address when it and its tenant are enabled, else None."""
+    box = get_mailbox(conn, address)
+    return box if box is not None and box.active and tenant_active(conn, box.tenant) else None

@@ -12,14 +12,28 @@ from typing import Any, TypeVar
 
 import click
 
+from mxdesk.store.queries import timestamp
+
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+# Fields that hold seconds since the epoch: JSON gives them as ISO 8601 in UTC, like tickets.
+TIME_FIELDS = frozenset(
+    {"created", "updated", "activated", "checked", "next_attempt", "next_action", "time", "at"}
+)
+
+
+def _field(key: str, value: Any) -> Any:
+    if key in TIME_FIELDS and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return timestamp(value)
+    return _plain(value)
 
 
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: _field(k, v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, Path):

@@ -194,6 +194,7 @@ class SubmissionHandler:
         if not address or address == "<>":
             return R550_NULL_SENDER
         tenant = self._senders.tenant_of(address, session.uid, session.user)
+        envelope.attempted = address  # for the refusal's log line (push() forgets it after)
         if tenant is None:
             log.warning("uid=%s user=%s from=<%s> refused", session.uid, session.user, address)
             return R550_SENDER
@@ -272,4 +273,5 @@ class SubmissionHandler:
         return R451_LOCAL_ERROR
 
     def log_refusal(self, client: str, envelope: Any, reply: str) -> None:
-        log.info("submission from=<%s> refused: %s", envelope.mail_from or "", reply[:200])
+        sender = envelope.mail_from or envelope.attempted
+        log.info("submission from=<%s> refused: %s", sender, reply[:200])

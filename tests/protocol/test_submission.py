@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -158,6 +159,20 @@ async def test_senders_outside_the_tenants_are_refused(
     assert "5.7.1" in info.value.message
     await smtp.quit()
     assert list_entries(config.gateway.spool_path) == []
+
+
+async def test_a_refused_sender_is_logged_with_its_address(
+    config: cfg.Config, held_gateway: GatewayService, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mxdesk.gateway.submission")
+    smtp = aiosmtplib.SMTP(socket_path=str(config.submission.socket), local_hostname="store.local")
+    await smtp.connect()
+    await smtp.ehlo()
+    with pytest.raises(aiosmtplib.SMTPSenderRefused):
+        await smtp.mail("alguem@example.com")
+    await smtp.quit()
+    refusals = [r.getMessage() for r in caplog.records if "refused:" in r.getMessage()]
+    assert refusals and refusals[0].startswith("submission from=<alguem@example.com> refused: 550")
 
 
 async def test_bad_dsn_parameters_are_syntax_errors(
