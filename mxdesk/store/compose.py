@@ -69,6 +69,14 @@ def _html(body: str, signature: str) -> str:
     return f"<!DOCTYPE html>\n<html><body>\n<div>{para(body)}</div>{sig}\n</body></html>\n"
 
 
+def without_separator(signature: str) -> str:
+    """A signature without the "-- " line its author may have typed: the message adds one."""
+    lines = signature.strip("\n").split("\n")
+    if lines and lines[0].rstrip() == "--":
+        lines = lines[1:]
+    return "\n".join(lines).strip("\n")
+
+
 def compose_reply(draft: ReplyDraft, key: bytes, now: float | None = None) -> EmailMessage:
     """The reply as a MIME message; its Message-ID carries the ticket and a MAC."""
     local, _, domain = draft.mailbox.partition("@")
@@ -86,12 +94,11 @@ def compose_reply(draft: ReplyDraft, key: bytes, now: float | None = None) -> Em
         refs = [r for r in draft.references if r != draft.in_reply_to][-20:]
         msg["References"] = " ".join([*refs, draft.in_reply_to])
     text = draft.body.rstrip("\n") + "\n"
-    if draft.signature:
-        text += "\n-- \n" + draft.signature + "\n"  # the signature separator of RFC 3676 §4.3
+    signature = without_separator(draft.signature)
+    if signature:
+        text += "\n-- \n" + signature + "\n"  # the signature separator of RFC 3676 §4.3
     msg.set_content(text, charset="utf-8")
-    msg.add_alternative(
-        _html(draft.body.rstrip("\n"), draft.signature), subtype="html", charset="utf-8"
-    )
+    msg.add_alternative(_html(draft.body.rstrip("\n"), signature), subtype="html", charset="utf-8")
     for a in draft.attachments:
         maintype, _, subtype = a.content_type.partition("/")
         msg.add_attachment(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email
 from email import policy
 
 import dkim
+import pytest
 
 from mxdesk.gateway import dkim as mxdkim
 from mxdesk.store.compose import (
@@ -63,6 +65,17 @@ def test_text_html_signature_and_attachment() -> None:
         (p.get_filename(), p.get_content_type(), p.get_content()) for p in msg.iter_attachments()
     ]
     assert files == [("nota fiscal.pdf", "application/pdf", b"%PDF-1.4 ...")]
+
+
+@pytest.mark.parametrize(
+    "typed", ["-- \nAna Souza\nSuporte Marca", "--\nAna Souza\nSuporte Marca\n"]
+)
+def test_a_signature_with_its_own_separator_gets_no_second_one(typed: str) -> None:
+    draft = dataclasses.replace(DRAFT, signature=typed)
+    msg = email.message_from_bytes(compose_reply(draft, KEY).as_bytes(), policy=policy.default)
+    text = msg.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert text.endswith("\n-- \nAna Souza\nSuporte Marca\n") and text.count("--") == 1
+    assert "--" not in msg.get_body(("html",)).get_content().split('class="signature"')[1]
 
 
 def test_message_id_mac_refuses_forgeries() -> None:
