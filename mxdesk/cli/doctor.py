@@ -7,7 +7,7 @@ import sys
 import click
 
 from mxdesk.cli.context import Context, pass_context
-from mxdesk.cli.output import emit_json, emit_table, json_option
+from mxdesk.cli.output import count, emit_json, emit_table, json_option
 from mxdesk.doctor import check
 
 
@@ -29,11 +29,8 @@ def doctor(ctx: Context, show_all: bool, as_json: bool) -> None:
                 [(f.what, "ok" if f.ok else "PROBLEM", f.detail, f.fix) for f in shown],
                 ["what", "status", "detail", "fix"],
             )
-        count = len(problems)
         click.echo(
-            "everything is in order"
-            if not count
-            else f"{count} problem{'s' if count != 1 else ''} to fix"
+            f"{count(len(problems), 'problem')} to fix" if problems else "everything is in order"
         )
     if problems:
         sys.exit(1)
