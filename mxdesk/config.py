@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mxdesk.configread import Listen, Reader, host_ports
+from mxdesk.configlines import locate, toml_error
+from mxdesk.configread import Listen, Problem, Reader, did_you_mean, host_ports
 from mxdesk.dns.settings import DnsConfig, parse_dns
 
 DEFAULT_CONFIG_PATH = Path("/etc/mxdesk/mxdesk.toml")
@@ -17,16 +19,20 @@ LANGUAGES = ("pt", "en")
 
 
 class ConfigError(Exception):
-    """One or more configuration errors; each names the key it concerns."""
+    """One or more configuration errors; each names the key it concerns (and, read from a
+    file, the file and line)."""
 
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__("\n".join(errors))
-        self.errors = errors
+    def __init__(self, problems: Sequence[Problem | str]) -> None:
+        self.problems = [p if isinstance(p, Problem) else Problem.parse(p) for p in problems]
+        self.errors = [str(p) for p in self.problems]
+        super().__init__("\n".join(self.errors))
 
 
 @dataclass(frozen=True)
 class GeneralConfig:
     base_domain: str = "helpdesk.example"
+    # The daemons refuse the example base domain unless this says it is meant (tests, labs).
+    allow_example_domain: bool = False
     hostname: str = ""
     state_dir: Path = Path("/var/lib/mxdesk")
     runtime_dir: Path = Path("/run/mxdesk")
@@ -61,6 +67,7 @@ class GatewayConfig:
     tls_key: Path | None = None
     postmaster_tenant: str = ""
     spool_path: Path = Path("/var/lib/mxdesk/spool.db")
+    history_days: int = 30
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,11 @@ class DkimConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    listen: Listen | None = None  # the gateway's Prometheus endpoint (None: off)
+
+
+@dataclass(frozen=True)
 class Config:
     general: GeneralConfig = field(default_factory=GeneralConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
@@ -120,6 +132,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     dkim: DkimConfig = field(default_factory=DkimConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: Path | None = None
 
 
@@ -172,8 +185,9 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
             return {}
         return value
 
-    for extra in sorted(set(data) - {"mxdesk", "gateway", "store", "dkim", "dns"}):
-        errors.append(f"{extra}: unknown section")
+    sections = {"mxdesk", "gateway", "store", "dkim", "dns", "metrics"}
+    for extra in sorted(set(data) - sections):
+        errors.append(f"{extra}: unknown section{did_you_mean(extra, sections)}")
 
     g = Reader(table("mxdesk"), "mxdesk", errors)
     base = g.get("base_domain", str, GeneralConfig.base_domain).lower().rstrip(".")
@@ -189,6 +203,7 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
         errors.append(f"mxdesk.log_level: {log_level!r} is not debug, info, warning or error")
     general = GeneralConfig(
         base_domain=base,
+        allow_example_domain=g.get("allow_example_domain", bool, False),
         hostname=g.get("hostname", str, ""),
         state_dir=state_dir,
         runtime_dir=runtime_dir,
@@ -209,12 +224,13 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
     sub_table = gw_table.pop("submission", {})
     out_table = gw_table.pop("outbound", {})
     w = Reader(gw_table, "gateway", errors)
-    w.seen.add("listen")
+    w.seen.update(("listen", "inbound_retry", "outbound_retry", "submission", "outbound"))
     listen = _listen(gw_table.get("listen", ["0.0.0.0:25"]), "gateway.listen", errors)
     tls_cert = w.path("tls_cert", None)
     tls_key = w.path("tls_key", None)
     if bool(tls_cert) != bool(tls_key):
-        errors.append("gateway.tls_cert: tls_cert and tls_key must be set together")
+        given = "tls_cert" if tls_cert else "tls_key"
+        errors.append(f"gateway.{given}: tls_cert and tls_key must be set together")
     for key, p in (("tls_cert", tls_cert), ("tls_key", tls_key)):
         if p is not None and not p.is_file():
             errors.append(f"gateway.{key}: {p} does not exist")
@@ -232,6 +248,7 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
         tls_key=tls_key,
         postmaster_tenant=w.get("postmaster_tenant", str, ""),
         spool_path=w.path("spool_path", state_dir / "spool.db") or state_dir / "spool.db",
+        history_days=w.positive("history_days", int, GatewayConfig.history_days),
     )
     w.finish()
 
@@ -287,6 +304,12 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
     )
     k.finish()
 
+    m = Reader(table("metrics"), "metrics", errors)
+    metrics_at = m.get("listen", str, "")
+    found = host_ports([metrics_at], "metrics.listen", errors) if metrics_at else ()
+    metrics = MetricsConfig(found[0] if found else None)
+    m.finish()
+
     dns = parse_dns(table("dns"), base, errors)
 
     if errors:
@@ -300,6 +323,7 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
         outbound_retry=outbound_retry,
         store=store,
         dkim=dkim,
+        metrics=metrics,
         dns=dns,
         source=source,
     )
@@ -314,13 +338,20 @@ def config_path(explicit: str | None) -> Path:
 
 
 def load(path: Path) -> Config:
-    """Reads and validates the configuration file at path."""
+    """Reads and validates the configuration file at path; errors carry its name and lines."""
     try:
-        raw = path.read_bytes()
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot read the configuration file ({exc.strerror})"]) from exc
+        reason = f"cannot read the configuration file ({exc.strerror})"
+        raise ConfigError([Problem("", reason, path)]) from None
+    except UnicodeDecodeError as exc:
+        reason = f"not valid TOML: not UTF-8 at byte {exc.start}"
+        raise ConfigError([Problem("", reason, path)]) from None
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
-    return parse(data, source=path)
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([toml_error(path, exc)]) from None
+    try:
+        return parse(data, source=path)
+    except ConfigError as exc:
+        raise ConfigError(locate(exc.problems, path, text)) from None

@@ -2,15 +2,58 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+_KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
 
 @dataclass(frozen=True)
 class Listen:
     host: str
     port: int
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong in a configuration: the key ("" when none), what is wrong and what to
+    do, and where it is written when it was read from a file."""
+
+    key: str
+    message: str
+    file: Path | None = None
+    line: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Problem:
+        """A problem as the parser words it, "key: message", split into its parts."""
+        key, sep, message = text.partition(": ")
+        if not sep or not key or " " in key:
+            return cls("", text)
+        return cls(key, message)
+
+    def __str__(self) -> str:
+        where = ""
+        if self.file is not None:
+            where = f"{self.file}:{self.line}: " if self.line else f"{self.file}: "
+        return f"{where}{self.key}: {self.message}" if self.key else f"{where}{self.message}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "file": None if self.file is None else str(self.file),
+            "line": self.line,
+            "key": self.key or None,
+            "message": self.message,
+        }
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """ " (did you mean max_message_size?)" for the known name closest to a misspelt one."""
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.7)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 class Reader:
@@ -33,7 +76,8 @@ class Reader:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            self.errors.append(f"{self.key(name)}: expected {kind.__name__}, got {value!r}")
+            expected = _KINDS.get(kind, kind.__name__)
+            self.errors.append(f"{self.key(name)}: expected {expected}, got {value!r}")
             return default
         return value
 
@@ -54,7 +98,8 @@ class Reader:
 
     def finish(self) -> None:
         for extra in sorted(set(self.table) - self.seen):
-            self.errors.append(f"{self.key(extra)}: unknown key")
+            hint = did_you_mean(extra, self.seen)
+            self.errors.append(f"{self.key(extra)}: unknown key{hint}")
 
 
 def host_ports(raw: Any, key: str, errors: list[str]) -> tuple[Listen, ...]:

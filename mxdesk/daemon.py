@@ -8,14 +8,30 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
+
+from mxdesk.config import Config
+from mxdesk.startup import failure
 
 log = logging.getLogger("mxdesk")
 
 
+class ReloadError(Exception):
+    """A new configuration a running service cannot take; the message says why."""
+
+
 class Service(Protocol):
     async def close(self) -> None: ...
+
+    def prepare_reload(self, config: Config) -> Callable[[], None]:
+        """Checks what config asks of this service (raising ReloadError when it cannot be
+        had) and returns what applies it; nothing changes until that is called."""
+        ...
+
+
+Reload = Callable[[Sequence[Service]], None]
 
 
 def notify(state: str) -> None:
@@ -32,31 +48,96 @@ def notify(state: str) -> None:
             log.warning("cannot notify systemd at %s: %s", path, exc)
 
 
+def stderr_is_journal() -> bool:
+    """True when stderr is a stream to journald: $JOURNAL_STREAM names its device and inode
+    (systemd.exec(5)); a child that inherited the variable but not the stream does not match."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (int(device), int(inode))
+
+
+def priority(level: int) -> int:
+    """The syslog priority of a logging level: 3 error, 4 warning, 6 info, 7 debug."""
+    if level >= logging.CRITICAL:
+        return 2
+    if level >= logging.ERROR:
+        return 3
+    if level >= logging.WARNING:
+        return 4
+    return 6 if level >= logging.INFO else 7
+
+
+class JournalFormatter(logging.Formatter):
+    """Starts every line with its syslog priority, "<4>" (sd-daemon(3)): journald files the
+    line under it, so `journalctl -p warning` finds warnings. The journal adds the time."""
+
+    def __init__(self) -> None:
+        super().__init__("%(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in super().format(record).split("\n"))
+
+
 def setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    # Under systemd the journal adds the time; elsewhere it is useful.
-    fmt = (
-        "%(name)s: %(message)s"
-        if os.environ.get("JOURNAL_STREAM")
-        else ("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
-    handler.setFormatter(logging.Formatter(fmt))
+    if stderr_is_journal():
+        handler.setFormatter(JournalFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    set_level(level)
     # aiosmtpd logs every command at INFO; its events reach our log through the handler.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
-async def serve(start: Callable[[], Awaitable[list[Service]]]) -> int:
-    """Starts the services, reports READY=1, runs until SIGTERM or SIGINT, then closes them."""
+def set_level(level: str) -> None:
+    logging.getLogger().setLevel(level.upper())
+
+
+def error_line(message: str) -> str:
+    """A line for a person on stderr ("mxdesk: …"), an error for journald when it is there."""
+    return f"{'<3>' if stderr_is_journal() else ''}mxdesk: {message}"
+
+
+async def serve(
+    start: Callable[[], Awaitable[list[Service]]],
+    reload: Reload | None = None,
+    name: str = "daemon",
+) -> int:
+    """Starts the services, reports READY=1, runs until SIGTERM or SIGINT, then closes them.
+    SIGHUP calls reload with the running services. A failure to start is raised as a
+    StartupError (its traceback is logged at debug level)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    services = await start()
+    services: list[Service] | None = None
+    hup_while_starting = False
+
+    def on_hup() -> None:
+        nonlocal hup_while_starting
+        if services is None:
+            hup_while_starting = True  # reloaded once started
+        else:
+            _reload(reload, services)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    try:
+        services = await start()
+    except Exception as exc:
+        log.debug("%s: start-up failed", name, exc_info=True)
+        raise failure(exc, name) from exc
     notify("READY=1\nSTATUS=accepting mail")
     log.info("ready")
+    if hup_while_starting:
+        _reload(reload, services)
     await stop.wait()
     log.info("stopping: finishing work in flight")
     notify("STOPPING=1")
@@ -64,3 +145,18 @@ async def serve(start: Callable[[], Awaitable[list[Service]]]) -> int:
         await service.close()
     log.info("stopped")
     return 0
+
+
+def _reload(reload: Reload | None, services: Sequence[Service]) -> None:
+    if reload is None:
+        log.info("SIGHUP: nothing to reload")
+        return
+    # Type=notify-reload (systemd.service(5)) waits for READY=1 after RELOADING=1.
+    notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+    try:
+        reload(services)
+    except Exception as exc:
+        # A reload never stops a running daemon.
+        log.error("reload failed: %s: still running with the previous configuration", exc)
+        log.debug("reload failed", exc_info=True)
+    notify("READY=1\nSTATUS=accepting mail")

@@ -32,10 +32,15 @@ def clean_signature(text: str) -> str:
     return text
 
 
-def add_operator(conn: sqlite3.Connection, tenant: str, name: str, signature: str) -> Operator:
+def _clean_name(name: str) -> str:
     name = " ".join(name.split())
     if not name or len(name) > MAX_NAME:
         raise StateError(f"operator name: give 1 to {MAX_NAME} characters")
+    return name
+
+
+def add_operator(conn: sqlite3.Connection, tenant: str, name: str, signature: str) -> Operator:
+    name = _clean_name(name)
     signature = clean_signature(signature)
     now = time.time()
     with transaction(conn):
@@ -65,6 +70,50 @@ def get_operator(conn: sqlite3.Connection, tenant: str, name: str) -> Operator:
     return Operator(**row)
 
 
+def set_operator(
+    conn: sqlite3.Connection,
+    tenant: str,
+    name: str,
+    *,
+    new_name: str | None = None,
+    signature: str | None = None,
+) -> Operator:
+    """Renames an operator or changes their signature ("" removes it; None: unchanged).
+    Replies already written keep the name and signature they were written with."""
+    new_name = None if new_name is None else _clean_name(new_name)
+    signature = None if signature is None else clean_signature(signature)
+    with transaction(conn):
+        state.get_tenant(conn, tenant)
+        op = get_operator(conn, tenant, " ".join(name.split()))
+        if (
+            new_name is not None
+            and new_name != op.name
+            and conn.execute(
+                "SELECT 1 FROM operators WHERE tenant=? AND name=?", (tenant, new_name)
+            ).fetchone()
+        ):
+            raise StateError(f"operator {new_name!r} already exists in tenant {tenant!r}")
+        conn.execute(
+            "UPDATE operators SET name=?, signature=? WHERE tenant=? AND name=?",
+            (
+                new_name or op.name,
+                op.signature if signature is None else signature,
+                tenant,
+                op.name,
+            ),
+        )
+    return get_operator(conn, tenant, new_name or op.name)
+
+
+def remove_operator(conn: sqlite3.Connection, tenant: str, name: str) -> Operator:
+    """Removes an operator; the replies they wrote keep their name on the tickets."""
+    with transaction(conn):
+        state.get_tenant(conn, tenant)
+        op = get_operator(conn, tenant, " ".join(name.split()))
+        conn.execute("DELETE FROM operators WHERE tenant=? AND name=?", (tenant, op.name))
+    return op
+
+
 def set_generic_signature(conn: sqlite3.Connection, tenant: str, signature: str) -> str:
     signature = clean_signature(signature)
     with transaction(conn):
@@ -82,28 +131,6 @@ def generic_signature(conn: sqlite3.Connection, tenant: str) -> str:
         "SELECT signature FROM generic_signatures WHERE tenant=?", (tenant,)
     ).fetchone()
     return str(row[0]) if row else ""
-
-
-def set_mailbox_switches(
-    conn: sqlite3.Connection, address: str, operator: bool | None, generic: bool | None
-) -> state.Mailbox:
-    with transaction(conn):
-        box = state.get_mailbox(conn, address)
-        if box is None:
-            raise StateError(f"no mailbox {address}: see 'mxdesk mailbox list'")
-        if operator is not None:
-            conn.execute(
-                "UPDATE mailboxes SET operator_signatures=? WHERE address=?",
-                (int(operator), box.address),
-            )
-        if generic is not None:
-            conn.execute(
-                "UPDATE mailboxes SET generic_signature=? WHERE address=?",
-                (int(generic), box.address),
-            )
-    result = state.get_mailbox(conn, address)
-    assert result is not None
-    return result
 
 
 def signature_for(

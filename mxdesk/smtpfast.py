@@ -117,6 +117,10 @@ class SessionFactory(Generic[S]):
     def __init__(self, make: Callable[[], S]) -> None:
         self._template = make()
 
+    def renew(self, make: Callable[[], S]) -> None:
+        """Sessions from now on copy a new template (a reload); open ones keep theirs."""
+        self._template = make()
+
     def __call__(self) -> S:
         t = self._template
         session = type(t).__new__(type(t))

@@ -16,7 +16,7 @@ class SocketError(Exception):
     """The LMTP socket cannot be set up; the message says why and what to do."""
 
 
-def _remove_stale_socket(path: Path) -> None:
+def _remove_stale_socket(path: Path, owner: str) -> None:
     try:
         mode = path.lstat().st_mode
     except FileNotFoundError:
@@ -33,7 +33,7 @@ def _remove_stale_socket(path: Path) -> None:
         return
     finally:
         probe.close()
-    raise SocketError(f"{path}: another store is already listening")
+    raise SocketError(f"the {owner} socket {path} is in use by a running {owner}: stop it first")
 
 
 async def listen_unix(
@@ -41,12 +41,14 @@ async def listen_unix(
     factory: Callable[[], asyncio.Protocol],
     group: str = "",
     setting: str = "store.socket_group",
+    owner: str = "store",
 ) -> asyncio.Server:
-    """Listens on path: parent directory 0750, socket 0660, both in `group` when given."""
+    """Listens on path: parent directory 0750, socket 0660, both in `group` when given; owner
+    (the daemon) is named when another one is listening there already."""
     path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
     if path.parent.stat().st_uid == os.getuid():
         os.chmod(path.parent, 0o750)
-    _remove_stale_socket(path)
+    _remove_stale_socket(path, owner)
     server = await asyncio.get_running_loop().create_unix_server(factory, path=str(path))
     try:
         os.chmod(path, 0o660)

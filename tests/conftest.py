@@ -48,6 +48,7 @@ def make_config(root: Path, **gateway: Any) -> cfg.Config:
     data = {
         "mxdesk": {
             "base_domain": BASE,
+            "allow_example_domain": True,
             "state_dir": str(root / "state"),
             "runtime_dir": str(root / "run"),
             "log_level": "debug",

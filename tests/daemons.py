@@ -17,6 +17,7 @@ MXDESK = [sys.executable, "-m", "mxdesk"]
 CONFIG = """\
 [mxdesk]
 base_domain = "helpdesk.example"
+allow_example_domain = true
 state_dir = "{root}/state"
 runtime_dir = "{root}/run"
 log_level = "info"

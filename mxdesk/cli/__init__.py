@@ -14,13 +14,16 @@ from mxdesk.cli import (
     operator,
     outbox,
     queue,
+    status,
     tenant,
     ticket,
+    units,
 )
 from mxdesk.cli.context import Context
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mxdesk", prog_name="mxdesk", message="%(prog)s %(version)s")
 @click.option(
     "--config",
     "config_path",
@@ -37,5 +40,6 @@ def main(ctx: click.Context, config_path: str | None) -> None:
     ctx.call_on_close(ctx.obj.hand_over)
 
 
-for module in (daemons, doctor, tenant, domain, mailbox, operator, outbox, queue, ticket):
+for module in (daemons, doctor, tenant, domain, mailbox, operator, outbox, queue, ticket, units):
     module.register(main)
+status.register(main)

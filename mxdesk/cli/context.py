@@ -11,6 +11,7 @@ import click
 from mxdesk import config as cfg
 from mxdesk import ownership, state
 from mxdesk.cli.output import fail
+from mxdesk.daemon import error_line
 from mxdesk.names import reserved_labels
 
 
@@ -29,8 +30,8 @@ class Context:
             try:
                 self._config = cfg.load(self.path)
             except cfg.ConfigError as exc:
-                for line in exc.errors:
-                    click.echo(f"mxdesk: config: {line}", err=True)
+                for problem in exc.problems:  # "file:line: key: what is wrong"
+                    click.echo(error_line(str(problem)), err=True)
                 raise SystemExit(2) from None
             try:
                 ownership.daemon_account(self._config)

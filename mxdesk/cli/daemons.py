@@ -3,20 +3,37 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-import textwrap
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
 from mxdesk import config as cfg
-from mxdesk import daemon, domains, state
+from mxdesk import configcheck, daemon, demo, domains, ownership, state
 from mxdesk.cli.context import Context, pass_context
 from mxdesk.cli.output import emit_json, errors_to_exit, json_option
+from mxdesk.configread import Problem
 from mxdesk.gateway.service import GatewayService
-from mxdesk.names import reserved_labels
+from mxdesk.reload import Reloader
 from mxdesk.secrets import SecretsError, installation_key, secrets_key, secrets_key_path
+from mxdesk.startup import EXIT_CONFIG, StartupError, failure
 from mxdesk.store.service import start_store
+
+DAEMON_EPILOG = """\b
+Exit status: 0 after SIGTERM (work in flight finished); 2 when the
+configuration is wrong (each error with its file and line); 3 when it
+cannot start and a person must act (the port is in use, no permission to
+bind it, a socket in use by a running daemon); 1 on anything else. A
+failure is one line on stderr; log_level = "debug" logs the traceback too.
+
+\b
+SIGHUP reloads what can change while running: the TLS certificate and key,
+log_level, the reserved labels file and the limits (max_message_size,
+max_recipients, max_connections, max_connections_per_client, idle_timeout,
+session_timeout), for the sessions that start from then on. Each change is
+logged; other changed settings are logged as needing a restart; a bad new
+configuration is logged, error by error, and the running one is kept."""
 
 
 def init_state(config: cfg.Config) -> None:
@@ -32,11 +49,52 @@ def init_state(config: cfg.Config) -> None:
         conn.close()
 
 
-def _refuse_bad_config(ctx: Context) -> cfg.Config:
+def _say(problems: list[Problem]) -> None:
+    for problem in problems:
+        click.echo(daemon.error_line(str(problem)), err=True)
+
+
+def _daemon_config(ctx: Context, name: str, is_demo: bool = False) -> cfg.Config:
+    """The configuration a daemon runs with, and its state set up; exits 2 on an error in
+    the configuration (a line each), 3 when the state cannot be set up."""
     config = ctx.config  # exits 2 with one line per error
-    init_state(config)
+    refused = [] if is_demo else configcheck.daemon_errors(config)
+    if refused:
+        _say(refused)
+        raise SystemExit(EXIT_CONFIG)
     daemon.setup_logging(config.general.log_level)
+    try:
+        init_state(config)
+    except Exception as exc:
+        daemon.log.debug("%s: start-up failed", name, exc_info=True)
+        _stop(failure(exc, name))
     return config
+
+
+def _stop(error: StartupError) -> NoReturn:
+    click.echo(daemon.error_line(str(error)), err=True)
+    raise SystemExit(error.code)
+
+
+def _run(
+    ctx: Context,
+    config: cfg.Config,
+    start: Callable[[], Awaitable[list[daemon.Service]]],
+    name: str,
+    is_demo: bool = False,
+) -> NoReturn:
+    def load() -> cfg.Config:
+        new = cfg.load(ctx.path)
+        refused = [] if is_demo else configcheck.daemon_errors(new)
+        if refused:
+            raise cfg.ConfigError(refused)
+        return new
+
+    try:
+        code = asyncio.run(daemon.serve(start, Reloader(config, load), name))
+    except StartupError as exc:
+        _stop(exc)
+    raise SystemExit(code)
 
 
 async def _gateway(config: cfg.Config) -> list[daemon.Service]:
@@ -49,9 +107,17 @@ async def _store(config: cfg.Config) -> list[daemon.Service]:
     return [await start_store(config)]
 
 
-async def _both(config: cfg.Config) -> list[daemon.Service]:
-    store = await _store(config)
-    return [*await _gateway(config), *store]
+async def _both(config: cfg.Config, is_demo: bool) -> list[daemon.Service]:
+    store = await start_store(config)
+    gateway = GatewayService(config)
+    try:
+        await gateway.start()
+    except BaseException:
+        await store.close()
+        raise
+    if is_demo:
+        click.echo(demo.banner(config, gateway.addresses), err=True)
+    return [gateway, store]
 
 
 @click.command("init")
@@ -70,90 +136,73 @@ def init(ctx: Context) -> None:
 @json_option
 @pass_context
 def check_config(ctx: Context, as_json: bool) -> None:
-    """Validate the configuration file; print each error with its key and exit 2."""
-    config = ctx.config
+    """Validate the configuration file. Each error names its file, line and key (with the
+    closest known key for a misspelt one) and the exit status is 2; warnings, such as the
+    example base domain, are printed and do not fail the check."""
+    try:
+        config = cfg.load(ctx.path)
+        ownership.daemon_account(config)
+    except cfg.ConfigError as exc:
+        _report_bad(ctx.path, exc.problems, as_json)
+    except ownership.OwnershipError as exc:
+        _report_bad(ctx.path, [Problem("mxdesk.user", str(exc), ctx.path)], as_json)
+    warnings = configcheck.warnings(config)
     if as_json:
-        emit_json({"ok": True, "path": str(ctx.path)})
+        emit_json(
+            {
+                "ok": True,
+                "path": str(ctx.path),
+                "base_domain": config.general.base_domain,
+                "errors": [],
+                "warnings": [w.as_json() for w in warnings],
+            }
+        )
+        return
+    for warning in warnings:
+        click.echo(f"mxdesk: warning: {warning}", err=True)
+    click.echo(f"{ctx.path}: ok (base domain {config.general.base_domain})")
+
+
+def _report_bad(path: Path, problems: list[Problem], as_json: bool) -> NoReturn:
+    if as_json:
+        emit_json(
+            {
+                "ok": False,
+                "path": str(path),
+                "errors": [p.as_json() for p in problems],
+                "warnings": [],
+            }
+        )
     else:
-        click.echo(f"{ctx.path}: ok (base domain {config.general.base_domain})")
+        _say(problems)
+    raise SystemExit(EXIT_CONFIG)
 
 
-@click.command("gateway")
+@click.command("gateway", epilog=DAEMON_EPILOG)
 @pass_context
 def gateway(ctx: Context) -> None:
     """Run the gateway daemon (MX and submission listeners, spool, delivery to the store and
     to recipients' MX hosts or company outboxes)."""
-    config = _refuse_bad_config(ctx)
-    raise SystemExit(asyncio.run(daemon.serve(lambda: _gateway(config))))
+    config = _daemon_config(ctx, "gateway")
+    _run(ctx, config, lambda: _gateway(config), "gateway")
 
 
-@click.command("store")
+@click.command("store", epilog=DAEMON_EPILOG)
 @pass_context
 def store(ctx: Context) -> None:
     """Run the ticket store daemon (LMTP server on a Unix socket; hands replies to the
     gateway)."""
-    config = _refuse_bad_config(ctx)
-    raise SystemExit(asyncio.run(daemon.serve(lambda: _store(config))))
+    config = _daemon_config(ctx, "store")
+    _run(ctx, config, lambda: _store(config), "store")
 
 
-DEMO_CONFIG = """\
-# mxdesk demo: everything under this directory, SMTP on 127.0.0.1:{port}.
-[mxdesk]
-base_domain = "helpdesk.example"
-state_dir = "{dir}/state"
-runtime_dir = "{dir}/run"
-# The demo runs as whoever starts it.
-user = ""
-
-[gateway]
-listen = ["127.0.0.1:{port}"]
-
-[gateway.inbound_retry]
-initial = 2.0
-maximum = 60.0
-"""
-
-
-def _demo(directory: Path, port: int) -> Path:
-    directory = directory.resolve()
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "mxdesk.toml"
-    if not path.exists():
-        path.write_text(DEMO_CONFIG.format(dir=directory, port=port))
-    config = cfg.load(path)
-    init_state(config)
-    conn = state.connect(config.general.state_db)
-    base = config.general.base_domain
-    reserved = reserved_labels(None)
-    try:
-        state.add_tenant(conn, base, "marca", "owner@marca.example", "plus", reserved)
-        from mxdesk.dns.lifecycle import activate
-
-        domain = domains.add_domain(conn, config, "marca", "marca", reserved).domain.name
-        # The demo has no DNS to publish to: active at once, and no mail to its owner.
-        activate(conn, domain, forced=True)
-        state.set_domain(conn, domain, owner_notified=True)
-        state.add_mailbox(conn, base, f"suporte@marca.{base}", "Suporte Marca")
-    except (state.StateError, sqlite3.IntegrityError):
-        pass  # already set up by an earlier run
-    finally:
-        conn.close()
-    click.echo(
-        textwrap.dedent(f"""\
-        mxdesk demo: tenant 'marca', mailbox suporte@marca.{base}, SMTP on 127.0.0.1:{port}
-          send:   swaks --server 127.0.0.1:{port} --to suporte@marca.{base}
-          read:   MXDESK_CONFIG={path} mxdesk ticket list
-        """),
-        err=True,
-    )
-    return path
-
-
-@click.command("serve")
+@click.command("serve", epilog=DAEMON_EPILOG)
 @click.option(
     "--demo",
+    "is_demo",
     is_flag=True,
-    help="Set up a demo state directory (tenant 'marca', mailbox suporte@) and use it.",
+    help="Set up a demo state directory (tenant 'marca', mailbox suporte@) and use it; the"
+    " example base domain is allowed.",
 )
 @click.option(
     "--demo-dir",
@@ -162,14 +211,27 @@ def _demo(directory: Path, port: int) -> Path:
     show_default=True,
     help="Where --demo keeps its config and state.",
 )
-@click.option("--demo-port", type=int, default=2525, show_default=True)
+@click.option(
+    "--demo-port",
+    type=click.IntRange(0, 65535),
+    default=2525,
+    show_default=True,
+    help="The demo's SMTP port on 127.0.0.1, written into the demo config even when an"
+    " earlier run chose another (0: any free port; the banner says which).",
+)
 @pass_context
-def serve(ctx: Context, demo: bool, demo_dir: Path, demo_port: int) -> None:
+def serve(ctx: Context, is_demo: bool, demo_dir: Path, demo_port: int) -> None:
     """Run the gateway and the store in one process (a laptop, a demo)."""
-    if demo:
-        ctx.explicit_path = str(_demo(demo_dir, demo_port))
-    config = _refuse_bad_config(ctx)
-    raise SystemExit(asyncio.run(daemon.serve(lambda: _both(config))))
+    try:
+        if is_demo:
+            ctx.explicit_path = str(demo.config_file(demo_dir, demo_port))
+        config = _daemon_config(ctx, "serve", is_demo)
+        if is_demo:
+            demo.provision(config)
+    except Exception as exc:
+        daemon.log.debug("serve: start-up failed", exc_info=True)
+        _stop(failure(exc, "serve"))
+    _run(ctx, config, lambda: _both(config, is_demo), "serve", is_demo)
 
 
 def register(group: click.Group) -> None:

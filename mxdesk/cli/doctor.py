@@ -7,8 +7,9 @@ import sys
 import click
 
 from mxdesk.cli.context import Context, pass_context
-from mxdesk.cli.output import count, emit_json, emit_table, json_option
+from mxdesk.cli.output import emit_json, emit_table, json_option
 from mxdesk.doctor import check
+from mxdesk.references import plural
 
 
 @click.command("doctor")
@@ -30,7 +31,7 @@ def doctor(ctx: Context, show_all: bool, as_json: bool) -> None:
                 ["what", "status", "detail", "fix"],
             )
         click.echo(
-            f"{count(len(problems), 'problem')} to fix" if problems else "everything is in order"
+            f"{plural(len(problems), 'problem')} to fix" if problems else "everything is in order"
         )
     if problems:
         sys.exit(1)

@@ -9,12 +9,13 @@ import time
 
 import click
 
-from mxdesk import domains, state
+from mxdesk import changes, domains, state
 from mxdesk.cli.context import Context, need_state, pass_context
 from mxdesk.cli.output import emit_json, emit_table, errors_to_exit, fail, json_option
 from mxdesk.dns.providers import ProviderError, SecretUnavailable
 from mxdesk.dns.records import OWNERSHIP_LABEL, OWNERSHIP_PREFIX, RecordPlan, zone_file
 from mxdesk.gateway.dkim import DkimKeyError
+from mxdesk.references import plural
 
 ERRORS = (state.StateError, DkimKeyError, OSError, ProviderError)
 
@@ -69,7 +70,11 @@ def add(
         click.echo(f"domain {domain} created for tenant {tenant_slug}")
         for p in published:
             if p.provider:
-                what = f"{len(p.changed)} record sets changed" if p.changed else "already there"
+                what = (
+                    f"{plural(len(p.changed), 'record set')} changed"
+                    if p.changed
+                    else "already there"
+                )
                 click.echo(f"published in zone {p.zone} through {p.provider}: {what}")
         manual = [r for r in plan.records if not ctx.config.dns.zone_of(r.name)[1]]
         if manual:
@@ -264,6 +269,8 @@ def activate(ctx: Context, name: str, force: bool, no_mail: bool) -> None:
     d = domains.get(conn, name)
     if d.status == "active":
         fail(f"{d.name} is active already")
+    if d.status == "disabled":
+        fail(f"{d.name} is disabled: enable it first (mxdesk domain enable {d.name})")
     do_activate(conn, d.name, forced=True)
     if no_mail:
         state.set_domain(conn, d.name, owner_notified=True)
@@ -303,9 +310,13 @@ def show(ctx: Context, name: str, as_json: bool) -> None:
 @click.option("--tenant", "tenant_slug", metavar="SLUG")
 @json_option
 @pass_context
+@errors_to_exit(*ERRORS)
 def list_(ctx: Context, tenant_slug: str | None, as_json: bool) -> None:
-    """List domains with their state (pending, publishing, propagating, active)."""
-    found = state.list_domains(need_state(ctx), tenant_slug)
+    """List domains with their state (pending, publishing, propagating, active, disabled)."""
+    conn = need_state(ctx)
+    if tenant_slug:
+        state.get_tenant(conn, tenant_slug)  # an unknown tenant is an error, not an empty list
+    found = state.list_domains(conn, tenant_slug)
     if as_json:
         emit_json(found)
     else:
@@ -322,6 +333,58 @@ def list_(ctx: Context, tenant_slug: str | None, as_json: bool) -> None:
             ],
             ["domain", "tenant", "kind", "status", "served"],
         )
+
+
+@domain_group.command("disable")
+@click.argument("name")
+@pass_context
+@errors_to_exit(*ERRORS)
+def disable(ctx: Context, name: str) -> None:
+    """Stop domain NAME: mail to it is refused (550), the submission refuses its senders and
+    nothing is signed for it; replies already queued wait held. Its records and DKIM keys
+    stay; 'mxdesk domain enable' undoes it."""
+    d, changed = changes.disable_domain(need_state(ctx), name)
+    click.echo(f"domain {d.name} {'disabled' if changed else 'was disabled already'}")
+
+
+@domain_group.command("enable")
+@click.argument("name")
+@pass_context
+@errors_to_exit(*ERRORS)
+def enable(ctx: Context, name: str) -> None:
+    """Put disabled domain NAME back on its way to active.
+
+    It goes to propagating, not straight to active: the gateway checks its records at every
+    authoritative server again (they may have changed while it was off) and makes it active,
+    and releases its held replies, once all of them serve every record. A domain whose
+    records are published by other means needs 'mxdesk domain activate NAME --force' again."""
+    d, changed = changes.enable_domain(need_state(ctx), name)
+    if changed:
+        click.echo(f"domain {d.name} enabled: {d.status}; follow it with 'mxdesk domain wait'")
+    else:
+        click.echo(f"domain {d.name} is not disabled ({d.status})")
+
+
+@domain_group.command("remove")
+@click.argument("name")
+@json_option
+@pass_context
+@errors_to_exit(*ERRORS)
+def remove(ctx: Context, name: str, as_json: bool) -> None:
+    """Remove domain NAME with its DKIM keys (rows and key files).
+
+    Refused while it has mailboxes ('mxdesk mailbox remove' them first) and while the queue
+    holds mail to or from it ('mxdesk queue list'). Its DNS records stay: remove them from
+    the zone (the command lists them)."""
+    gone = changes.remove_domain(need_state(ctx), ctx.config, name)
+    if as_json:
+        emit_json(gone)
+        return
+    click.echo(f"domain {gone.name} removed with its DKIM keys")
+    if gone.records:
+        click.echo("its DNS records stay: remove them from the zone:")
+        for record in gone.records:
+            click.echo(f"  {record}")
 
 
 def register(group: click.Group) -> None:

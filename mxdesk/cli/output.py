@@ -43,11 +43,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def count(n: int, word: str, plural: str = "") -> str:
-    """ "1 entry", "2 entries": a number with its noun in the right number."""
-    return f"{n} {word if n == 1 else plural or word + 's'}"
-
-
 def emit_json(value: Any) -> None:
     click.echo(json.dumps(_plain(value), indent=2, ensure_ascii=False, default=str))
 

@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 
 import click
 
 from mxdesk.cli.context import Context, pass_context
 from mxdesk.cli.output import emit_json, emit_table, errors_to_exit, json_option
 from mxdesk.gateway import queuectl
+from mxdesk.gateway.entries import QUEUED, SpoolEntry
 from mxdesk.gateway.queuectl import QueueControlError, list_entries
 from mxdesk.store.decode import without_controls
 
 
 @click.group("queue")
 def queue_group() -> None:
-    """The gateway's spool: messages not yet handed to their next hop."""
+    """The gateway's spool: messages not yet handed to their next hop, and the history of
+    those that were."""
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _next_try(e: SpoolEntry) -> str:
+    return _when(e.next_attempt) if e.state == QUEUED else ""
 
 
 @queue_group.command("list")
@@ -23,34 +34,32 @@ def queue_group() -> None:
 @pass_context
 def list_(ctx: Context, as_json: bool) -> None:
     """List spool entries, inbound (in) and outbound (out): queued (waiting its send delay or
-    its next try), delivering (being delivered now) and held (needs a person)."""
+    its first try), deferred (tried, waiting its next try), delivering (being delivered now)
+    and held (needs a person)."""
     entries = list_entries(ctx.config.gateway.spool_path)
     if as_json:
-        emit_json(entries)
+        emit_json([{**asdict(e), "state": e.shown_state} for e in entries])
         return
     rows = []
     for e in entries:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.created))
         rcpts = ",".join(f"{r.mailbox}({r.status})" for r in e.recipients)
         rows.append(
             (
                 e.id,
                 e.kind,
-                e.state,
-                when,
+                e.shown_state,
+                _when(e.created),
                 e.size,
                 e.attempts,
+                _next_try(e),
                 e.mail_from or "<>",
                 rcpts,
                 e.last_error[:80],
             )
         )
-    emit_table(rows, ["id", "dir", "state", "created", "size", "tries", "from", "to", "error"])
-    click.echo(f"{len(entries)} entries", err=True)
-
-
-def _when(t: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+    headers = ["id", "dir", "state", "created", "size", "tries", "next try", "from", "to", "error"]
+    emit_table(rows, headers)
+    click.echo(f"{len(entries)} {'entry' if len(entries) == 1 else 'entries'}", err=True)
 
 
 @queue_group.command("show")
@@ -64,16 +73,17 @@ def show(ctx: Context, queue_id: str, body: bool, as_json: bool) -> None:
     e = queuectl.show(ctx.config.gateway.spool_path, queue_id)
     head = e.data.partition(b"\r\n\r\n")[0]
     if as_json:
-        emit_json({**vars(e), "data": None, "headers": head.decode("utf-8", "replace")})
+        headers = head.decode("utf-8", "replace")
+        emit_json({**vars(e), "data": None, "state": e.shown_state, "headers": headers})
         return
     direction = "outbound" if e.kind == "out" else "inbound"
-    click.echo(f"entry {e.id}  {direction}  {e.state}")
+    click.echo(f"entry {e.id}  {direction}  {e.shown_state}")
     fields = [
         ("from", e.mail_from or "<>"),
         ("created", _when(e.created)),
         ("size", f"{e.size} bytes"),
         ("attempts", str(e.attempts)),
-        ("next try", _when(e.next_attempt) if e.state == "queued" else ""),
+        ("next try", _next_try(e)),
         ("last error", e.last_error),
         ("envid", e.envid),
     ]
@@ -85,6 +95,29 @@ def show(ctx: Context, queue_id: str, body: bool, as_json: bool) -> None:
         click.echo(f"{'to:':<12}<{r.mailbox}>  {r.status}{reply}")
     shown = e.data if body else head + b"\r\n"
     click.echo("\n" + without_controls(shown.decode("utf-8", "replace").replace("\r\n", "\n")))
+
+
+@queue_group.command("history")
+@click.argument("queue_id")
+@json_option
+@pass_context
+@errors_to_exit(QueueControlError)
+def history(ctx: Context, queue_id: str, as_json: bool) -> None:
+    """Show what happened to entry QUEUE_ID, also after it left the spool: accepted, each
+    attempt per recipient with its reply, held, released, delivered, bounced or cancelled, and
+    by whom (kept [gateway] history_days)."""
+    events = queuectl.entry_history(ctx.config.gateway.spool_path, queue_id)
+    if as_json:
+        emit_json(events)
+        return
+    rows = []
+    for e in events:
+        what = f"{e.event} {e.result}".strip()
+        to = f"<{e.recipient}>" if e.recipient else ""
+        rows.append((_when(e.time), what, to, without_controls(e.detail), e.actor))
+    direction = "outbound" if events[0].kind == "out" else "inbound"
+    click.echo(f"entry {queue_id}  {direction}")
+    emit_table(rows, ["time", "event", "recipient", "detail", "by"])
 
 
 def _control(action: str, doc: str) -> click.Command:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import sqlite3
 import sys
+import time
 from pathlib import Path
 
 import click
 from sqlite_utils import Database
 
+from mxdesk import references, state
 from mxdesk.cli.context import Context, need_state, pass_context
 from mxdesk.cli.output import emit_json, emit_table, errors_to_exit, fail, json_option
 from mxdesk.secrets import installation_key
 from mxdesk.store import outgoing, queries
+from mxdesk.store import status as ticket_status
 from mxdesk.store.db import (
     DRAFT,
     FAILED,
@@ -25,6 +28,7 @@ from mxdesk.store.db import (
 from mxdesk.store.db import open_tickets as open_writable
 from mxdesk.store.decode import without_controls
 from mxdesk.store.parse import Attachment
+from mxdesk.store.status import TICKET_STATES
 from mxdesk.store.submitter import store_listening, wait_handed_over
 
 # How long `reply` and `new` wait for the store daemon to hand the message to the gateway.
@@ -47,7 +51,7 @@ ATTACH = click.option(
 
 @click.group("ticket")
 def ticket_group() -> None:
-    """Tickets filed by the store: read them, reply, open new ones, cancel a reply."""
+    """Tickets filed by the store: read, reply, open, close and reopen them, cancel a reply."""
 
 
 def _tickets_db(ctx: Context) -> Database | None:
@@ -55,20 +59,30 @@ def _tickets_db(ctx: Context) -> Database | None:
     return open_readonly(path) if path.exists() else None
 
 
+def _known_tenant(ctx: Context, slug: str) -> None:
+    """A tenant with tickets (also one removed since: its tickets are kept), or one of
+    state.db; else a clear error."""
+    if not references.tickets(ctx.config.store.database, tenant=slug)[1]:
+        state.get_tenant(need_state(ctx), slug)
+
+
 @ticket_group.command("list")
 @click.option("--tenant", "tenant_slug", metavar="SLUG", help="Only this tenant's tickets.")
+@click.option("--status", type=click.Choice(TICKET_STATES), help="Only open or closed tickets.")
 @json_option
 @pass_context
-@errors_to_exit(TicketsUnavailable)
-def list_(ctx: Context, tenant_slug: str | None, as_json: bool) -> None:
-    """List tickets, most recently updated first."""
+@errors_to_exit(TicketsUnavailable, state.StateError)
+def list_(ctx: Context, tenant_slug: str | None, status: str | None, as_json: bool) -> None:
+    """List tickets, most recently updated first, with their status (open or closed)."""
+    if tenant_slug is not None:
+        _known_tenant(ctx, tenant_slug)
     db = _tickets_db(ctx)
-    tickets = queries.list_tickets(db, tenant_slug) if db is not None else []
+    tickets = queries.list_tickets(db, tenant_slug, status) if db is not None else []
     if as_json:
         emit_json(tickets)
     elif not tickets:
         whose = f" for tenant {tenant_slug}" if tenant_slug else ""
-        click.echo(f"no tickets yet{whose}")
+        click.echo((f"no {status} tickets" if status else "no tickets yet") + whose)
     else:
         emit_table(
             [
@@ -327,6 +341,35 @@ def cancel(ctx: Context, message: int, as_json: bool) -> None:
         emit_json(out)
     else:
         click.echo(f"message {out.id} on ticket #{out.ticket}: cancelled")
+
+
+def _set_status(ctx: Context, number: int, status: str) -> bool:
+    if not ctx.config.store.database.exists():
+        fail(f"no tickets yet: {ctx.config.store.database} does not exist")
+    return ticket_status.set_status(
+        open_writable(ctx.config.store.database), number, status, time.time()
+    )
+
+
+@ticket_group.command("close")
+@click.argument("number", type=int)
+@pass_context
+@errors_to_exit(*WRITE_ERRORS)
+def close(ctx: Context, number: int) -> None:
+    """Close ticket NUMBER. Replies already written still go out; a new message from the
+    customer (not an automatic one) reopens it."""
+    changed = _set_status(ctx, number, ticket_status.CLOSED)
+    click.echo(f"ticket #{number} {'closed' if changed else 'was closed already'}")
+
+
+@ticket_group.command("reopen")
+@click.argument("number", type=int)
+@pass_context
+@errors_to_exit(*WRITE_ERRORS)
+def reopen(ctx: Context, number: int) -> None:
+    """Open closed ticket NUMBER again."""
+    changed = _set_status(ctx, number, ticket_status.OPEN)
+    click.echo(f"ticket #{number} {'reopened' if changed else 'was open already'}")
 
 
 def register(group: click.Group) -> None:

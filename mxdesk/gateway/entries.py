@@ -1,4 +1,4 @@
-"""Spool entries: the schema of spool.db, the entry types, and reading an entry back."""
+"""Spool entries: the schema of spool.db, the entry types, and the SQL that writes and reads one."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from mxdesk.gateway import history
 
 SCHEMA = [
     """
@@ -43,12 +45,30 @@ ALTER TABLE entries ADD COLUMN ret TEXT NOT NULL DEFAULT '';
 ALTER TABLE recipients ADD COLUMN notify TEXT NOT NULL DEFAULT '';
 ALTER TABLE recipients ADD COLUMN notified TEXT NOT NULL DEFAULT '';
 """,
+    # What happened to each entry, kept after it left the spool (mxdesk queue history);
+    # idempotent, because the CLI may bring an older spool up to date while the gateway runs.
+    """
+CREATE TABLE IF NOT EXISTS history (
+    seq INTEGER PRIMARY KEY,
+    entry TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    time REAL NOT NULL,
+    event TEXT NOT NULL,
+    recipient TEXT NOT NULL DEFAULT '',
+    result TEXT NOT NULL DEFAULT '',
+    detail TEXT NOT NULL DEFAULT '',
+    actor TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS history_entry ON history(entry, time);
+CREATE INDEX IF NOT EXISTS history_time ON history(time);
+""",
 ]
 
 # queued: waiting for its next attempt; delivering: claimed by the outbound runner (so it can no
-# longer be cancelled); held: needs a person (mxdesk queue release / cancel).
+# longer be cancelled); held: needs a person (mxdesk queue release / cancel). A queued entry
+# that has been tried already is shown as deferred (it is queued in the database).
 RECIPIENT_COLUMNS = "original, mailbox, tenant, status, reply, notify, notified"
-QUEUED, DELIVERING, HELD = "queued", "delivering", "held"
+QUEUED, DELIVERING, HELD, DEFERRED = "queued", "delivering", "held", "deferred"
 # Kinds whose entries the runner claims before delivering (they can be cancelled while queued).
 CLAIMED_KINDS = frozenset({"out"})
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
@@ -103,6 +123,11 @@ class SpoolEntry:
     def pending(self) -> list[Recipient]:
         return [r for r in self.recipients if r.status == PENDING]
 
+    @property
+    def shown_state(self) -> str:
+        """The state a person is shown: deferred for a queued entry tried already."""
+        return DEFERRED if self.state == QUEUED and self.attempts > 0 else self.state
+
 
 def new_queue_id() -> str:
     """Sortable and unique: milliseconds since the epoch, then 24 random bits."""
@@ -120,3 +145,88 @@ def read_entry(conn: sqlite3.Connection, row: sqlite3.Row, with_data: bool = Tru
     data = fields.pop("data", b"")
     recipients = tuple(Recipient(*r) for r in rcpts)
     return SpoolEntry(**fields, recipients=recipients, data=data if with_data else b"")
+
+
+def insert_entry(conn: sqlite3.Connection, e: NewEntry) -> None:
+    """Adds a new entry with its recipients, and its `accepted` event to the history."""
+    now = time.time()
+    conn.execute(
+        "INSERT INTO entries (id, kind, created, client, mail_from, size, data, next_attempt,"
+        " envid, ret, state, last_error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            e.id,
+            e.kind,
+            now,
+            e.client,
+            e.mail_from,
+            len(e.data),
+            e.data,
+            max(now, e.not_before),
+            e.envid,
+            e.ret,
+            HELD if e.held else QUEUED,
+            e.held,
+        ),
+    )
+    conn.executemany(
+        "INSERT INTO recipients (entry, position, original, mailbox, tenant, notify)"
+        " VALUES (?,?,?,?,?,?)",
+        [(e.id, i, r.original, r.mailbox, r.tenant, r.notify) for i, r in enumerate(e.recipients)],
+    )
+    to = ",".join(f"<{r.mailbox}>" for r in e.recipients)
+    sender = f"<{e.mail_from}>"
+    history.record(
+        conn, e.id, history.ACCEPTED, f"from {sender} to {to} ({e.client}, {len(e.data)} bytes)"
+    )
+    if e.held:
+        history.record(conn, e.id, history.HELD, e.held)
+
+
+def apply_results(
+    conn: sqlite3.Connection,
+    entry_id: str,
+    results: dict[str, tuple[str, str]],
+    retry_at: float | None,
+    hold: bool,
+    error: str,
+    drop_failed: bool,
+) -> None:
+    """Records an attempt's per-recipient results; deletes the entry when it is done, after
+    recording how it ended (see Spool.update)."""
+    for mailbox, (status, reply) in results.items():
+        conn.execute(
+            "UPDATE recipients SET status=?, reply=? WHERE entry=? AND mailbox=? AND status=?",
+            (status, reply[:500], entry_id, mailbox, PENDING),
+        )
+    counts = dict(
+        conn.execute(
+            "SELECT status, count(*) FROM recipients WHERE entry=? GROUP BY status", (entry_id,)
+        ).fetchall()
+    )
+    if not counts.get(PENDING) and (drop_failed or not counts.get(FAILED)):
+        if counts.get(FAILED):
+            history.record(conn, entry_id, history.BOUNCED, error)
+        else:
+            n = counts.get(DELIVERED, 0)
+            to = "to its recipient" if n == 1 else f"to all {n} recipients"
+            history.record(conn, entry_id, history.DELIVERED, to)
+        conn.execute("DELETE FROM entries WHERE id=?", (entry_id,))
+        return
+    state = HELD if hold or not counts.get(PENDING) else QUEUED
+    conn.execute(
+        "UPDATE entries SET state=?, attempts=attempts+1, next_attempt=?, last_error=? WHERE id=?",
+        (state, retry_at or time.time(), error[:500], entry_id),
+    )
+    if state == HELD:
+        history.record(conn, entry_id, history.HELD, error)
+
+
+def spool_counts(conn: sqlite3.Connection) -> tuple[list[tuple[str, str, int]], float | None]:
+    """(kind, shown state, entries) for every pair present, and the oldest entry's creation."""
+    rows = conn.execute(
+        "SELECT kind, CASE WHEN state=? AND attempts>0 THEN ? ELSE state END AS shown,"
+        " count(*) FROM entries GROUP BY kind, shown ORDER BY kind, shown",
+        (QUEUED, DEFERRED),
+    ).fetchall()
+    oldest = conn.execute("SELECT min(created) FROM entries").fetchone()[0]
+    return [(kind, state, n) for kind, state, n in rows], oldest

@@ -10,6 +10,7 @@ from typing import Any
 from mxdesk.gateway.policy import Accept, RecipientPolicy
 from mxdesk.gateway.smtp import GatewayEnvelope
 from mxdesk.gateway.spool import NewEntry, Recipient, Spool, SpoolError, new_queue_id
+from mxdesk.metrics import GatewayMetrics
 from mxdesk.smtpfast import with_extensions
 
 log = logging.getLogger("mxdesk.gateway.mx")
@@ -57,8 +58,14 @@ class MxHandler:
     """aiosmtpd hooks for the MX listener."""
 
     def __init__(
-        self, policy: RecipientPolicy, spool: Spool, host_name: str, max_recipients: int
+        self,
+        policy: RecipientPolicy,
+        spool: Spool,
+        host_name: str,
+        max_recipients: int,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
+        self._metrics = metrics or GatewayMetrics()
         self._policy = policy
         self._spool = spool
         self._host_name = host_name
@@ -127,6 +134,7 @@ class MxHandler:
                 entry.mail_from,
             )
             return R451_LOCAL_ERROR
+        self._metrics.accept("mx")
         log.info(
             "queue_id=%s client=%s from=<%s> to=%s size=%d result=accepted",
             queue_id,
@@ -142,6 +150,7 @@ class MxHandler:
         return R451_LOCAL_ERROR
 
     def log_refusal(self, client: str, envelope: Any, reply: str) -> None:
+        self._metrics.refuse("mx", reply)
         rcpts = ",".join(f"<{_clean(r)}>" for r in [*envelope.rcpt_tos, envelope.attempted] if r)
         log.info(
             "client=%s from=<%s> to=%s result=rejected reply=%r",

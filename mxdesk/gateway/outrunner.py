@@ -34,6 +34,7 @@ from mxdesk.gateway.runner import (
 from mxdesk.gateway.spool import DELIVERED as R_DELIVERED
 from mxdesk.gateway.spool import FAILED as R_FAILED
 from mxdesk.gateway.spool import NewEntry, Recipient, Spool, SpoolEntry, new_queue_id
+from mxdesk.metrics import GatewayMetrics
 
 OUTBOUND = "out"
 log = logging.getLogger("mxdesk.gateway.outbound")
@@ -86,10 +87,11 @@ class OutboundRunner(QueueRunner):
         concurrency: int,
         notices: Notices,
         waiting_for: Callable[[bytes], str] | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         """waiting_for: why a message may not leave yet ("" = it may), checked before every
         attempt so that even a released entry never goes out signed with an unserved key."""
-        super().__init__(spool, OUTBOUND, deliverer, retry, concurrency, log)
+        super().__init__(spool, OUTBOUND, deliverer, retry, concurrency, log, metrics)
         self._notices = notices
         self._waiting_for = waiting_for
 
@@ -131,6 +133,7 @@ class OutboundRunner(QueueRunner):
         error = "; ".join(f"<{r.mailbox}>: {reply}" for r, reply in deferred)
         failures = [f"<{m}>: {text}" for m, (status, text) in results.items() if status == R_FAILED]
         delay = self._retry.delay(entry.attempts + 1)
+        later = {} if gave_up else {r.mailbox: str(reply) for r, reply in deferred}
         await self._spool.update(
             entry,
             results,
@@ -140,7 +143,9 @@ class OutboundRunner(QueueRunner):
             drop_failed=True,
             notices=self._notices.make(entry, reports),
             notified=notified,
+            deferred=later,
         )
+        self._metrics.attempted(OUTBOUND, entry.created, results, len(later))
         if deferred and not gave_up:
             self._log.warning("queue_id=%s deferred for %.0fs: %s", entry.id, delay, error)
             return RetryLater(delay, error)

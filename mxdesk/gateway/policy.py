@@ -68,8 +68,9 @@ class RecipientPolicy:
         if local == "postmaster":
             return self._postmaster(address, tenant)
         base_local = local.split("+", 1)[0]
-        box = state.get_mailbox(self._conn, f"{base_local}@{domain}")
-        if box is None or not box.active:
+        # A disabled mailbox, or any address of a disabled tenant, is no mailbox to a sender.
+        box = state.receiving_mailbox(self._conn, f"{base_local}@{domain}")
+        if box is None:
             return Reject(R550_NO_MAILBOX)
         return Accept(address, box.address, box.tenant)
 

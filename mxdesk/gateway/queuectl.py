@@ -3,16 +3,21 @@
 Like postsuper, it works on the spool database directly, also while the gateway runs: every
 change is one SQLite transaction whose WHERE clause states the states it may start from, so it
 cannot race the outbound runner's claim of an entry (the runner marks an entry `delivering` in its
-own transaction before it connects anywhere).
+own transaction before it connects anywhere). The same transaction records the change, and the
+Unix user who made it, in the entry's history.
 """
 
 from __future__ import annotations
 
+import os
+import pwd
 import sqlite3
 import time
 from pathlib import Path
 
-from mxdesk.gateway.entries import DELIVERING, HELD, QUEUED, SpoolEntry, read_entry
+from mxdesk import state
+from mxdesk.gateway import history
+from mxdesk.gateway.entries import DELIVERING, HELD, QUEUED, SCHEMA, SpoolEntry, read_entry
 
 OUTBOUND = "out"
 
@@ -26,17 +31,40 @@ def _connect(path: Path) -> sqlite3.Connection:
         raise QueueControlError(f"no spool at {path}: the gateway has not run yet")
     conn = sqlite3.connect(path, timeout=10, isolation_level=None)
     conn.execute("PRAGMA synchronous=FULL")
+    # A spool that an older gateway made has no history table yet.
+    state.migrate(conn, SCHEMA)
     conn.row_factory = sqlite3.Row
     return conn
+
+
+def invoking_user() -> str:
+    """Who runs the command: the Unix user, and who became it with sudo."""
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = f"uid {os.geteuid()}"
+    by = os.environ.get("SUDO_USER", "")
+    return f"{user} (sudo by {by})" if by and by != user else user
 
 
 def _entry(conn: sqlite3.Connection, queue_id: str, with_data: bool) -> SpoolEntry:
     row = conn.execute("SELECT * FROM entries WHERE id=?", (queue_id,)).fetchone()
     if row is None:
-        raise QueueControlError(
-            f"no queue entry {queue_id}: it was delivered, bounced or cancelled already"
-        )
+        raise QueueControlError(_gone(conn, queue_id))
     return read_entry(conn, row, with_data)
+
+
+def _gone(conn: sqlite3.Connection, queue_id: str) -> str:
+    past = history.events(conn, queue_id)
+    if not past:
+        return (
+            f"no queue entry {queue_id}, and none in the history of the last"
+            " [gateway] history_days: check the id with 'mxdesk queue list'"
+        )
+    return (
+        f"queue entry {queue_id} has left the spool: {history.fate(past)}"
+        f" (mxdesk queue history {queue_id})"
+    )
 
 
 def show(path: Path, queue_id: str) -> SpoolEntry:
@@ -57,12 +85,22 @@ def _refusal(entry: SpoolEntry, action: str) -> QueueControlError:
     return QueueControlError(f"cannot {action} {entry.id}: it is {entry.state}")
 
 
-def _change(path: Path, queue_id: str, action: str, sql: str, args: tuple[object, ...]) -> None:
+def _change(
+    path: Path,
+    queue_id: str,
+    action: str,
+    sql: str,
+    args: tuple[object, ...],
+    event: str,
+    by: str | None,
+) -> None:
     conn = _connect(path)
     try:
         conn.execute("BEGIN IMMEDIATE")
         try:
             entry = _entry(conn, queue_id, with_data=False)
+            # Recorded first (a cancel deletes the entry), and undone with it on a refusal.
+            history.record(conn, queue_id, event, actor=by or invoking_user())
             changed = conn.execute(sql, args).rowcount
             if not changed:
                 raise _refusal(entry, action)
@@ -74,19 +112,22 @@ def _change(path: Path, queue_id: str, action: str, sql: str, args: tuple[object
         conn.close()
 
 
-def cancel(path: Path, queue_id: str) -> None:
+def cancel(path: Path, queue_id: str, by: str | None = None) -> None:
     """Removes an outbound entry that is queued (also while it waits its send delay), deferred
-    or held; an inbound entry only when held (a queued one is on its way to the store)."""
+    or held; an inbound entry only when held (a queued one is on its way to the store).
+    by: who cancels, for the history (default: the Unix user running this)."""
     _change(
         path,
         queue_id,
         "cancel",
         "DELETE FROM entries WHERE id=? AND (state=? OR (state=? AND kind=?))",
         (queue_id, HELD, QUEUED, OUTBOUND),
+        history.CANCELLED,
+        by,
     )
 
 
-def hold(path: Path, queue_id: str) -> None:
+def hold(path: Path, queue_id: str, by: str | None = None) -> None:
     """Keeps a queued entry from being tried until it is released."""
     _change(
         path,
@@ -94,10 +135,12 @@ def hold(path: Path, queue_id: str) -> None:
         "hold",
         "UPDATE entries SET state=?, last_error=? WHERE id=? AND state=?",
         (HELD, "held by an administrator", queue_id, QUEUED),
+        history.HELD,
+        by,
     )
 
 
-def release(path: Path, queue_id: str) -> None:
+def release(path: Path, queue_id: str, by: str | None = None) -> None:
     """Puts a held entry back in the queue, due at once; its age (and give-up time) is kept."""
     _change(
         path,
@@ -105,10 +148,12 @@ def release(path: Path, queue_id: str) -> None:
         "release",
         "UPDATE entries SET state=?, next_attempt=? WHERE id=? AND state=?",
         (QUEUED, time.time(), queue_id, HELD),
+        history.RELEASED,
+        by,
     )
 
 
-def retry(path: Path, queue_id: str) -> None:
+def retry(path: Path, queue_id: str, by: str | None = None) -> None:
     """Makes a queued or held entry due now (the gateway picks it up within seconds)."""
     _change(
         path,
@@ -116,15 +161,33 @@ def retry(path: Path, queue_id: str) -> None:
         "retry",
         "UPDATE entries SET state=?, next_attempt=? WHERE id=? AND state IN (?, ?)",
         (QUEUED, time.time(), queue_id, QUEUED, HELD),
+        history.RETRIED,
+        by,
     )
+
+
+def entry_history(path: Path, queue_id: str) -> list[history.HistoryEvent]:
+    """What happened to an entry, oldest first, also after it left the spool."""
+    if not path.exists():
+        raise QueueControlError(f"no spool at {path}: the gateway has not run yet")
+    conn = state.connect(path, readonly=True)
+    try:
+        past = history.events(conn, queue_id)
+    finally:
+        conn.close()
+    if not past:
+        raise QueueControlError(
+            f"no history of queue entry {queue_id}: it is older than [gateway] history_days,"
+            " or the id is wrong (see 'mxdesk queue list')"
+        )
+    return past
 
 
 def list_entries(path: Path) -> list[SpoolEntry]:
     """All entries without their data, for `mxdesk queue list`; opens the spool read-only."""
     if not path.exists():
         return []
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    conn.row_factory = sqlite3.Row
+    conn = state.connect(path, readonly=True)
     try:
         rows = conn.execute(
             "SELECT id, kind, created, client, mail_from, size, state, attempts, next_attempt,"

@@ -13,6 +13,7 @@ from typing import Protocol
 from mxdesk.gateway.lmtp import LmtpError, Reply
 from mxdesk.gateway.retry import RetryPolicy
 from mxdesk.gateway.spool import DELIVERED, FAILED, Spool, SpoolEntry
+from mxdesk.metrics import GatewayMetrics
 
 POLL_SECONDS = 5.0
 
@@ -57,8 +58,10 @@ class QueueRunner:
         retry: RetryPolicy,
         concurrency: int,
         logger: logging.Logger,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self._spool = spool
+        self._metrics = metrics or GatewayMetrics()
         self._kind = kind
         self._deliverer = deliverer
         self._retry = retry
@@ -86,6 +89,7 @@ class QueueRunner:
         results: dict[str, tuple[str, str]] = {}
         temporary: list[str] = []
         failed: list[str] = []
+        deferred: dict[str, str] = {}
         for r in pending:
             reply = replies[r.mailbox]
             if reply.ok:
@@ -93,6 +97,7 @@ class QueueRunner:
                 self._log.info("queue_id=%s to=<%s> delivered: %s", entry.id, r.mailbox, reply)
             elif reply.temporary:
                 temporary.append(f"<{r.mailbox}>: {reply}")
+                deferred[r.mailbox] = str(reply)
             else:
                 results[r.mailbox] = (FAILED, str(reply))
                 failed.append(f"<{r.mailbox}>: {reply}")
@@ -101,16 +106,26 @@ class QueueRunner:
         if temporary:
             if self._retry.give_up(time.time() - entry.created):
                 reason = f"gave up after {entry.attempts + 1} attempts: {error}"
-                await self._spool.update(entry, results, retry_at=None, hold=True, error=reason)
+                await self._spool.update(
+                    entry, results, retry_at=None, hold=True, error=reason, deferred=deferred
+                )
+                self._metrics.attempted(self._kind, entry.created, results, len(deferred))
                 self._log.error("queue_id=%s held: %s", entry.id, reason)
                 return FailedPermanently(reason)
             delay = self._retry.delay(entry.attempts + 1)
             await self._spool.update(
-                entry, results, retry_at=time.time() + delay, hold=False, error=error
+                entry,
+                results,
+                retry_at=time.time() + delay,
+                hold=False,
+                error=error,
+                deferred=deferred,
             )
+            self._metrics.attempted(self._kind, entry.created, results, len(deferred))
             self._log.warning("queue_id=%s deferred for %.0fs: %s", entry.id, delay, error)
             return RetryLater(delay, error)
         await self._spool.update(entry, results, retry_at=None, hold=bool(failed), error=error)
+        self._metrics.attempted(self._kind, entry.created, results, 0)
         if failed:
             self._log.error("queue_id=%s held: %s", entry.id, error)
             return FailedPermanently(error)

@@ -63,17 +63,19 @@ class SenderPolicy:
         return EVERY_TENANT in allowed or tenant in allowed
 
     def tenant_of_address(self, address: str) -> str | None:
-        """The tenant an address belongs to: a domain of it (active or on its way), or its
-        default inbox."""
+        """The tenant an address belongs to: a domain of it (active or on its way, not
+        disabled), or its default inbox (enabled); None for the addresses of a disabled tenant."""
         local, at, domain = address.rpartition("@")
         domain = domain.lower().rstrip(".")
         if not at or not local:
             return None
         if domain == self._base:
-            box = state.get_mailbox(self._conn, f"{local.lower()}@{domain}")
-            return box.tenant if box is not None and box.default_inbox and box.active else None
+            box = state.receiving_mailbox(self._conn, f"{local.lower()}@{domain}")
+            return box.tenant if box is not None and box.default_inbox else None
         found = state.get_domain(self._conn, domain)
-        return found.tenant if found is not None and found.receives else None
+        if found is None or not found.receives or not state.tenant_active(self._conn, found.tenant):
+            return None
+        return found.tenant
 
     def tenant_of(self, address: str, uid: int, user: str) -> str | None:
         """The tenant the envelope sender belongs to, if this user may send for it."""

@@ -6,10 +6,11 @@ import asyncio
 import logging
 import sqlite3
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from mxdesk import state
 from mxdesk.config import Config
+from mxdesk.daemon import ReloadError
 from mxdesk.dns.lifecycle import DomainLifecycle
 from mxdesk.gateway.lmtp import LmtpClient, Reply
 from mxdesk.gateway.mx import INBOUND, MxHandler
@@ -17,13 +18,16 @@ from mxdesk.gateway.outrunner import Notices, OutboundRunner
 from mxdesk.gateway.policy import RecipientPolicy
 from mxdesk.gateway.retry import RetryPolicy
 from mxdesk.gateway.runner import Deliverer, QueueRunner
+from mxdesk.gateway.scrape import MetricsEndpoint
 from mxdesk.gateway.senders import SenderPolicy
 from mxdesk.gateway.smtp import ConnectionLimits, GatewaySMTP
 from mxdesk.gateway.spool import Spool, SpoolEntry
 from mxdesk.gateway.submission import SubmissionHandler, SubmissionSMTP
+from mxdesk.metrics import GatewayMetrics
 from mxdesk.secrets import installation_key
 from mxdesk.smtpfast import SessionFactory
 from mxdesk.sockets import listen_unix
+from mxdesk.startup import StartupError, address, bind_error
 
 log = logging.getLogger("mxdesk.gateway")
 SHUTDOWN_GRACE = 10.0
@@ -44,11 +48,20 @@ class LmtpDeliverer:
 
 
 def tls_context(config: Config) -> ssl.SSLContext | None:
+    """The server side of STARTTLS (None without a certificate); raises StartupError naming
+    the files when they cannot be loaded."""
     gw = config.gateway
     if gw.tls_cert is None or gw.tls_key is None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(gw.tls_cert, gw.tls_key)
+    try:
+        context.load_cert_chain(gw.tls_cert, gw.tls_key)
+    except OSError as exc:  # ssl.SSLError is one
+        reason = getattr(exc, "reason", None) or exc.strerror or exc
+        raise StartupError(
+            f"gateway.tls_cert: {gw.tls_cert} with {gw.tls_key} cannot be loaded ({reason}):"
+            " check both files, their owner and mode"
+        ) from exc
     return context
 
 
@@ -57,9 +70,13 @@ class GatewayService:
         """outbound: the deliverer of outbound entries (default: SMTP to MX or smarthost)."""
         self.config = config
         self.outbound = outbound
-        self.spool = Spool(config.gateway.spool_path)
+        self.metrics = GatewayMetrics()
+        self.metrics_endpoint: MetricsEndpoint | None = None
+        self.spool = Spool(config.gateway.spool_path, config.gateway.history_days)
         self.limits = ConnectionLimits(
-            config.gateway.max_connections, config.gateway.max_connections_per_client
+            config.gateway.max_connections,
+            config.gateway.max_connections_per_client,
+            on_refusal=lambda reply: self.metrics.refuse("mx", reply),
         )
         self.servers: list[asyncio.Server] = []
         self.runner: QueueRunner | None = None
@@ -69,10 +86,20 @@ class GatewayService:
         self.lmtp: LmtpClient | None = None
         self.state: sqlite3.Connection | None = None
         self.lifecycle: DomainLifecycle | None = None
+        self.tls: ssl.SSLContext | None = None
+        # Remake the session templates of the listeners from self.config (after a reload).
+        self._renewals: list[Callable[[], None]] = []
 
     async def start(self) -> None:
         cfg = self.config
         await self.spool.open()
+        if cfg.metrics.listen is not None:
+            self.metrics_endpoint = MetricsEndpoint(self.metrics, self.spool, cfg.metrics.listen)
+            try:
+                await self.metrics_endpoint.start()
+            except OSError as exc:
+                at = cfg.metrics.listen
+                raise bind_error(at.host, at.port, exc, "[metrics] listen") from exc
         # One read-only connection for every lookup on the loop (policy, senders, outboxes).
         self.state = state.connect(cfg.general.state_db, readonly=True)
         policy = RecipientPolicy(
@@ -80,29 +107,36 @@ class GatewayService:
             cfg.general.base_domain,
             cfg.gateway.postmaster_tenant,
         )
-        handler = MxHandler(policy, self.spool, cfg.general.host_name, cfg.gateway.max_recipients)
-        context = tls_context(cfg)
+        self.tls = tls_context(cfg)
         loop = asyncio.get_running_loop()
 
         def protocol() -> GatewaySMTP:
+            gw = self.config.gateway  # read at start and on each reload (SIGHUP)
+            handler = MxHandler(
+                policy, self.spool, cfg.general.host_name, gw.max_recipients, self.metrics
+            )
             return GatewaySMTP(
                 handler,
                 limits=self.limits,
-                session_timeout=cfg.gateway.session_timeout,
-                data_size_limit=cfg.gateway.max_message_size,
+                session_timeout=gw.session_timeout,
+                data_size_limit=gw.max_message_size,
                 enable_SMTPUTF8=True,
                 hostname=cfg.general.host_name,
                 ident="mxdesk",
-                tls_context=context,
-                timeout=cfg.gateway.idle_timeout,
+                tls_context=self.tls,
+                timeout=gw.idle_timeout,
                 loop=loop,
             )
 
         factory = SessionFactory(protocol)
+        self._renewals.append(lambda: factory.renew(protocol))
         for listen in cfg.gateway.listen:
-            server = await loop.create_server(
-                factory, listen.host, listen.port, reuse_address=True, backlog=512
-            )
+            try:
+                server = await loop.create_server(
+                    factory, listen.host, listen.port, reuse_address=True, backlog=512
+                )
+            except OSError as exc:
+                raise bind_error(listen.host, listen.port, exc) from exc
             self.servers.append(server)
             for sock in server.sockets:
                 log.info("MX listening on %s", sock.getsockname()[:2])
@@ -118,6 +152,7 @@ class GatewayService:
             RetryPolicy.from_config(retry),
             retry.concurrency,
             logging.getLogger("mxdesk.gateway.inbound"),
+            self.metrics,
         )
         self.runner.start()
         await self._start_outbound(policy, self.state)
@@ -125,32 +160,44 @@ class GatewayService:
     async def _start_outbound(self, policy: RecipientPolicy, conn: sqlite3.Connection) -> None:
         cfg = self.config
         senders = SenderPolicy(conn, cfg.general.base_domain, dict(cfg.submission.senders))
-        handler = SubmissionHandler(
-            senders,
-            self.spool,
-            cfg.general.host_name,
-            cfg.gateway.max_recipients,
-            cfg.outbound.send_delay,
+        local = ConnectionLimits(
+            cfg.gateway.max_connections,
+            cfg.gateway.max_connections,
+            on_refusal=lambda reply: self.metrics.refuse("submission", reply),
         )
-        local = ConnectionLimits(cfg.gateway.max_connections, cfg.gateway.max_connections)
         loop = asyncio.get_running_loop()
 
         def protocol() -> SubmissionSMTP:
+            gw = self.config.gateway  # read at start and on each reload (SIGHUP)
+            handler = SubmissionHandler(
+                senders,
+                self.spool,
+                cfg.general.host_name,
+                gw.max_recipients,
+                cfg.outbound.send_delay,
+                self.metrics,
+            )
             return SubmissionSMTP(
                 handler,
                 limits=local,
-                session_timeout=cfg.gateway.session_timeout,
-                data_size_limit=cfg.gateway.max_message_size,
+                session_timeout=gw.session_timeout,
+                data_size_limit=gw.max_message_size,
                 enable_SMTPUTF8=True,
                 hostname=cfg.general.host_name,
                 ident="mxdesk submission",
-                timeout=cfg.gateway.idle_timeout,
+                timeout=gw.idle_timeout,
                 loop=loop,
             )
 
         socket_path = cfg.submission.socket
+        factory = SessionFactory(protocol)
+        self._renewals.append(lambda: factory.renew(protocol))
         server = await listen_unix(
-            socket_path, SessionFactory(protocol), cfg.submission.socket_group
+            socket_path,
+            factory,
+            cfg.submission.socket_group,
+            "gateway.submission.socket_group",
+            owner="gateway",
         )
         self.submission_server = server
         self.submission_limits = local
@@ -168,6 +215,7 @@ class GatewayService:
             retry.concurrency,
             notices,
             senders.waiting_for,
+            self.metrics,
         )
         self.outbound_runner.start()
         self.lifecycle = DomainLifecycle(cfg, self.spool)
@@ -176,6 +224,33 @@ class GatewayService:
     @property
     def ports(self) -> list[int]:
         return [int(s.getsockname()[1]) for srv in self.servers for s in srv.sockets]
+
+    @property
+    def addresses(self) -> list[str]:
+        """Where the MX listens, as bound ("127.0.0.1:2525", "[::1]:2525")."""
+        return [address(*s.getsockname()[:2]) for srv in self.servers for s in srv.sockets]
+
+    def prepare_reload(self, config: Config) -> Callable[[], None]:
+        """The TLS certificate and key, limits and timeouts of config, for the sessions that
+        start from then on; the certificate is loaded now, so a bad one changes nothing."""
+        gw = config.gateway
+        try:
+            context = tls_context(config)
+        except StartupError as exc:
+            raise ReloadError(str(exc)) from exc
+
+        def apply() -> None:
+            self.config, self.tls = config, context
+            self.limits.total = gw.max_connections
+            self.limits.per_client = gw.max_connections_per_client
+            if self.submission_limits is not None:
+                self.submission_limits.total = self.submission_limits.per_client = (
+                    gw.max_connections
+                )
+            for renew in self._renewals:
+                renew()
+
+        return apply
 
     async def close(self) -> None:
         """Stops accepting, lets sessions finish (bounded), then stops the runner and spool."""
@@ -194,6 +269,8 @@ class GatewayService:
         for limits in sessions:
             for session in list(limits.sessions):
                 session.shut_down()
+        if self.metrics_endpoint is not None:
+            await self.metrics_endpoint.close()
         if self.lifecycle is not None:
             await self.lifecycle.stop()
         if self.runner is not None:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +74,7 @@ class ConnectionLimits:
     per_client: int
     open: Counter[str] = field(default_factory=Counter)
     sessions: set[GatewaySMTP] = field(default_factory=set)
+    on_refusal: Callable[[str], None] | None = None  # told each refusal (the metrics)
 
     def admit(self, session: GatewaySMTP, client: str) -> str | None:
         """Counts the session in, or returns the 421 that refuses it."""
@@ -119,6 +121,8 @@ class GatewaySMTP(BlockDataSMTP):
         if refusal is not None:
             self._refused = True
             log.warning("client=%s refused: %s", self._client, refusal)
+            if self._limits.on_refusal is not None:
+                self._limits.on_refusal(refusal)
             assert isinstance(transport, asyncio.WriteTransport)
             transport.write(refusal.encode() + b"\r\n")
             transport.close()

@@ -7,11 +7,12 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mxdesk.gateway import history
 from mxdesk.gateway.entries import (
     CLAIMED_KINDS,
     DELIVERED,
@@ -25,13 +26,17 @@ from mxdesk.gateway.entries import (
     NewEntry,
     Recipient,
     SpoolEntry,
+    apply_results,
+    insert_entry,
     new_queue_id,
     read_entry,
+    spool_counts,
 )
 from mxdesk.state import migrate
 
 log = logging.getLogger("mxdesk.gateway.spool")
 T = TypeVar("T")
+PRUNE_EVERY = 3600.0  # seconds between two prunings of the history
 
 __all__ = [
     "CLAIMED_KINDS",
@@ -66,8 +71,11 @@ def fsync_dir(path: Path) -> None:
 class Spool:
     """All database work runs on one thread; concurrent commits share one transaction."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, history_days: float = 30) -> None:
+        """history_days: how long the history of an entry is kept after it left the spool."""
         self.path = path
+        self._history_seconds = history_days * 86400
+        self._next_prune = 0.0  # time.monotonic() of the next pruning
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
         self._conn: sqlite3.Connection | None = None
         self._pending: list[
@@ -107,7 +115,10 @@ class Spool:
                 "UPDATE entries SET state=?, last_error=? WHERE id=?",
                 (HELD, "no recipients recorded", row["id"]),
             )
+            history.record(conn, row["id"], history.HELD, "no recipients recorded")
         # A claim dies with the process that made it: the attempt did not finish.
+        stopped = "the gateway stopped during an attempt"
+        history.record_where(conn, "state=?", (DELIVERING,), history.REQUEUED, stopped)
         conn.execute("UPDATE entries SET state=? WHERE state=?", (QUEUED, DELIVERING))
         count = conn.execute("SELECT count(*) FROM entries WHERE state=?", (QUEUED,)).fetchone()
         if count[0]:
@@ -172,6 +183,9 @@ class Spool:
         try:
             for op in ops:
                 op(conn)
+            if time.monotonic() >= self._next_prune:
+                self._next_prune = time.monotonic() + PRUNE_EVERY
+                history.prune(conn, time.time() - self._history_seconds)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -184,7 +198,7 @@ class Spool:
         Callers shield this so that a client hanging up cannot interrupt the commit: the
         transaction either happens whole or not at all.
         """
-        await self._transact(lambda conn: _insert(conn, entry), new=True)
+        await self._transact(lambda conn: insert_entry(conn, entry), new=True)
 
     # -- delivering ------------------------------------------------------------------------
 
@@ -221,6 +235,8 @@ class Spool:
         """Puts a claimed entry back in the queue unchanged (its attempt crashed)."""
 
         def op(conn: sqlite3.Connection) -> None:
+            claimed, why = (entry_id, DELIVERING), "the attempt crashed"
+            history.record_where(conn, "id=? AND state=?", claimed, history.REQUEUED, why)
             conn.execute(
                 "UPDATE entries SET state=? WHERE id=? AND state=?", (QUEUED, entry_id, DELIVERING)
             )
@@ -251,10 +267,12 @@ class Spool:
         drop_failed: bool = False,
         notices: Sequence[NewEntry] = (),
         notified: Sequence[str] = (),
+        deferred: Mapping[str, str] | None = None,
     ) -> None:
         """Records per-recipient results; removes the entry once no recipient is pending.
 
-        results maps a recipient's mailbox to (status, reply). An entry whose recipients are all
+        results maps a recipient's mailbox to (status, reply); deferred, the replies of the
+        recipients that stay pending (for the history). An entry whose recipients are all
         delivered is deleted; one with failed recipients and none pending is held, or deleted
         with drop_failed (outbound: the sender was told by a DSN). notices (DSNs) are inserted
         in the same transaction, and the mailboxes in notified are marked as told of a delay,
@@ -262,13 +280,18 @@ class Spool:
         """
 
         def op(conn: sqlite3.Connection) -> None:
+            attempts = [(m, status, reply) for m, (status, reply) in results.items()]
+            attempts += [(m, history.DEFERRED, reply) for m, reply in (deferred or {}).items()]
+            history.record_attempts(conn, entry.id, entry.kind, attempts)
             for notice in notices:
-                _insert(conn, notice)
+                insert_entry(conn, notice)
+                to = ", ".join(f"<{r.mailbox}>" for r in notice.recipients)
+                history.record(conn, entry.id, history.NOTICE, f"{notice.id} to {to}")
             conn.executemany(
                 "UPDATE recipients SET notified='delayed' WHERE entry=? AND mailbox=?",
                 [(entry.id, m) for m in notified],
             )
-            _apply(conn, entry.id, results, retry_at, hold, error, drop_failed)
+            apply_results(conn, entry.id, results, retry_at, hold, error, drop_failed)
 
         await self._transact(op, new=bool(notices))
 
@@ -279,6 +302,7 @@ class Spool:
             conn.execute(
                 "UPDATE entries SET state=?, last_error=? WHERE id=?", (HELD, reason, entry_id)
             )
+            history.record(conn, entry_id, history.HELD, reason)
 
         await self._transact(op, new=False)
 
@@ -301,10 +325,21 @@ class Spool:
 
         return await self._run(read)
 
+    async def counts(self) -> tuple[list[tuple[str, str, int]], float | None]:
+        """Entries by kind and shown state, and the oldest entry's creation time."""
+        return await self._run(lambda: spool_counts(self._db()))
+
     async def release_waiting(self, reason: str) -> None:
         """Puts the entries held for reason back in the queue, due now; wakes the runners."""
 
         def op(conn: sqlite3.Connection) -> None:
+            history.record_where(
+                conn,
+                "state=? AND last_error=?",
+                (HELD, reason),
+                history.RELEASED,
+                "its domain is active",
+            )
             conn.execute(
                 "UPDATE entries SET state=?, next_attempt=?, last_error='' WHERE state=?"
                 " AND last_error=?",
@@ -312,59 +347,3 @@ class Spool:
             )
 
         await self._transact(op, new=True)
-
-
-def _insert(conn: sqlite3.Connection, e: NewEntry) -> None:
-    now = time.time()
-    conn.execute(
-        "INSERT INTO entries (id, kind, created, client, mail_from, size, data, next_attempt,"
-        " envid, ret, state, last_error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-        (
-            e.id,
-            e.kind,
-            now,
-            e.client,
-            e.mail_from,
-            len(e.data),
-            e.data,
-            max(now, e.not_before),
-            e.envid,
-            e.ret,
-            HELD if e.held else QUEUED,
-            e.held,
-        ),
-    )
-    conn.executemany(
-        "INSERT INTO recipients (entry, position, original, mailbox, tenant, notify)"
-        " VALUES (?,?,?,?,?,?)",
-        [(e.id, i, r.original, r.mailbox, r.tenant, r.notify) for i, r in enumerate(e.recipients)],
-    )
-
-
-def _apply(
-    conn: sqlite3.Connection,
-    entry_id: str,
-    results: dict[str, tuple[str, str]],
-    retry_at: float | None,
-    hold: bool,
-    error: str,
-    drop_failed: bool,
-) -> None:
-    for mailbox, (status, reply) in results.items():
-        conn.execute(
-            "UPDATE recipients SET status=?, reply=? WHERE entry=? AND mailbox=? AND status=?",
-            (status, reply[:500], entry_id, mailbox, PENDING),
-        )
-    counts = dict(
-        conn.execute(
-            "SELECT status, count(*) FROM recipients WHERE entry=? GROUP BY status", (entry_id,)
-        ).fetchall()
-    )
-    if not counts.get(PENDING) and (drop_failed or not counts.get(FAILED)):
-        conn.execute("DELETE FROM entries WHERE id=?", (entry_id,))
-        return
-    state = HELD if hold or not counts.get(PENDING) else QUEUED
-    conn.execute(
-        "UPDATE entries SET state=?, attempts=attempts+1, next_attempt=?, last_error=? WHERE id=?",
-        (state, retry_at or time.time(), error[:500], entry_id),
-    )

@@ -27,6 +27,7 @@ from mxdesk.gateway.mx import R250_MAIL_OK, R250_RCPT_OK, R451_LOCAL_ERROR, R452
 from mxdesk.gateway.senders import SenderPolicy
 from mxdesk.gateway.smtp import GatewayEnvelope, GatewaySMTP
 from mxdesk.gateway.spool import NewEntry, Recipient, Spool, SpoolError, new_queue_id
+from mxdesk.metrics import GatewayMetrics
 from mxdesk.smtpfast import with_extensions
 
 log = logging.getLogger("mxdesk.gateway.submission")
@@ -174,7 +175,9 @@ class SubmissionHandler:
         host_name: str,
         max_recipients: int,
         send_delay: float,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
+        self._metrics = metrics or GatewayMetrics()
         self._senders = senders
         self._spool = spool
         self._host_name = host_name
@@ -223,6 +226,7 @@ class SubmissionHandler:
         if not keys:
             return R550_NO_SIGNING_KEY
         signed = sign(message, keys)
+        self._metrics.signed(keys)
         held = self._senders.waiting_for(signed)
         entry = NewEntry(
             queue_id,
@@ -241,6 +245,7 @@ class SubmissionHandler:
         except SpoolError:
             log.error("queue_id=%s from=<%s> not spooled: storage error", queue_id, entry.mail_from)
             return R451_LOCAL_ERROR
+        self._metrics.accept("submission")
         log.info(
             "queue_id=%s uid=%s from=<%s> to=%s size=%d envid=%s result=%s",
             queue_id,
@@ -273,5 +278,6 @@ class SubmissionHandler:
         return R451_LOCAL_ERROR
 
     def log_refusal(self, client: str, envelope: Any, reply: str) -> None:
+        self._metrics.refuse("submission", reply)
         sender = envelope.mail_from or envelope.attempted
         log.info("submission from=<%s> refused: %s", sender, reply[:200])

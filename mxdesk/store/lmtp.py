@@ -82,7 +82,9 @@ class LmtpHandler:
         except Exception:
             log.exception("rcpt=%s: mailbox lookup failed", address)
             return R451_LOCAL_ERROR
-        if mailbox is None or not mailbox.active:
+        # A disabled mailbox still gets what the gateway said 250 for before it was disabled
+        # (and the delivery notices of its replies): the MX refuses new mail for it at RCPT.
+        if mailbox is None:
             return R550_NO_MAILBOX.format(address=address)
         envelope.rcpt_tos.append(mailbox.address)
         envelope.mailboxes.append(mailbox)

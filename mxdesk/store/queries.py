@@ -102,9 +102,13 @@ def _split(text: str, sep: str) -> list[str]:
     return [item.strip() for item in text.split(sep) if item.strip()]
 
 
-def list_tickets(db: Database, tenant: str | None = None) -> list[TicketSummary]:
-    """Tickets, most recently updated first, optionally of one tenant."""
-    where, args = ("WHERE t.tenant = ?", [tenant]) if tenant else ("", [])
+def list_tickets(
+    db: Database, tenant: str | None = None, status: str | None = None
+) -> list[TicketSummary]:
+    """Tickets, most recently updated first, optionally of one tenant and with one status."""
+    filters = [(c, v) for c, v in (("t.tenant", tenant), ("t.status", status)) if v]
+    where = ("WHERE " + " AND ".join(f"{c} = ?" for c, _ in filters)) if filters else ""
+    args = [v for _, v in filters]
     rows = db.query(
         "SELECT t.number, t.tenant, t.mailbox, t.subject, t.status, t.updated,"
         " (SELECT count(*) FROM messages m WHERE m.ticket = t.number) AS messages,"

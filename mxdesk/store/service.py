@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mxdesk import state
@@ -86,6 +86,7 @@ class StoreService:
         mailboxes: StateMailboxes,
         socket_path: Path,
         submitter: Submitter,
+        renew: Callable[[Config], None],
     ) -> None:
         self.server = server
         self.sessions = sessions
@@ -93,6 +94,11 @@ class StoreService:
         self.mailboxes = mailboxes
         self.socket_path = socket_path
         self.submitter = submitter
+        self._renew = renew
+
+    def prepare_reload(self, config: Config) -> Callable[[], None]:
+        """Message size and recipient limits for the LMTP sessions that start from then on."""
+        return lambda: self._renew(config)
 
     async def close(self) -> None:
         await self.submitter.close()
@@ -127,7 +133,31 @@ async def start_store(
     filer = ThreadedFiler(store)
     handler = LmtpHandler(mailboxes, filer, config.gateway.max_recipients)
     sessions: set[LmtpSession] = set()
+    factory = SessionFactory(_template(handler, sessions, config))
 
+    def renew(new: Config) -> None:
+        handler.max_recipients = new.gateway.max_recipients
+        factory.renew(_template(handler, sessions, new))
+
+    try:
+        server = await listen_unix(config.store.lmtp_socket, factory, config.store.socket_group)
+    except BaseException:
+        store.close()
+        outbox.db.close()
+        raise
+    log.info("store listening on %s", config.store.lmtp_socket)
+    submitter = Submitter(
+        outbox, config.submission.socket, config.general.host_name, poll_interval=poll_interval
+    )
+    submitter.start()
+    return StoreService(
+        server, sessions, filer, mailboxes, config.store.lmtp_socket, submitter, renew
+    )
+
+
+def _template(
+    handler: LmtpHandler, sessions: set[LmtpSession], config: Config
+) -> Callable[[], LmtpSession]:
     def template() -> LmtpSession:
         return LmtpSession(
             handler,
@@ -138,17 +168,4 @@ async def start_store(
             enable_SMTPUTF8=True,
         )
 
-    try:
-        server = await listen_unix(
-            config.store.lmtp_socket, SessionFactory(template), config.store.socket_group
-        )
-    except BaseException:
-        store.close()
-        outbox.db.close()
-        raise
-    log.info("store listening on %s", config.store.lmtp_socket)
-    submitter = Submitter(
-        outbox, config.submission.socket, config.general.host_name, poll_interval=poll_interval
-    )
-    submitter.start()
-    return StoreService(server, sessions, filer, mailboxes, config.store.lmtp_socket, submitter)
+    return template

@@ -17,6 +17,7 @@ from mxdesk.store import db as tickets_db
 from mxdesk.store.compose import ticket_of_message_id
 from mxdesk.store.notices import Applied, Notice, apply_notice, read_notice
 from mxdesk.store.parse import ParsedMessage, parse_message, queue_id_of
+from mxdesk.store.status import reopen_on_message
 from mxdesk.store.threader import (
     Placement,
     ThreadFacts,
@@ -140,6 +141,15 @@ class TicketStore:
                 people[0] = (people[0][0], "requester")
             tickets_db.add_participants(self.db, ticket, people, now)
             tickets_db.touch_ticket(self.db, ticket, now)
+            # The customer wrote again: a closed ticket needs someone again. An automatic
+            # message (an out-of-office reply, a delivery notice) leaves it closed.
+            reopened = (
+                placement.ticket is not None
+                and not automatic
+                and reopen_on_message(self.db, ticket)
+            )
+        if reopened:
+            log.info("queue_id=%s ticket=%d reopened by a new message", queue_id, ticket)
         log.info(
             "queue_id=%s rcpt=%s ticket=%d message_id=%s rule=%s%s",
             queue_id,

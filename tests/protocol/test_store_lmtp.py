@@ -221,7 +221,7 @@ async def test_stale_socket_is_replaced_and_a_live_one_is_not(config: cfg.Config
     stale.close()  # the file stays, nobody listens: what a crash leaves
     service = await start_store(config)
     try:
-        with pytest.raises(SocketError, match="already listening"):
+        with pytest.raises(SocketError, match="in use by a running store: stop it first"):
             await start_store(config)
         assert ticket_of((await deliver(path, [MAILBOX], message()))[0]) >= 1
     finally:

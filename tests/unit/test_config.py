@@ -21,6 +21,7 @@ def test_example_file_is_valid_and_matches_defaults() -> None:
     assert loaded.outbound == cfg.parse({}).outbound
     assert loaded.dkim == cfg.parse({}).dkim
     assert loaded.dns == cfg.parse({}).dns
+    assert loaded.metrics == cfg.parse({}).metrics
 
 
 def test_every_setting_is_in_the_example_and_nothing_else() -> None:
@@ -37,6 +38,7 @@ def test_every_setting_is_in_the_example_and_nothing_else() -> None:
         "gateway.outbound": (example["gateway"]["outbound"], cfg.OutboundConfig),
         "store": (example["store"], cfg.StoreConfig),
         "dkim": (example["dkim"], cfg.DkimConfig),
+        "metrics": (example["metrics"], cfg.MetricsConfig),
         # Provider tables are examples in comments (a table is only there when it is used).
         "dns": ({**example["dns"], "providers": {}}, DnsConfig),
     }
@@ -96,3 +98,114 @@ def test_bad_toml_is_one_error(tmp_path: Path) -> None:
     path.write_text("[mxdesk\n")
     with pytest.raises(cfg.ConfigError, match="not valid TOML"):
         cfg.load(path)
+
+
+def _problems(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "mxdesk.toml"
+    path.write_text(text)
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.load(path)
+    return [str(p).removeprefix(f"{path}:") for p in info.value.problems]
+
+
+def test_an_unknown_key_names_file_and_line_and_the_closest_key(tmp_path: Path) -> None:
+    path = tmp_path / "mxdesk.toml"
+    path.write_text('[mxdesk]\nbase_domain = "x.example"\n\n[gateway]\nmax_mesage_size = 1\n')
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.load(path)
+    assert info.value.errors == [
+        f"{path}:5: gateway.max_mesage_size: unknown key (did you mean max_message_size?)"
+    ]
+    assert [p.as_json() for p in info.value.problems] == [
+        {
+            "file": str(path),
+            "line": 5,
+            "key": "gateway.max_mesage_size",
+            "message": "unknown key (did you mean max_message_size?)",
+        }
+    ]
+
+
+def test_every_error_has_its_line_in_the_order_of_the_file(tmp_path: Path) -> None:
+    text = """\
+# comment [gateway]
+[mxdesk]
+log_level = "loud"
+banana = 1
+
+[gateway]
+max_recipients = "ten"
+listen = [
+  "127.0.0.1:25",  # a comment with = and [brackets]
+  "nowhere",
+]
+note = \"\"\"
+[store]
+database = 1
+\"\"\"
+
+[gateway.outbound]
+tls = "always"
+
+[dns]
+zones = { "helpdesk.example" = "nowhere" }
+
+[gatway]
+"""
+    assert _problems(tmp_path, text) == [
+        "3: mxdesk.log_level: 'loud' is not debug, info, warning or error",
+        "4: mxdesk.banana: unknown key",
+        "7: gateway.max_recipients: expected an integer, got 'ten'",
+        '8: gateway.listen: \'nowhere\' is not "host:port" (e.g. "127.0.0.1:2525")',
+        "12: gateway.note: unknown key",
+        "18: gateway.outbound.tls: 'always' is not may or none",
+        "21: dns.zones.helpdesk.example: 'nowhere' is not a provider in [dns.providers]"
+        " (configured: none)",
+        "23: gatway: unknown section (did you mean gateway?)",
+    ]
+
+
+def test_dotted_keys_and_a_missing_key_at_its_table(tmp_path: Path) -> None:
+    text = 'gateway.max_recipients = 0\n\n[store]\n"lmtp_socket" = "/run/x"\n[dkim]\ned2551 = 1\n'
+    assert _problems(tmp_path, text) == [
+        "1: gateway.max_recipients: must be greater than 0, got 0",
+        "6: dkim.ed2551: unknown key (did you mean ed25519?)",
+    ]
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    # tls_key is not written: the error is at the [gateway] table that lacks it.
+    assert _problems(tmp_path, f'\n[gateway]\ntls_cert = "{cert}"\n') == [
+        "3: gateway.tls_cert: tls_cert and tls_key must be set together"
+    ]
+    assert _problems(tmp_path, '[gateway]\ntls_cert = ""\ntls_key = "/nonexistent/key.pem"\n') == [
+        "3: gateway.tls_key: tls_cert and tls_key must be set together",
+        "3: gateway.tls_key: /nonexistent/key.pem does not exist",
+    ]
+
+
+def test_a_toml_syntax_error_has_its_line(tmp_path: Path) -> None:
+    problems = _problems(tmp_path, '[mxdesk]\nbase_domain = "x.example"\nlog_level = "info\n')
+    assert len(problems) == 1 and problems[0].startswith("3: not valid TOML: "), problems
+
+
+def test_the_example_domain_is_a_warning_for_check_config_and_refused_by_daemons(
+    tmp_path: Path,
+) -> None:
+    from mxdesk import configcheck
+
+    path = tmp_path / "mxdesk.toml"
+    path.write_text('[mxdesk]\nlog_level = "info"\nbase_domain = "helpdesk.example"\n')
+    config = cfg.load(path)
+    message = "base_domain is the example helpdesk.example: set your own domain"
+    assert [str(w) for w in configcheck.warnings(config)] == [
+        f"{path}:3: mxdesk.base_domain: {message}"
+    ]
+    refused = configcheck.daemon_errors(config)
+    assert [(p.line, p.key) for p in refused] == [(3, "mxdesk.base_domain")]
+    assert "allow_example_domain = true" in refused[0].message
+    # Not written at all: the default is the example too.
+    assert configcheck.warnings(cfg.parse({}))[0].message == message
+    allowed = cfg.parse({"mxdesk": {"allow_example_domain": True}})
+    assert configcheck.warnings(allowed) == configcheck.daemon_errors(allowed) == []
+    own = cfg.parse({"mxdesk": {"base_domain": "suporte.marca.com.br"}})
+    assert configcheck.warnings(own) == configcheck.daemon_errors(own) == []

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mxdesk import operators, state
+from mxdesk import changes, operators, state
 from mxdesk.names import builtin_reserved
 
 
@@ -51,12 +51,12 @@ def test_operators_and_generic_signature(conn) -> None:  # type: ignore[no-untyp
 
 
 def test_mailbox_switches(conn) -> None:  # type: ignore[no-untyped-def]
-    box = operators.set_mailbox_switches(conn, "marca@helpdesk.example", False, None)
+    box = changes.set_mailbox(conn, "marca@helpdesk.example", operator_signatures=False)
     assert (box.operator_signatures, box.generic_signature) == (False, True)
-    box = operators.set_mailbox_switches(conn, "MARCA@helpdesk.example", None, False)
+    box = changes.set_mailbox(conn, "MARCA@helpdesk.example", generic_signature=False)
     assert (box.operator_signatures, box.generic_signature) == (False, False)
     with pytest.raises(state.StateError, match="no mailbox"):
-        operators.set_mailbox_switches(conn, "x@helpdesk.example", True, True)
+        changes.set_mailbox(conn, "x@helpdesk.example", operator_signatures=True)
 
 
 def test_signature_bounds(conn) -> None:  # type: ignore[no-untyped-def]

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from sqlite_utils import Database
 
+from mxdesk import changes, operators, state
 from mxdesk import config as cfg
-from mxdesk import operators, state
 from mxdesk.gateway.spool import NewEntry, Recipient, Spool, new_queue_id
 from mxdesk.store import db as tickets_db
 from mxdesk.store import outgoing, queries
@@ -133,9 +133,9 @@ def test_signatures_follow_the_mailbox_switches(
     db: Database, conn: sqlite3.Connection, ticket: int
 ) -> None:
     assert plain(db, reply(db, conn, ticket, operator="Beto").id).endswith("-- \nEquipe Marca\n")
-    operators.set_mailbox_switches(conn, MAILBOX, operator=False, generic=None)
+    changes.set_mailbox(conn, MAILBOX, operator_signatures=False)
     assert plain(db, reply(db, conn, ticket).id).endswith("-- \nEquipe Marca\n")
-    operators.set_mailbox_switches(conn, MAILBOX, operator=False, generic=False)
+    changes.set_mailbox(conn, MAILBOX, operator_signatures=False, generic_signature=False)
     assert "-- \n" not in plain(db, reply(db, conn, ticket).id)
 
 
