@@ -232,8 +232,3 @@ def serve(ctx: Context, is_demo: bool, demo_dir: Path, demo_port: int) -> None:
         daemon.log.debug("serve: start-up failed", exc_info=True)
         _stop(failure(exc, "serve"))
     _run(ctx, config, lambda: _both(config, is_demo), "serve", is_demo)
-
-
-def register(group: click.Group) -> None:
-    for command in (init, check_config, gateway, store, serve):
-        group.add_command(command)

@@ -35,7 +35,3 @@ def doctor(ctx: Context, show_all: bool, as_json: bool) -> None:
         )
     if problems:
         sys.exit(1)
-
-
-def register(group: click.Group) -> None:
-    group.add_command(doctor)

@@ -385,7 +385,3 @@ def remove(ctx: Context, name: str, as_json: bool) -> None:
         click.echo("its DNS records stay: remove them from the zone:")
         for record in gone.records:
             click.echo(f"  {record}")
-
-
-def register(group: click.Group) -> None:
-    group.add_command(domain_group)

@@ -163,7 +163,3 @@ def remove(ctx: Context, address: str, force: bool) -> None:
     view = changes.remove_mailbox(need_state(ctx), ctx.config, address, force=force)
     kept = f"; its {plural(view.tickets, 'ticket')} kept" if view.tickets else ""
     click.echo(f"mailbox {view.mailbox.address} removed{kept}")
-
-
-def register(group: click.Group) -> None:
-    group.add_command(mailbox_group)

@@ -143,8 +143,3 @@ def show(ctx: Context, tenant_slug: str, as_json: bool) -> None:
         emit_json({"tenant": tenant_slug, "signature": text})
     else:
         click.echo(text or "(no generic signature)")
-
-
-def register(group: click.Group) -> None:
-    group.add_command(operator_group)
-    group.add_command(signature_group)

@@ -189,7 +189,3 @@ def remove(ctx: Context, slug: str) -> None:
     """Forget tenant SLUG's outbox and its password; replies then go out directly."""
     outbox.remove_outbox(need_state(ctx), slug)
     click.echo(f"outbox of {slug} removed")
-
-
-def register(group: click.Group) -> None:
-    group.add_command(outbox_group)

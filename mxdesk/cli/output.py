@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
-from mxdesk.store.queries import timestamp
+from mxdesk.timefmt import timestamp
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -162,7 +162,3 @@ for _action, _doc in (
     ("retry", "Try entry QUEUE_ID at once (queued or held)."),
 ):
     queue_group.add_command(_control(_action, _doc))
-
-
-def register(group: click.Group) -> None:
-    group.add_command(queue_group)

@@ -74,7 +74,3 @@ def status(ctx: Context, as_json: bool) -> None:
     else:
         _print(report)
     sys.exit(0 if report.ok else 1)
-
-
-def register(group: click.Group) -> None:
-    group.add_command(status)

@@ -152,7 +152,3 @@ def remove(ctx: Context, slug: str, force: bool, as_json: bool) -> None:
         click.echo(f"kept in the tickets database: {plural(gone.tickets, 'ticket')}")
     if gone.domains:
         click.echo("the DNS records of its domains stay: remove them from the zone")
-
-
-def register(group: click.Group) -> None:
-    group.add_command(tenant_group)

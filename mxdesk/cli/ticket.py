@@ -370,7 +370,3 @@ def reopen(ctx: Context, number: int) -> None:
     """Open closed ticket NUMBER again."""
     changed = _set_status(ctx, number, ticket_status.OPEN)
     click.echo(f"ticket #{number} {'reopened' if changed else 'was open already'}")
-
-
-def register(group: click.Group) -> None:
-    group.add_command(ticket_group)

@@ -44,7 +44,3 @@ def systemd_units(prefix: Path | None, output: Path | None) -> None:
         return
     for path in units.write(files, output):
         click.echo(f"wrote {path}")
-
-
-def register(group: click.Group) -> None:
-    group.add_command(systemd_units)

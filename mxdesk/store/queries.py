@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlite_utils import Database
+
+from mxdesk.timefmt import timestamp
 
 
 class TicketNotFound(LookupError):
@@ -91,11 +92,6 @@ class TicketDetail:
     updated: str
     messages: list[MessageView]
     participants: list[Participant]
-
-
-def timestamp(seconds: float) -> str:
-    """A stored time as ISO 8601 in UTC, to the second."""
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
 
 
 def _split(text: str, sep: str) -> list[str]:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import select
 import stat
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from daemons import cli, provision, write_config
+from daemons import MXDESK, cli, provision, write_config
 
 PASSWORD = "abcd efgh ijkl mnop"
 ADDRESS = "suporte@marca.example"
@@ -58,9 +62,36 @@ def test_password_from_stdin_is_stored_but_never_shown(conf: Path) -> None:
 
 
 def test_prompt_asks_twice(conf: Path) -> None:
+    """On a terminal (a pseudo-terminal here, in a session of its own so that no other
+    terminal is asked) the password is asked for twice, without echo."""
     args = ("outbox", "set", "marca", "--preset", "outlook", "--address", ADDRESS)
-    out = cli(conf, *args, input=f"{PASSWORD}\n{PASSWORD}\n")
-    assert "password: set" in out.stdout and PASSWORD not in out.stdout
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.Popen(
+            [*MXDESK, "--config", str(conf), *args],
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        assert proc.stderr is not None
+        seen = b""
+        # getpass flushes what was typed before its prompt: answer each prompt when it shows.
+        for prompt in (b"Password: ", b"Repeat for confirmation: "):
+            deadline = time.monotonic() + 30
+            while not seen.endswith(prompt):
+                assert time.monotonic() < deadline, seen
+                if select.select([proc.stderr], [], [], 1)[0]:
+                    seen += os.read(proc.stderr.fileno(), 100)
+            os.write(master, f"{PASSWORD}\n".encode())
+            seen = b""
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert proc.returncode == 0, err
+    assert b"password: set" in out and PASSWORD.encode() not in out + err
+    assert b"Warning" not in err
     assert PASSWORD.encode() not in _state_bytes(conf)
 
 
