@@ -39,6 +39,7 @@ it shares nothing with a system Dovecot the package may have started.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import hashlib
 import os
@@ -49,11 +50,12 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from pathlib import Path
 
+from conftest import require_real
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -396,3 +398,12 @@ def _wait(
         if time.monotonic() > deadline:
             raise AuthSmtpError(f"timed out after {timeout}s waiting for {what}: {log()[-2000:]}")
         time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def auth_server(user: str, password: str, refused_sender: str) -> Iterator[AuthSmtpServer]:
+    """A started AuthSmtpServer; skips without Postfix or Dovecot (fails under CI)."""
+    for program in REQUIRED_PROGRAMS:
+        require_real(program)
+    with AuthSmtpServer(user=user, password=password, refused_sender=refused_sender) as srv:
+        yield srv

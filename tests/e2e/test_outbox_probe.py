@@ -8,8 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from auth_smtp_harness import REQUIRED_PROGRAMS, AuthSmtpServer
-from conftest import require_real
+from auth_smtp_harness import AuthSmtpServer, auth_server
 from daemons import cli, write_config
 
 USER, PASSWORD = "ana@empresa.example", "s3nha-da-Empresa"
@@ -19,9 +18,7 @@ pytestmark = pytest.mark.real
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[AuthSmtpServer]:
-    for program in REQUIRED_PROGRAMS:
-        require_real(program)
-    with AuthSmtpServer(user=USER, password=PASSWORD, refused_sender=REFUSED) as srv:
+    with auth_server(USER, PASSWORD, REFUSED) as srv:
         yield srv
 
 

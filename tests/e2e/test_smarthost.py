@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from auth_smtp_harness import REQUIRED_PROGRAMS, AuthSmtpServer
+from auth_smtp_harness import AuthSmtpServer, auth_server
 from conftest import require_real, wait_for
 from daemons import cli
 from replysite import CUSTOMER, Site
@@ -21,9 +21,7 @@ REFUSED = "bloqueado@empresa.example"
 
 @pytest.fixture
 def server() -> Iterator[AuthSmtpServer]:
-    for program in REQUIRED_PROGRAMS:
-        require_real(program)
-    with AuthSmtpServer(user=USER, password=PASSWORD, refused_sender=REFUSED) as srv:
+    with auth_server(USER, PASSWORD, REFUSED) as srv:
         yield srv
 
 

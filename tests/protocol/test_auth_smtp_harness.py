@@ -9,8 +9,7 @@ from collections.abc import Iterator
 
 import aiosmtplib
 import pytest
-from auth_smtp_harness import REQUIRED_PROGRAMS, AuthSmtpServer
-from conftest import require_real
+from auth_smtp_harness import AuthSmtpServer, auth_server
 
 USER = "ana@empresa.example"
 PASSWORD = "s3cret:with colon"
@@ -21,9 +20,7 @@ pytestmark = pytest.mark.real
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[AuthSmtpServer]:
-    for program in REQUIRED_PROGRAMS:
-        require_real(program)
-    with AuthSmtpServer(user=USER, password=PASSWORD, refused_sender=REFUSED) as srv:
+    with auth_server(USER, PASSWORD, REFUSED) as srv:
         yield srv
 
 
