@@ -83,5 +83,3 @@ def quoted(value: str) -> str:
     """A TXT value as presentation text for an update: 255-byte strings, quoted."""
     return " ".join(f'"{value[i : i + 255]}"' for i in range(0, len(value), 255))
 
-
-__all__ = ["OWN", "KnotSite", "dns", "knot_site", "quoted"]

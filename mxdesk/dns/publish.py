@@ -48,7 +48,7 @@ def by_zone(
     )
     for record in records:
         zone, provider = dns.zone_of(record.name)
-        key = (zone, provider.name if provider and provider.type != "manual" else "")
+        key = (zone, provider.name if provider else "")
         zones[key][(record.name, record.type)].append(record)
     return zones
 

@@ -73,15 +73,17 @@ class DnsConfig:
     activation_template: Path | None = None
 
     def zone_of(self, name: str) -> tuple[str, ProviderConfig | None]:
-        """The configured zone holding name (the longest that does) and its provider;
-        ("", None) when none does: its records are published by hand."""
+        """The configured zone holding name (the longest that does) and the provider that
+        publishes it; no provider when the zone is not configured ("") or is `manual`: its
+        records are published by hand."""
         name = name.lower().rstrip(".")
         held = [z for z, _ in self.zones if name == z or name.endswith("." + z)]
         if not held:
             return "", None
         zone = max(held, key=len)
-        provider = dict(self.zones)[zone]
-        return zone, next((p for p in self.providers if p.name == provider), None)
+        name_of = dict(self.zones)[zone]
+        provider = next((p for p in self.providers if p.name == name_of), None)
+        return zone, provider if provider is not None and provider.type != "manual" else None
 
 
 def _domain_ok(name: str) -> bool:

@@ -401,3 +401,10 @@ def test_parse_key_without_algorithm_uses_hmac_sha256() -> None:
 def test_parse_key_errors_on_garbage(text: str, words: str) -> None:
     with pytest.raises(TsigKeyError, match=words):
         parse_key(text)
+
+
+def test_a_zone_given_to_manual_has_no_publisher() -> None:
+    """Its records are printed by `domain add` and left to a person, like an unlisted zone's."""
+    dns = cfg.parse({"dns": {"zones": {"marca.com.br": "manual"}}}).dns
+    assert dns.zone_of("_dmarc.marca.com.br") == ("marca.com.br", None)
+    assert dns.zone_of("outra.example") == ("", None)
