@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import dns.message
 import dns.query
 import dns.rcode
 import dns.tsig
