@@ -35,6 +35,16 @@ def require_real(binary: str) -> str:
     return path
 
 
+@pytest.fixture(autouse=True)
+def keep_umask() -> Iterator[None]:
+    """The CLI sets umask 027 for its process: a test that runs it in-process (click's
+    CliRunner) must not leave that to the next test, whose servers (Postfix) need 022."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield
+    os.umask(old)
+
+
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
     # Unix socket paths must stay under ~100 bytes, so not pytest's deep tmp_path.

@@ -81,4 +81,3 @@ def knot_site() -> Iterator[KnotSite]:
 def quoted(value: str) -> str:
     """A TXT value as presentation text for an update: 255-byte strings, quoted."""
     return " ".join(f'"{value[i : i + 255]}"' for i in range(0, len(value), 255))
-
