@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mxdesk.channelconfig import ChannelsConfig, parse_channels
 from mxdesk.configlines import locate, toml_error
 from mxdesk.configread import Listen, Problem, Reader, did_you_mean, host_ports
 from mxdesk.dns.settings import DnsConfig, parse_dns
@@ -133,6 +134,7 @@ class Config:
     dkim: DkimConfig = field(default_factory=DkimConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    channels: ChannelsConfig = field(default_factory=ChannelsConfig)
     source: Path | None = None
 
 
@@ -185,7 +187,7 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
             return {}
         return value
 
-    sections = {"mxdesk", "gateway", "store", "dkim", "dns", "metrics"}
+    sections = {"mxdesk", "gateway", "store", "dkim", "dns", "metrics", "channels", "oauth2"}
     for extra in sorted(set(data) - sections):
         errors.append(f"{extra}: unknown section{did_you_mean(extra, sections)}")
 
@@ -311,6 +313,7 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
     m.finish()
 
     dns = parse_dns(table("dns"), base, errors)
+    channels = parse_channels(table("channels"), data.get("oauth2", {}), errors)
 
     if errors:
         raise ConfigError(errors)
@@ -325,6 +328,7 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
         dkim=dkim,
         metrics=metrics,
         dns=dns,
+        channels=channels,
         source=source,
     )
 

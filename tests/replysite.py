@@ -24,7 +24,15 @@ QUESTION = (
 class Site:
     """Gateway, store, DNS and sink of one test; `ticket`/`json` run the CLI against them."""
 
-    def __init__(self, root: Path, send_delay: float, sink_flags: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        send_delay: float,
+        sink_flags: tuple[str, ...],
+        extra: str = "",
+        gateway_extra: str = "",
+    ) -> None:
+        """extra: more config sections; gateway_extra: more keys of [gateway]."""
         self.root = root
         # The system resolver (opendkim-testmsg) speaks only to port 53: an address of our own.
         host = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
@@ -38,9 +46,9 @@ class Site:
             f"\n[gateway.outbound]\nsend_delay = {send_delay}\nsmtp_port = {self.sink.port}\n"
             f'nameservers = ["{host}:53"]\n'
             "\n[gateway.outbound_retry]\ninitial = 0.5\nmaximum = 1.0\n"
-            "\n[dkim]\ned25519 = true\n"
+            "\n[dkim]\ned25519 = true\n" + extra
         )
-        self.config = write_config(root, self.port)
+        self.config = write_config(root, self.port, gateway_extra)
         self.config.write_text(self.config.read_text() + extra)
         cli(self.config, "init")
         cli(

@@ -26,6 +26,7 @@ COMMANDS = {
     "operator": ("operator", "operator_group"),
     "signature": ("operator", "signature_group"),
     "outbox": ("outbox", "outbox_group"),
+    "channel": ("channel", "channel_group"),
     "queue": ("queue", "queue_group"),
     "ticket": ("ticket", "ticket_group"),
 }

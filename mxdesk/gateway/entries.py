@@ -62,6 +62,47 @@ CREATE TABLE IF NOT EXISTS history (
 CREATE INDEX IF NOT EXISTS history_entry ON history(entry, time);
 CREATE INDEX IF NOT EXISTS history_time ON history(time);
 """,
+    # Fetchers (mxdesk.gateway.fetch.ledger): what each channel has committed, written in the
+    # same transaction as the entries themselves, so that a crash cannot separate the two.
+    """
+CREATE TABLE IF NOT EXISTS fetch_state (
+    channel TEXT PRIMARY KEY,
+    uidvalidity INTEGER NOT NULL DEFAULT 0,
+    last_uid INTEGER NOT NULL DEFAULT 0,
+    floor REAL NOT NULL DEFAULT 0,
+    started REAL NOT NULL DEFAULT 0,
+    status TEXT NOT NULL DEFAULT 'starting',
+    status_since REAL NOT NULL DEFAULT 0,
+    last_success REAL NOT NULL DEFAULT 0,
+    last_fetch REAL NOT NULL DEFAULT 0,
+    fetched INTEGER NOT NULL DEFAULT 0,
+    skipped INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    failing_since REAL NOT NULL DEFAULT 0,
+    alerted TEXT NOT NULL DEFAULT '',
+    note TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS fetch_uidls (
+    channel TEXT NOT NULL,
+    uidl TEXT NOT NULL,
+    time REAL NOT NULL,
+    PRIMARY KEY (channel, uidl)
+);
+CREATE TABLE IF NOT EXISTS fetch_ledger (
+    channel TEXT NOT NULL,
+    message TEXT NOT NULL,
+    entry TEXT NOT NULL,
+    time REAL NOT NULL,
+    PRIMARY KEY (channel, message)
+);
+CREATE INDEX IF NOT EXISTS fetch_ledger_time ON fetch_ledger(time);
+CREATE TABLE IF NOT EXISTS fetch_owed (
+    channel TEXT NOT NULL,
+    uidvalidity INTEGER NOT NULL,
+    uid TEXT NOT NULL,
+    PRIMARY KEY (channel, uidvalidity, uid)
+);
+""",
 ]
 
 # queued: waiting for its next attempt; delivering: claimed by the outbound runner (so it can no

@@ -10,6 +10,7 @@ import time
 from email.utils import getaddresses
 
 from mxdesk import dkimkeys, state
+from mxdesk.channels import channel_of_address
 from mxdesk.gateway.dkim import DkimKey, DkimKeyError
 
 log = logging.getLogger("mxdesk.gateway.submission")
@@ -73,7 +74,12 @@ class SenderPolicy:
             box = state.receiving_mailbox(self._conn, f"{local.lower()}@{domain}")
             return box.tenant if box is not None and box.default_inbox else None
         found = state.get_domain(self._conn, domain)
-        if found is None or not found.receives or not state.tenant_active(self._conn, found.tenant):
+        if found is None:
+            # A company mailbox read through a channel: the tenant answers from its address.
+            box = state.receiving_mailbox(self._conn, f"{local.lower()}@{domain}")
+            tenant = channel_of_address(self._conn, box.address) if box is not None else None
+            return tenant if box is not None and tenant == box.tenant else None
+        if not found.receives or not state.tenant_active(self._conn, found.tenant):
             return None
         return found.tenant
 
@@ -92,7 +98,12 @@ class SenderPolicy:
             if addr and self.tenant_of_address(addr) == tenant:
                 domain = addr.rpartition("@")[2].lower()
                 break
-        return self._load(domain)
+        keys = self._load(domain)
+        if not keys and state.get_domain(self._conn, domain) is None:
+            # A channel's company domain has no key of ours: the base domain's signature
+            # still vouches for the gateway (the company's own server may add its own).
+            keys = self._load(self._base)
+        return keys
 
     def waiting_for(self, message: bytes) -> str:
         """Why a signed message may not leave yet: a domain it is signed for is not active,

@@ -12,6 +12,7 @@ from mxdesk import state
 from mxdesk.config import Config
 from mxdesk.daemon import ReloadError
 from mxdesk.dns.lifecycle import DomainLifecycle
+from mxdesk.gateway.fetch.manager import ChannelManager
 from mxdesk.gateway.lmtp import LmtpClient, Reply
 from mxdesk.gateway.mx import INBOUND, MxHandler
 from mxdesk.gateway.outrunner import Notices, OutboundRunner
@@ -86,6 +87,7 @@ class GatewayService:
         self.lmtp: LmtpClient | None = None
         self.state: sqlite3.Connection | None = None
         self.lifecycle: DomainLifecycle | None = None
+        self.channels: ChannelManager | None = None
         self.tls: ssl.SSLContext | None = None
         # Remake the session templates of the listeners from self.config (after a reload).
         self._renewals: list[Callable[[], None]] = []
@@ -220,6 +222,8 @@ class GatewayService:
         self.outbound_runner.start()
         self.lifecycle = DomainLifecycle(cfg, self.spool)
         self.lifecycle.start()
+        self.channels = ChannelManager(cfg, self.spool, self.metrics)
+        self.channels.start()
 
     @property
     def ports(self) -> list[int]:
@@ -273,6 +277,8 @@ class GatewayService:
             await self.metrics_endpoint.close()
         if self.lifecycle is not None:
             await self.lifecycle.stop()
+        if self.channels is not None:
+            await self.channels.stop()
         if self.runner is not None:
             await self.runner.stop()
         if self.outbound_runner is not None:

@@ -200,6 +200,15 @@ class Spool:
         """
         await self._transact(lambda conn: insert_entry(conn, entry), new=True)
 
+    async def transact(self, op: Callable[[sqlite3.Connection], None], *, new: bool) -> None:
+        """Runs op in the next group commit (a fetcher's entries with its own state: both or
+        neither); new: op adds entries, so the runners are woken. Raises SpoolError."""
+        await self._transact(op, new=new)
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """fn(conn) on the spool's thread, outside any transaction of others."""
+        return await self._run(lambda: fn(self._db()))
+
     # -- delivering ------------------------------------------------------------------------
 
     async def due(self, kind: str, limit: int, exclude: set[str]) -> list[SpoolEntry]:

@@ -1,0 +1,129 @@
+"""The schema of the state database: script N brings it to PRAGMA user_version N."""
+
+SCHEMA = [
+    """
+    CREATE TABLE tenants (
+        slug TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        plan TEXT NOT NULL CHECK (plan IN ('basic', 'plus', 'premium')),
+        created REAL NOT NULL
+    );
+    CREATE TABLE domains (
+        name TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL REFERENCES tenants(slug),
+        kind TEXT NOT NULL CHECK (kind IN ('hosted', 'own')),
+        status TEXT NOT NULL CHECK (status IN ('pending', 'active', 'disabled')),
+        created REAL NOT NULL
+    );
+    CREATE TABLE mailboxes (
+        address TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL REFERENCES tenants(slug),
+        name TEXT NOT NULL,
+        default_inbox INTEGER NOT NULL DEFAULT 0,
+        active INTEGER NOT NULL DEFAULT 1,
+        created REAL NOT NULL
+    );
+    CREATE INDEX mailboxes_tenant ON mailboxes(tenant);
+    """,
+    """
+    CREATE TABLE dkim_keys (
+        domain TEXT NOT NULL,
+        selector TEXT NOT NULL,
+        algorithm TEXT NOT NULL CHECK (algorithm IN ('rsa-sha256', 'ed25519-sha256')),
+        path TEXT NOT NULL,
+        created REAL NOT NULL,
+        PRIMARY KEY (domain, selector)
+    );
+    """,
+    """
+    CREATE TABLE operators (
+        tenant TEXT NOT NULL REFERENCES tenants(slug),
+        name TEXT NOT NULL,
+        signature TEXT NOT NULL DEFAULT '',
+        created REAL NOT NULL,
+        PRIMARY KEY (tenant, name)
+    );
+    CREATE TABLE generic_signatures (
+        tenant TEXT PRIMARY KEY REFERENCES tenants(slug),
+        signature TEXT NOT NULL
+    );
+    ALTER TABLE mailboxes ADD COLUMN operator_signatures INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE mailboxes ADD COLUMN generic_signature INTEGER NOT NULL DEFAULT 1;
+    """,
+    """
+    CREATE TABLE outboxes (
+        tenant TEXT PRIMARY KEY REFERENCES tenants(slug),
+        host TEXT NOT NULL,
+        port INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535),
+        security TEXT NOT NULL CHECK (security IN ('ssl', 'starttls', 'none')),
+        user TEXT NOT NULL,
+        password BLOB NOT NULL,
+        address TEXT NOT NULL,
+        sender_name TEXT NOT NULL DEFAULT '',
+        verify INTEGER NOT NULL DEFAULT 1,
+        ca_file TEXT NOT NULL DEFAULT '',
+        updated REAL NOT NULL
+    );
+    """,
+    # The domain lifecycle: pending -> publishing -> propagating -> active (SQLite cannot
+    # change a CHECK constraint, so the table is rebuilt). Domains active before keep it.
+    """
+    CREATE TABLE domains_new (
+        name TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL REFERENCES tenants(slug),
+        kind TEXT NOT NULL CHECK (kind IN ('hosted', 'own')),
+        status TEXT NOT NULL CHECK (status IN
+            ('pending', 'publishing', 'propagating', 'active', 'disabled')),
+        created REAL NOT NULL,
+        token TEXT NOT NULL DEFAULT '',
+        last_error TEXT NOT NULL DEFAULT '',
+        served INTEGER NOT NULL DEFAULT 0,
+        expected INTEGER NOT NULL DEFAULT 0,
+        checked REAL,
+        next_action REAL NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        activated REAL,
+        forced INTEGER NOT NULL DEFAULT 0,
+        owner_notified INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO domains_new (name, tenant, kind, status, created, activated, owner_notified)
+        SELECT name, tenant, kind, status, created,
+               CASE WHEN status = 'active' THEN created END, 1 FROM domains;
+    DROP TABLE domains;
+    ALTER TABLE domains_new RENAME TO domains;
+    CREATE INDEX domains_status ON domains(status, next_action);
+    """,
+    # A tenant can be disabled: its addresses answer 550 and it may not send; nothing is lost.
+    """
+    ALTER TABLE tenants ADD COLUMN status TEXT NOT NULL DEFAULT 'active'
+        CHECK (status IN ('active', 'disabled'));
+    """,
+    # Company mailboxes read over IMAP or POP3 (channels). The secret is the password, or for
+    # OAuth 2.0 the refresh token, encrypted (mxdesk.secrets) and bound to the channel's name;
+    # the access token is kept encrypted too, with its expiry, so a restart does not refresh.
+    """
+    CREATE TABLE channels (
+        name TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL REFERENCES tenants(slug),
+        address TEXT NOT NULL UNIQUE,
+        protocol TEXT NOT NULL CHECK (protocol IN ('imap', 'pop3')),
+        security TEXT NOT NULL CHECK (security IN ('ssl', 'starttls', 'none')),
+        host TEXT NOT NULL,
+        port INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535),
+        user TEXT NOT NULL,
+        auth TEXT NOT NULL CHECK (auth IN ('password', 'oauth2')),
+        oauth_provider TEXT NOT NULL DEFAULT '',
+        secret BLOB NOT NULL,
+        access_token BLOB NOT NULL DEFAULT x'',
+        access_expires REAL NOT NULL DEFAULT 0,
+        folder TEXT NOT NULL DEFAULT 'INBOX',
+        after TEXT NOT NULL DEFAULT 'keep',
+        since_days INTEGER NOT NULL DEFAULT 0,
+        verify INTEGER NOT NULL DEFAULT 1,
+        ca_file TEXT NOT NULL DEFAULT '',
+        paused INTEGER NOT NULL DEFAULT 0,
+        created REAL NOT NULL,
+        updated REAL NOT NULL
+    );
+    """,
+]
