@@ -22,6 +22,10 @@ On both ports:
 * TLS first: on the STARTTLS port EHLO offers no AUTH and MAIL FROM gets 530 until STARTTLS
   (``smtpd_tls_security_level = encrypt``, ``smtpd_tls_auth_only = yes``).
 * AUTH PLAIN and LOGIN against the one user and password; a wrong password gets 535 5.7.8.
+* With ``oauth2=`` (an ``oauth_server.OAuth2Keys``) also AUTH XOAUTH2 and OAUTHBEARER with an
+  access token of that issuer whose ``email`` is the login: Dovecot checks the JWT's signature
+  and expiry itself. A refused token gets 334 and a base64 JSON error first (the client answers
+  with an empty line), then 535 5.7.8; PLAIN and LOGIN still take only the password.
 * Without AUTH, MAIL FROM gets 554 5.7.1 (``smtpd_delay_reject = no``: restrictions answer at
   MAIL FROM, not at RCPT TO).
 * ``refused_sender`` belongs to another login in ``smtpd_sender_login_maps``: MAIL FROM with it
@@ -61,10 +65,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from daemons import free_port
+from oauth_server import OAuth2Keys
 from postfix_harness import MASTER_CF, PostfixError, PostfixInstance, port_open, postfix_binary
 
 REQUIRED_PROGRAMS = ("postfix", "dovecot")
 MAILDIR_OWNER = "nobody"
+DOVECOT_AUTH_USER = "dovecot"
 
 DOVECOT_CONF = """\
 base_dir = {root}/run
@@ -74,7 +80,7 @@ log_path = {root}/dovecot.log
 ssl = no
 # Postfix asks only after TLS (smtpd_tls_auth_only), so plaintext mechanisms are safe here.
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{oauth2_mechanisms}
 # A wrong password answers at once: tests must not wait out a failure delay or IP penalty.
 auth_failure_delay = 0
 service anvil {{
@@ -84,9 +90,9 @@ service anvil {{
 }}
 passdb {{
   driver = passwd-file
-  args = username_format=%u {root}/passwd
+  args = username_format=%u {root}/passwd{password_mechanisms}
 }}
-userdb {{
+{oauth2_passdb}userdb {{
   driver = static
   args = uid=nobody gid=nogroup home=/nonexistent
 }}
@@ -98,6 +104,69 @@ service auth {{
   }}
 }}
 """
+
+# XOAUTH2 and OAUTHBEARER with access tokens that Dovecot validates itself (passdb oauth2,
+# introspection_mode = local): it checks the JWT's signature with the key stored under
+# <key dict>/<azp>/<alg>/<kid> (lib-oauth2/oauth2-jwt.c), then exp, nbf, iat and iss; it never
+# talks to the issuer. Each passdb answers its own mechanisms only: otherwise a token would also
+# be tried as a password, and a password as a token.
+OAUTH2_MECHANISMS = " xoauth2 oauthbearer"
+PASSWORD_MECHANISMS = "\n  mechanisms = plain login"
+OAUTH2_PASSDB = """\
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {conf}
+  # Logs why a token was refused ("Local validation failed: Token has expired").
+  auth_verbose = yes
+}}
+"""
+OAUTH2_CONF = """\
+introspection_mode = local
+local_validation_key_dict = fs:posix:prefix={keys}/
+# The JWT names its user in "email"; it must equal the login (username_format %Lu lowercases).
+username_attribute = email
+issuers = {issuer}
+# Dovecot would refuse a token whose "active" claim is not "true"; these tokens have none.
+active_attribute =
+active_value =
+"""
+
+
+def _dict_key(identifier: str) -> str:
+    """A JWT's azp or kid as Dovecot turns it into a path component (escape_identifier)."""
+    return identifier.replace("%", "%25").replace("/", "%2f")
+
+
+def oauth2_settings(directory: Path, keys: OAuth2Keys | None, uid: int, gid: int) -> dict[str, str]:
+    """The values of the ``{oauth2_mechanisms}``, ``{password_mechanisms}`` and
+    ``{oauth2_passdb}`` fields of a Dovecot config template: all empty without keys, so that the
+    config stays what it was. With keys, writes the key dict and dovecot-oauth2.conf.ext into
+    directory, readable only by uid and gid (Dovecot's auth process)."""
+    if keys is None:
+        return {"oauth2_mechanisms": "", "password_mechanisms": "", "oauth2_passdb": ""}
+    if not keys.issuer or any(c.isspace() for c in keys.issuer):
+        raise ValueError(f"issuer {keys.issuer!r}: one URL, no spaces")
+    for name in (keys.azp, keys.kid):
+        if not name or name.startswith(".") or any(c.isspace() for c in name):
+            raise ValueError(f"azp/kid {name!r}: not empty, no leading '.', no spaces")
+    keys_dir = directory / "oauth2-keys"
+    algorithm_dir = keys_dir / _dict_key(keys.azp) / "HS256"
+    algorithm_dir.mkdir(parents=True)
+    key_file = algorithm_dir / _dict_key(keys.kid)
+    # Base64 without a newline: that is what Dovecot decodes for an HMAC key.
+    key_file.write_bytes(base64.b64encode(keys.secret))
+    conf = directory / "dovecot-oauth2.conf.ext"
+    conf.write_text(OAUTH2_CONF.format(keys=keys_dir, issuer=keys.issuer))
+    for path in (keys_dir, algorithm_dir.parent, algorithm_dir, key_file, conf):
+        os.chown(path, uid, gid)
+        os.chmod(path, 0o700 if path.is_dir() else 0o600)
+    return {
+        "oauth2_mechanisms": OAUTH2_MECHANISMS,
+        "password_mechanisms": PASSWORD_MECHANISMS,
+        "oauth2_passdb": OAUTH2_PASSDB.format(conf=conf),
+    }
+
 
 # One smtpd per port, virtual(8) for the Maildir, tlsmgr(8) for TLS; then PostfixInstance's.
 SMTPD_SERVICES = """\
@@ -222,12 +291,14 @@ class AuthSmtpServer:
         password: str,
         refused_sender: str,
         host_name: str = "smtp.empresa.example",
+        oauth2: OAuth2Keys | None = None,
     ) -> None:
         if ":" in user or "\n" in user:
             raise ValueError(f"user {user!r}: no ':' or newline")
         self.user, self.password = user, password
         self.refused_sender = refused_sender.lower()
         self.host_name = host_name
+        self.oauth2 = oauth2
         self._own_root = root is None
         # Postfix's daemons run as `postfix` and must reach everything below root.
         self.root = root or Path(tempfile.mkdtemp(prefix="as", dir="/tmp"))
@@ -276,7 +347,13 @@ class AuthSmtpServer:
         digest = base64.b64encode(hashlib.sha256(self.password.encode()).digest()).decode()
         (directory / "passwd").write_text(f"{self.user}:{{SHA256}}{digest}\n")
         conf = directory / "dovecot.conf"
-        conf.write_text(DOVECOT_CONF.format(root=directory))
+        uid = gid = 0
+        if self.oauth2 is not None:
+            # The auth process that reads the keys runs as Dovecot's default_internal_user.
+            auth_user = pwd.getpwnam(DOVECOT_AUTH_USER)
+            uid, gid = auth_user.pw_uid, auth_user.pw_gid
+        oauth2 = oauth2_settings(directory, self.oauth2, uid, gid)
+        conf.write_text(DOVECOT_CONF.format(root=directory, **oauth2))
         with open(directory / "stderr", "wb") as stderr:
             # Its own session, so that close() can end the master and the children it forked.
             self._dovecot = subprocess.Popen(
@@ -401,9 +478,13 @@ def _wait(
 
 
 @contextlib.contextmanager
-def auth_server(user: str, password: str, refused_sender: str) -> Iterator[AuthSmtpServer]:
+def auth_server(
+    user: str, password: str, refused_sender: str, oauth2: OAuth2Keys | None = None
+) -> Iterator[AuthSmtpServer]:
     """A started AuthSmtpServer; skips without Postfix or Dovecot (fails under CI)."""
     for program in REQUIRED_PROGRAMS:
         require_real(program)
-    with AuthSmtpServer(user=user, password=password, refused_sender=refused_sender) as srv:
+    with AuthSmtpServer(
+        user=user, password=password, refused_sender=refused_sender, oauth2=oauth2
+    ) as srv:
         yield srv

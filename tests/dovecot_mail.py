@@ -26,6 +26,12 @@ Behaviour a fetcher meets:
   connection for Dovecot, so the plain ports accept a password before STARTTLS too.
 * A wrong password gets ``NO [AUTHENTICATIONFAILED]`` (IMAP) or ``-ERR [AUTH]`` (POP3) without
   Dovecot's 2-second failure delay and without the growing penalty for repeated failures.
+* With ``MailServer(users, oauth2=oauth_server.keys)`` also SASL XOAUTH2 and OAUTHBEARER, like
+  Microsoft 365 and Gmail: Dovecot validates the JWT access token locally (signature with the
+  issuer's key, exp, nbf, iat, iss; ``email`` must be the login). A refused token first gets a
+  continuation with a base64 JSON error (``{"status":"401","schemes":"bearer","scope":"mail"}``)
+  that the client answers with an empty line, then ``NO [AUTHENTICATIONFAILED]`` / ``-ERR``.
+  PLAIN, LOGIN and USER/PASS keep taking only the password.
 * The hierarchy separator is ``/``; folder names passed here are UTF-8, IMAP clients see them
   in modified UTF-7 (RFC 3501 §5.1.3): ``Suporte/Ação`` is ``Suporte/A&AOcA4w-o``.
 * POP3 shows every message of INBOX, seen or not, and its UIDLs change with UIDVALIDITY.
@@ -54,8 +60,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from auth_smtp_harness import AuthSmtpError, _end_session, _wait, make_tls_files
+from auth_smtp_harness import (
+    AuthSmtpError,
+    _end_session,
+    _wait,
+    make_tls_files,
+    oauth2_settings,
+)
 from daemons import free_port
+from oauth_server import OAuth2Keys
 from postfix_harness import postfix_binary
 
 REQUIRED_PROGRAMS = ("dovecot", "doveadm")
@@ -95,7 +108,7 @@ ssl_key = <{key}
 # Without it a client that offers only DHE ciphers fails the handshake.
 ssl_dh = <{dh}
 
-auth_mechanisms = plain login
+auth_mechanisms = plain login{oauth2_mechanisms}
 # A wrong password answers at once (Dovecot waits 2 s by default).
 auth_failure_delay = 0
 login_trusted_networks = 127.0.0.0/8
@@ -103,9 +116,9 @@ login_trusted_networks = 127.0.0.0/8
 auth_cache_size = 0
 passdb {{
   driver = passwd-file
-  args = username_format=%u {root}/passwd
+  args = username_format=%u {root}/passwd{password_mechanisms}
 }}
-userdb {{
+{oauth2_passdb}userdb {{
   driver = passwd-file
   args = username_format=%u {root}/passwd
 }}
@@ -185,17 +198,21 @@ def _greets(port: int, host: str = "127.0.0.1") -> bool:
 class MailServer:
     """Dovecot serving IMAP and POP3, with and without implicit TLS, to the given users.
 
-    ``users`` maps each login (an address) to its password. Everything lives in a new
-    directory under /tmp, removed on close.
+    ``users`` maps each login (an address) to its password. With ``oauth2`` (an
+    ``oauth_server.OAuth2Keys``) every one of them can also log in with AUTHENTICATE XOAUTH2 /
+    OAUTHBEARER (IMAP) and AUTH XOAUTH2 / OAUTHBEARER (POP3) and an access token of that issuer
+    whose ``email`` claim is the login. Everything lives in a new directory under /tmp, removed
+    on close.
     """
 
     host = "127.0.0.1"
 
-    def __init__(self, users: dict[str, str]) -> None:
+    def __init__(self, users: dict[str, str], oauth2: OAuth2Keys | None = None) -> None:
         for user in users:
             if not user or any(c in user for c in ":/\n") or user.startswith("."):
                 raise ValueError(f"user {user!r}: not empty, no ':', '/', newline or leading '.'")
         self._passwords = dict(users)
+        self._oauth2 = oauth2
         self.owner = mail_owner()
         # The mail owner must reach its home below root, so root is not mkdtemp's 0700.
         self.root = Path(tempfile.mkdtemp(prefix="mb", dir="/tmp"))
@@ -232,6 +249,7 @@ class MailServer:
                 imaps_port=self.imaps_port,
                 pop3_port=self.pop3_port,
                 pop3s_port=self.pop3s_port,
+                **oauth2_settings(self.root, self._oauth2, self.owner.uid, self.owner.gid),
             )
         )
         try:
@@ -318,6 +336,13 @@ class MailServer:
         """The UIDs of the folder's messages, in order."""
         out = self._doveadm("-f", "tab", "fetch", "-u", user, "uid", "mailbox", folder, "all")
         return [int(line) for line in out.splitlines()[1:] if line]
+
+    def message_ids(self, user: str, folder: str = "INBOX") -> list[str]:
+        """The Message-ID header of each message of the folder, in UID order."""
+        out = self._doveadm(
+            "-f", "tab", "fetch", "-u", user, "hdr.message-id", "mailbox", folder, "all"
+        )
+        return [line.strip() for line in out.splitlines()[1:] if line.strip()]
 
     def set_password(self, user: str, password: str) -> None:
         """Changes the user's password for every login from now on; sessions already open

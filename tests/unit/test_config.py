@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from mxdesk import config as cfg
+from mxdesk.channelconfig import ChannelsConfig
 from mxdesk.dns.settings import DnsConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,6 +23,7 @@ def test_example_file_is_valid_and_matches_defaults() -> None:
     assert loaded.dkim == cfg.parse({}).dkim
     assert loaded.dns == cfg.parse({}).dns
     assert loaded.metrics == cfg.parse({}).metrics
+    assert loaded.channels == cfg.parse({}).channels
 
 
 def test_every_setting_is_in_the_example_and_nothing_else() -> None:
@@ -39,6 +41,8 @@ def test_every_setting_is_in_the_example_and_nothing_else() -> None:
         "store": (example["store"], cfg.StoreConfig),
         "dkim": (example["dkim"], cfg.DkimConfig),
         "metrics": (example["metrics"], cfg.MetricsConfig),
+        # [oauth2.NAME] tables are examples in comments, like the DNS providers.
+        "channels": ({**example["channels"], "oauth2": ()}, ChannelsConfig),
         # Provider tables are examples in comments (a table is only there when it is used).
         "dns": ({**example["dns"], "providers": {}}, DnsConfig),
     }
@@ -209,3 +213,31 @@ def test_the_example_domain_is_a_warning_for_check_config_and_refused_by_daemons
     assert configcheck.warnings(allowed) == configcheck.daemon_errors(allowed) == []
     own = cfg.parse({"mxdesk": {"base_domain": "suporte.marca.com.br"}})
     assert configcheck.warnings(own) == configcheck.daemon_errors(own) == []
+
+
+def test_channels_and_oauth2_sections() -> None:
+    loaded = cfg.parse(
+        {
+            "channels": {"poll_interval": 5, "admin_address": "Admin@Helpdesk.example"},
+            "oauth2": {"microsoft": {"client_id": "abc"}},
+        }
+    )
+    assert loaded.channels.poll_interval == 5.0
+    ms = loaded.channels.provider("microsoft")
+    assert ms is not None and ms.token_endpoint.startswith("https://login.microsoftonline.com/")
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.parse(
+            {
+                "channels": {"idle_heartbeat": 3600, "pol_interval": 1},
+                "oauth2": {
+                    "test": {"client_id": "x", "token_endpoint": "http://auth.example/t"},
+                    "google": {},
+                },
+            }
+        )
+    text = str(info.value)
+    assert "channels.idle_heartbeat: at most 1680" in text
+    assert "channels.pol_interval: unknown key (did you mean poll_interval?)" in text
+    assert "oauth2.test.device_endpoint: required" in text
+    assert "oauth2.test.token_endpoint: 'http://auth.example/t' is not an https:// URL" in text
+    assert "oauth2.google.client_id" in text
