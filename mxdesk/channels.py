@@ -319,6 +319,14 @@ def remove_channel(conn: sqlite3.Connection, name: str) -> ChannelView:
     still go out; `mxdesk mailbox remove` removes it."""
     with transaction(conn):
         view = _view(_row(conn, name))
+        used = conn.execute(
+            "SELECT tenant FROM outboxes WHERE oauth_channel=?", (view.name,)
+        ).fetchone()
+        if used is not None:
+            raise ChannelError(
+                f"the outbox of tenant {used[0]!r} logs in with this channel's grant: change it"
+                " first ('mxdesk outbox set' or 'mxdesk outbox remove')"
+            )
         conn.execute("DELETE FROM channels WHERE name=?", (view.name,))
     return view
 

@@ -52,12 +52,21 @@ class InactiveDomain:
 
 
 @dataclass(frozen=True)
+class FailingChannel:
+    name: str
+    tenant: str
+    failing_since: float
+    last_error: str
+
+
+@dataclass(frozen=True)
 class Status:
     ok: bool  # both daemons up
     daemons: list[DaemonStatus]
     spool: SpoolStatus
     domains_not_active: list[InactiveDomain]
     domains_error: str = ""
+    channels_failing: list[FailingChannel] = field(default_factory=list)
 
 
 def _greeting(path: Path, timeout: float) -> bytes:
@@ -134,16 +143,39 @@ def inactive_domains(path: Path) -> list[InactiveDomain]:
     return [InactiveDomain(*row) for row in rows]
 
 
+def failing_channels(state_db: Path, spool: Path) -> list[FailingChannel]:
+    """Channels whose last attempts failed (as the gateway last recorded it)."""
+    from mxdesk.gateway.fetch.ledger import FAILING, read_statuses
+
+    if not state_db.exists():
+        return []
+    statuses = read_statuses(spool)
+    conn = state.connect(state_db, readonly=True)
+    try:
+        rows = conn.execute("SELECT name, tenant FROM channels WHERE paused=0 ORDER BY name")
+        found = []
+        for name, tenant in rows.fetchall():
+            row = statuses.get(name, {})
+            if row.get("status") == FAILING:
+                since = float(row.get("failing_since") or 0)  # type: ignore[arg-type]
+                found.append(FailingChannel(name, tenant, since, str(row.get("last_error", ""))))
+        return found
+    finally:
+        conn.close()
+
+
 def status(config: Config, timeout: float = PROBE_TIMEOUT) -> Status:
     daemons = [
         probe("gateway", config.submission.socket, timeout),
         probe("store", config.store.lmtp_socket, timeout),
     ]
     domains: list[InactiveDomain] = []
+    channels: list[FailingChannel] = []
     domains_error = ""
     state_db = config.general.state_db
     try:
         domains = inactive_domains(state_db)
+        channels = failing_channels(state_db, config.gateway.spool_path)
     except sqlite3.Error as exc:
         domains_error = f"cannot read {state_db} ({exc}): run as the daemons' user"
     if not state_db.exists():
@@ -154,4 +186,5 @@ def status(config: Config, timeout: float = PROBE_TIMEOUT) -> Status:
         spool=spool_status(config.gateway.spool_path, time.time()),
         domains_not_active=domains,
         domains_error=domains_error,
+        channels_failing=channels,
     )

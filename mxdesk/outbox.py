@@ -56,6 +56,7 @@ class OutboxView:
     ca_file: str
     password_set: bool
     updated: float
+    oauth_channel: str = ""  # logs in with this channel's OAuth 2.0 grant (XOAUTH2)
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class OutboxSettings:
     sender_name: str
     verify: bool
     ca_file: str
+    oauth_channel: str = ""
 
 
 def endpoint(
@@ -160,10 +162,12 @@ def set_outbox(
     verify: bool = True,
     ca_file: str = "",
     preset: str | None = None,
+    oauth_channel: str = "",
 ) -> OutboxView:
     """Stores (or replaces) the tenant's outbox. None for host, port or security takes the
-    preset's value or the default; None for user takes the address when there is a password.
-    No password (None or "") means the outbox is used without AUTH."""
+    preset's value or the default; None for user takes the address when there is a password
+    or an OAuth 2.0 channel. No password (None or "") and no oauth_channel means the outbox is
+    used without AUTH; oauth_channel: the name of the tenant's channel whose grant logs in."""
     where = endpoint(preset, host, port, security)
     if not 1 <= where.port <= 65535:
         raise OutboxError(f"port {where.port} is not between 1 and 65535")
@@ -172,8 +176,17 @@ def set_outbox(
     except InvalidName as exc:
         raise OutboxError(f"address: {exc}") from None
     password = password or ""
-    login = (sender if password else "") if user is None else user.strip()
-    _check_login(where.security, login, password)
+    oauth_name = oauth_channel.strip().lower()
+    if oauth_channel and password:
+        raise OutboxError("a password and an OAuth 2.0 channel: choose one")
+    login = (sender if password or oauth_channel else "") if user is None else user.strip()
+    if oauth_channel:
+        if where.security == "none":
+            raise OutboxError("security 'none' would send the token in clear: use ssl or starttls")
+        if not login:
+            raise OutboxError("OAuth 2.0 needs a login: give --user")
+    else:
+        _check_login(where.security, login, password)
     row = (
         tenant,
         _check_host(where.host),
@@ -186,15 +199,30 @@ def set_outbox(
         int(verify),
         _check_ca_file(ca_file),
         time.time(),
+        oauth_name,
     )
     with transaction(conn):
         state.get_tenant(conn, tenant)
+        if oauth_name:
+            _check_oauth_channel(conn, tenant, oauth_name)
         conn.execute(
             "INSERT OR REPLACE INTO outboxes (tenant, host, port, security, user, password,"
-            " address, sender_name, verify, ca_file, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            " address, sender_name, verify, ca_file, updated, oauth_channel)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             row,
         )
     return show_outbox(conn, tenant)
+
+
+def _check_oauth_channel(conn: sqlite3.Connection, tenant: str, name: str) -> None:
+    row = conn.execute("SELECT tenant, auth FROM channels WHERE name=?", (name,)).fetchone()
+    if row is None or row["tenant"] != tenant:
+        raise OutboxError(
+            f"no channel {name!r} of tenant {tenant!r}: add it with 'mxdesk channel add"
+            " --auth oauth2' first (its grant logs in to the outbox)"
+        )
+    if row["auth"] != "oauth2":
+        raise OutboxError(f"channel {name} logs in with a password, not OAuth 2.0")
 
 
 def _view(row: sqlite3.Row) -> OutboxView:
@@ -210,6 +238,7 @@ def _view(row: sqlite3.Row) -> OutboxView:
         row["ca_file"],
         bool(row["password"]),
         row["updated"],
+        row["oauth_channel"],
     )
 
 
@@ -257,4 +286,5 @@ def load_outbox(conn: sqlite3.Connection, key: bytes, tenant: str) -> OutboxSett
         sender_name=row["sender_name"],
         verify=bool(row["verify"]),
         ca_file=row["ca_file"],
+        oauth_channel=row["oauth_channel"],
     )

@@ -126,4 +126,9 @@ SCHEMA = [
         updated REAL NOT NULL
     );
     """,
+    # An outbox may log in with the OAuth 2.0 grant of one of the tenant's channels (Microsoft
+    # 365 takes no password over SMTP AUTH either).
+    """
+    ALTER TABLE outboxes ADD COLUMN oauth_channel TEXT NOT NULL DEFAULT '';
+    """,
 ]

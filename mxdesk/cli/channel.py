@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from typing import Any
 
 import click
@@ -211,12 +210,17 @@ def test(ctx: Context, name: str, as_json: bool) -> None:
     """Log in to channel NAME's server, open its folder and say what is there; nothing in the
     mailbox changes. Exit 1 at the first step that fails."""
     from mxdesk.gateway.fetch.probe import probe
+    from mxdesk.gateway.fetch.tokens import access_token
 
     conn = need_state(ctx)
-    settings = channels.load_channel(conn, secrets_key(ctx.config.general), name)
+    key = secrets_key(ctx.config.general)
+    settings = channels.load_channel(conn, key, name)
     secret = settings.secret
     if settings.view.auth == "oauth2":
-        secret = asyncio.run(_access_token(ctx, settings))
+        try:
+            secret = asyncio.run(access_token(conn, key, ctx.config.channels, settings.view.name))
+        except Exception as exc:
+            fail(f"channel {settings.view.name}: no access token: {exc}")
     steps = asyncio.run(probe(settings.view, secret, ctx.config.channels.timeout))
     if as_json:
         emit_json(steps)
@@ -225,35 +229,6 @@ def test(ctx: Context, name: str, as_json: bool) -> None:
             click.echo(f"{'ok  ' if step.ok else 'FAIL'}  {step.step}: {step.reply}")
     if not all(s.ok for s in steps):
         sys.exit(1)
-
-
-async def _access_token(ctx: Context, settings: channels.ChannelSettings) -> str:
-    from mxdesk.oauth2 import OAuth2Error, refresh
-
-    view = settings.view
-    if settings.access_token and settings.access_expires > time.time() + 60:
-        return settings.access_token
-    provider = ctx.config.channels.provider(view.oauth_provider)
-    if provider is None:
-        raise channels.ChannelError(f"no [oauth2.{view.oauth_provider}] in the configuration")
-    if not settings.secret:
-        raise channels.ChannelError(
-            f"not authorized yet: run 'mxdesk channel authorize {view.name}'"
-        )
-    try:
-        tokens = await refresh(provider, settings.secret)
-    except OAuth2Error as exc:
-        raise channels.ChannelError(f"the token cannot be refreshed: {exc}") from None
-    key = secrets_key(ctx.config.general)
-    channels.store_tokens(
-        need_state(ctx),
-        key,
-        view.name,
-        tokens.refresh_token,
-        tokens.access_token,
-        tokens.expires_at,
-    )
-    return tokens.access_token
 
 
 @channel_group.command("authorize")

@@ -9,7 +9,7 @@ import click
 
 from mxdesk import outbox, state
 from mxdesk.cli.context import Context, need_state, pass_context
-from mxdesk.cli.output import emit_json, emit_table, errors_to_exit, json_option
+from mxdesk.cli.output import emit_json, emit_table, errors_to_exit, fail, json_option
 from mxdesk.secrets import SecretsError, secrets_key
 
 SET_HELP = f"""Send tenant SLUG's replies through its company outbox (an SMTP server with AUTH).
@@ -58,6 +58,7 @@ def _print(view: outbox.OutboxView) -> None:
         ("verify", "yes" if view.verify else "no (the certificate is not checked)"),
         ("ca file", view.ca_file or "(the system's CAs)"),
         ("password", _set(view.password_set)),
+        ("oauth 2.0", f"the grant of channel {view.oauth_channel}" if view.oauth_channel else "-"),
     ):
         click.echo(f"{label}: {value}")
 
@@ -87,6 +88,12 @@ def outbox_group() -> None:
 @click.option("--no-password", is_flag=True, help="Send without AUTH (no user, no password).")
 @click.option("--ca-file", default="", metavar="FILE", help="PEM CAs to check the server with.")
 @click.option("--no-verify", is_flag=True, help="Do not check the server's certificate.")
+@click.option(
+    "--oauth-channel",
+    default="",
+    metavar="NAME",
+    help="Log in with this OAuth 2.0 channel's grant (XOAUTH2) instead of a password.",
+)
 @json_option
 @pass_context
 @errors_to_exit(state.StateError, SecretsError)
@@ -104,12 +111,14 @@ def set_(
     no_password: bool,
     ca_file: str,
     no_verify: bool,
+    oauth_channel: str,
     as_json: bool,
 ) -> None:
     conn = need_state(ctx)
     state.get_tenant(conn, slug)  # before asking for a password that would be thrown away
+    no_password = no_password or bool(oauth_channel)
     key = b"" if no_password else secrets_key(ctx.config.general)
-    password = _password(password_stdin, no_password)
+    password = "" if oauth_channel else _password(password_stdin, no_password)
     view = outbox.set_outbox(
         conn,
         key,
@@ -124,6 +133,7 @@ def set_(
         verify=not no_verify,
         ca_file=ca_file,
         preset=preset,
+        oauth_channel=oauth_channel,
     )
     _emit(view, as_json)
 
@@ -168,10 +178,21 @@ def test(ctx: Context, slug: str, as_json: bool) -> None:
     conn = need_state(ctx)
     state.get_tenant(conn, slug)
     view = outbox.show_outbox(conn, slug)
-    key = secrets_key(ctx.config.general) if view.password_set else b""
+    key = secrets_key(ctx.config.general) if view.password_set or view.oauth_channel else b""
     settings = outbox.load_outbox(conn, key, slug)
     assert settings is not None
-    steps = asyncio.run(probe(settings, ctx.config.outbound, ctx.config.general.host_name))
+    token = ""
+    if settings.oauth_channel:
+        from mxdesk.gateway.fetch.tokens import access_token
+
+        try:
+            token = asyncio.run(
+                access_token(conn, key, ctx.config.channels, settings.oauth_channel)
+            )
+        except Exception as exc:
+            fail(f"outbox of {slug}: no OAuth 2.0 token from {settings.oauth_channel}: {exc}")
+    helo = ctx.config.general.host_name
+    steps = asyncio.run(probe(settings, ctx.config.outbound, helo, token))
     if as_json:
         emit_json(steps)
     else:

@@ -9,6 +9,7 @@ import click
 from mxdesk import health
 from mxdesk.cli.context import Context, pass_context
 from mxdesk.cli.output import emit_json, emit_table, json_option
+from mxdesk.timefmt import timestamp
 
 
 def age(seconds: int) -> str:
@@ -58,6 +59,15 @@ def _print(report: health.Status) -> None:
         )
     else:
         click.echo("domains: all active")
+    if report.channels_failing:
+        click.echo("channels failing:")
+        emit_table(
+            [
+                (c.name, c.tenant, timestamp(c.failing_since), c.last_error[:80])
+                for c in report.channels_failing
+            ],
+            ["channel", "tenant", "since", "last error"],
+        )
 
 
 @click.command("status")
@@ -65,9 +75,9 @@ def _print(report: health.Status) -> None:
 @pass_context
 def status(ctx: Context, as_json: bool) -> None:
     """Show whether the gateway and the store answer on their sockets (1 s each), the spool's
-    entries by direction and state with the oldest one's age, the deliveries of the last hour
-    and the domains not active. Exit 0 when both daemons are up, 1 otherwise. Works while the
-    daemons are down: it only reads."""
+    entries by direction and state with the oldest one's age, the deliveries of the last hour,
+    the domains not active and the channels failing. Exit 0 when both daemons are up, 1
+    otherwise. Works while the daemons are down: it only reads."""
     report = health.status(ctx.config)
     if as_json:
         emit_json(report)

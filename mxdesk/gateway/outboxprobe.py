@@ -24,9 +24,11 @@ class ProbeStep:
     reply: str
 
 
-async def probe(settings: OutboxSettings, outbound: OutboundConfig, helo: str) -> list[ProbeStep]:
-    """Connect (with TLS as configured), log in, MAIL FROM the outbox address, RSET, QUIT;
-    stops at the first step that fails."""
+async def probe(
+    settings: OutboxSettings, outbound: OutboundConfig, helo: str, token: str = ""
+) -> list[ProbeStep]:
+    """Connect (with TLS as configured), log in (with token: SASL XOAUTH2), MAIL FROM the
+    outbox address, RSET, QUIT; stops at the first step that fails."""
     host = Smarthost(
         host=settings.host,
         port=settings.port,
@@ -47,7 +49,10 @@ async def probe(settings: OutboxSettings, outbound: OutboundConfig, helo: str) -
     tls = "TLS" if session.tls else "no TLS"
     steps.append(ProbeStep(f"connect to {where}", True, f"{session.remote}, {tls}"))
     try:
-        if settings.user:
+        if settings.user and token:
+            reply = await smtp.auth_xoauth2(settings.user, token)
+            steps.append(ProbeStep(f"AUTH XOAUTH2 as {settings.user}", True, _text(reply)))
+        elif settings.user:
             reply = await smtp.login(settings.user, settings.password)
             steps.append(ProbeStep(f"AUTH as {settings.user}", True, _text(reply)))
         reply = await smtp.mail(settings.address)

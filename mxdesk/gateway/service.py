@@ -13,6 +13,7 @@ from mxdesk.config import Config
 from mxdesk.daemon import ReloadError
 from mxdesk.dns.lifecycle import DomainLifecycle
 from mxdesk.gateway.fetch.manager import ChannelManager
+from mxdesk.gateway.fetch.tokens import TokenSource
 from mxdesk.gateway.lmtp import LmtpClient, Reply
 from mxdesk.gateway.mx import INBOUND, MxHandler
 from mxdesk.gateway.outrunner import Notices, OutboundRunner
@@ -25,7 +26,7 @@ from mxdesk.gateway.smtp import ConnectionLimits, GatewaySMTP
 from mxdesk.gateway.spool import Spool, SpoolEntry
 from mxdesk.gateway.submission import SubmissionHandler, SubmissionSMTP
 from mxdesk.metrics import GatewayMetrics
-from mxdesk.secrets import installation_key
+from mxdesk.secrets import installation_key, secrets_key
 from mxdesk.smtpfast import SessionFactory
 from mxdesk.sockets import listen_unix
 from mxdesk.startup import StartupError, address, bind_error
@@ -88,6 +89,11 @@ class GatewayService:
         self.state: sqlite3.Connection | None = None
         self.lifecycle: DomainLifecycle | None = None
         self.channels: ChannelManager | None = None
+        self._writable: sqlite3.Connection | None = None
+        # OAuth 2.0 access tokens, shared by the fetchers and the outboxes that use a grant.
+        self.tokens = TokenSource(
+            config.channels, self._writable_state, lambda: secrets_key(self.config.general)
+        )
         self.tls: ssl.SSLContext | None = None
         # Remake the session templates of the listeners from self.config (after a reload).
         self._renewals: list[Callable[[], None]] = []
@@ -207,7 +213,7 @@ class GatewayService:
         if self.outbound is None:
             from mxdesk.gateway.smarthosts import smtp_deliverer
 
-            self.outbound = smtp_deliverer(cfg, conn)
+            self.outbound = smtp_deliverer(cfg, conn, self.tokens)
         notices = Notices(policy, cfg.general.host_name, installation_key(cfg.general.state_dir))
         retry = cfg.outbound_retry
         self.outbound_runner = OutboundRunner(
@@ -222,8 +228,14 @@ class GatewayService:
         self.outbound_runner.start()
         self.lifecycle = DomainLifecycle(cfg, self.spool)
         self.lifecycle.start()
-        self.channels = ChannelManager(cfg, self.spool, self.metrics)
+        self.channels = ChannelManager(cfg, self.spool, self.metrics, self.tokens)
         self.channels.start()
+
+    def _writable_state(self) -> sqlite3.Connection:
+        """For the few writes of the gateway's tasks (a rotated refresh token)."""
+        if self._writable is None:
+            self._writable = state.connect(self.config.general.state_db)
+        return self._writable
 
     @property
     def ports(self) -> list[int]:
@@ -291,4 +303,6 @@ class GatewayService:
         await self.spool.close()
         if self.state is not None:
             self.state.close()
+        if self._writable is not None:
+            self._writable.close()
         self.config.submission.socket.unlink(missing_ok=True)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+from collections.abc import Awaitable, Callable
 
 from mxdesk import outbox
 from mxdesk.config import Config
+from mxdesk.gateway.fetch.tokens import TokenSource
 from mxdesk.gateway.outbound import Smarthost, SmtpDeliverer
 from mxdesk.secrets import SecretsError, secrets_key
 
@@ -19,9 +21,12 @@ class SmarthostLookup:
     """A tenant's outbox from the state database (changed by the CLI at any time), cached a few
     seconds; the password is decrypted here, in the gateway, and kept only in memory."""
 
-    def __init__(self, config: Config, conn: sqlite3.Connection) -> None:
+    def __init__(
+        self, config: Config, conn: sqlite3.Connection, tokens: TokenSource | None = None
+    ) -> None:
         self._config = config
         self._conn = conn
+        self._tokens = tokens
         self._cache: dict[str, tuple[float, Smarthost | None]] = {}
 
     def __call__(self, tenant: str) -> Smarthost | None:
@@ -40,9 +45,20 @@ class SmarthostLookup:
                 address=found.address,
                 verify=found.verify,
                 ca_file=found.ca_file,
+                token=self._token_of(found.oauth_channel) if found.oauth_channel else None,
             )
         self._cache[tenant] = (time.monotonic(), host)
         return host
+
+    def _token_of(self, channel: str) -> Callable[[], Awaitable[str]]:
+        tokens = self._tokens
+
+        async def token() -> str:
+            if tokens is None:
+                raise RuntimeError("no OAuth 2.0 tokens in this process")
+            return await tokens.access_token(channel)
+
+        return token
 
     def _has(self, tenant: str) -> bool:
         row = self._conn.execute("SELECT 1 FROM outboxes WHERE tenant=?", (tenant,)).fetchone()
@@ -57,7 +73,10 @@ class SmarthostLookup:
             raise
 
 
-def smtp_deliverer(config: Config, conn: sqlite3.Connection) -> SmtpDeliverer:
-    """conn: the gateway's read-only connection to the state database."""
-    lookup = SmarthostLookup(config, conn)
+def smtp_deliverer(
+    config: Config, conn: sqlite3.Connection, tokens: TokenSource | None = None
+) -> SmtpDeliverer:
+    """conn: the gateway's read-only connection to the state database; tokens: OAuth 2.0
+    access tokens for outboxes that log in with a channel's grant."""
+    lookup = SmarthostLookup(config, conn, tokens)
     return SmtpDeliverer(config.outbound, config.general.host_name, lookup)

@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import re
 import ssl
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import aiosmtplib
@@ -44,6 +44,10 @@ class Smarthost:
     address: str  # the envelope sender to use with this smarthost ("" = the entry's own)
     verify: bool = True
     ca_file: str = ""
+    # An OAuth 2.0 access token for SASL XOAUTH2 instead of the password (a channel's grant).
+    token: Callable[[], Awaitable[str]] | None = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
 
     @property
     def name(self) -> str:
@@ -140,6 +144,17 @@ def _step(
         raise Unusable(RemoteReply(451, f"{failed}: {reason_of(exc)}", remote)) from None
 
 
+async def _token(host: Smarthost, label: str) -> str:
+    """The outbox's OAuth 2.0 access token; any failure to get one is temporary here (the
+    channel whose grant it is tells the owner when a person must act)."""
+    assert host.token is not None
+    try:
+        return await host.token()
+    except Exception as exc:
+        text = " ".join(str(exc).split())[:200]
+        raise Unusable(RemoteReply(454, f"4.7.0 {label}: no OAuth 2.0 token: {text}")) from None
+
+
 def _client_context(verify: bool, ca_file: str) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=ca_file or None)
     if not verify:
@@ -187,8 +202,12 @@ class Connector:
             # Temporary even when the server says 5xx: the mail goes once the password is fixed.
             refused, failed = f"the login for user '{host.user}'", f"4.7.0 {label}: login failed"
             try:
+                token = await _token(host, label) if host.token is not None else ""
                 with _step(label, session.remote, refused, failed, 454, "7.8"):  # RFC 4954 §6
-                    await session.smtp.login(host.user, host.password)
+                    if token:
+                        await session.smtp.auth_xoauth2(host.user, token)
+                    else:
+                        await session.smtp.login(host.user, host.password)
             except Unusable:
                 session.smtp.close()
                 raise

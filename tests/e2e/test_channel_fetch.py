@@ -19,7 +19,7 @@ from wire import stored_messages
 from mxdesk.gateway.fetch.ledger import read_statuses
 
 DOMAIN = "empresa.example"
-NAMES = ("idle", "lido", "validade", "pop", "senha", "resposta")
+NAMES = ("idle", "validade", "pop", "senha", "pastas", "certificado")
 USERS = {f"{n}@{DOMAIN}": f"s3nha-{n}" for n in NAMES}
 CHANNELS = """
 [channels]
@@ -214,6 +214,8 @@ def test_changed_password_one_alert_then_one_recovery_mail(site: Site, mail: Mai
     assert USERS[name] not in failing["last_error"] and "trocada" not in failing["last_error"]
     out = cli(site.config, "channel", "list").stdout
     assert "failing" in out
+    status = cli(site.config, "status", check=False).stdout
+    assert "channels failing:" in status and name in status
     wait_for_sync(lambda: len(site.sink.messages()) == 1, 30, "the alert")
     seen = failures(site, name)
     wait_for_sync(lambda: failures(site, name) >= seen + 3, 30, "three more failed logins")
@@ -228,3 +230,97 @@ def test_changed_password_one_alert_then_one_recovery_mail(site: Site, mail: Mai
     assert sorted(b"is read again" in m for m in mails) == [False, True]
     mail.deliver(name, message(5, "depois da senha"))
     wait_for_sync(lambda: "depois da senha" in subjects(site), 20, "mail after the fix")
+
+
+def test_folder_with_accents_move_after_fetch_and_channel_test(
+    site: Site, mail: MailServer
+) -> None:
+    name = add_channel(
+        site, mail, "pastas", "--folder", "Suporte/Ação", "--after", "move:Arquivo/Concluído"
+    )
+    mail.deliver(name, message(0, "ja estava"), folder="Suporte/Ação")
+    test = cli(site.config, "channel", "test", name).stdout
+    assert "ok    login" in test and "Suporte/Ação: 1 messages" in test and "IDLE (push)" in test
+    started(site, name)
+    mail.deliver(name, message(1, "na pasta"), folder="Suporte/Ação")
+    mail.deliver(
+        name, message(2, "binário \x00 e cabeçalho quebrado\r\nX-Quebrado"), folder="Suporte/Ação"
+    )
+    wait_for_sync(lambda: len(subjects(site)) == 2, 20, "two tickets from the folder")
+    wait_for_sync(
+        lambda: mail.status(name, "Arquivo/Concluído")["messages"] == 2, 20, "the moved messages"
+    )
+    assert mail.status(name, "Suporte/Ação")["messages"] == 1  # the one from before stays
+    missing = cli(
+        site.config,
+        "channel",
+        "add",
+        "--tenant",
+        "marca",
+        "--address",
+        f"x@{DOMAIN}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(mail.imaps_port),
+        "--ca-file",
+        str(mail.ca_file),
+        "--folder",
+        "Não existe",
+        "--user",
+        name,
+        "--password-stdin",
+        input=USERS[name] + "\n",
+    )
+    assert missing.returncode == 0
+    failed = cli(site.config, "channel", "test", f"x@{DOMAIN}", check=False)
+    assert failed.returncode == 1
+    assert "ok    login" in failed.stdout and "FAIL  folder" in failed.stdout
+
+
+def test_certificate_error_names_the_host_and_is_told_at_once(site: Site, mail: MailServer) -> None:
+    address = f"certificado@{DOMAIN}"
+    cli(
+        site.config,
+        "channel",
+        "add",
+        "--tenant",
+        "marca",
+        "--address",
+        address,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(mail.imaps_port),
+        "--password-stdin",
+        input=USERS[address] + "\n",
+    )
+    failing = wait_for_sync(
+        lambda: (c := channel(site, address))["state"] == "failing" and c, 30, "the TLS failure"
+    )
+    assert "127.0.0.1" in failing["last_error"] and "certificate" in failing["last_error"]
+    alert = wait_for_sync(site.sink.messages, 30, "the alert, without waiting alert_after")
+    assert b"certificate" in alert[0]
+    test = cli(site.config, "channel", "test", address, check=False)
+    assert test.returncode == 1 and "FAIL  connect" in test.stdout
+    # The sysadmin decides the server is theirs and turns verification off.
+    cli(site.config, "channel", "remove", address)
+    cli(
+        site.config,
+        "channel",
+        "add",
+        "--tenant",
+        "marca",
+        "--address",
+        address,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(mail.imaps_port),
+        "--tls-verify",
+        "off",
+        "--password-stdin",
+        input=USERS[address] + "\n",
+    )
+    assert "tls-verify: off" in cli(site.config, "channel", "show", address).stdout
+    started(site, address)

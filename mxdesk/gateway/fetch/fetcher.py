@@ -21,16 +21,12 @@ from mxdesk.gateway.fetch.imapfetch import ImapFetch
 from mxdesk.gateway.fetch.pop3 import Pop3Client
 from mxdesk.gateway.fetch.pop3fetch import Pop3Fetch
 from mxdesk.gateway.fetch.session import SessionContext, log
+from mxdesk.gateway.fetch.tokens import NotAuthorized, TokenSource
 from mxdesk.gateway.spool import Spool, SpoolError
-from mxdesk.oauth2 import GrantRevoked, OAuth2Error, refresh
+from mxdesk.oauth2 import OAuth2Error
 
-TOKEN_MARGIN = 300.0  # an access token is refreshed this long before it expires
 # Errors that waiting does not cure: the owner is told at once, not after alert_after.
 HARD_ERRORS = (AuthFailed, TlsFailed, FolderFailed)
-
-
-class NotAuthorized(AuthFailed):
-    """An OAuth 2.0 channel without a usable grant: `mxdesk channel authorize` is needed."""
 
 
 @dataclass
@@ -42,9 +38,7 @@ class FetcherDeps:
     host_name: str
     max_message_size: int
     alerts: Alerts
-    # A new access token (and maybe refresh token) to keep in state.db: (name, refresh, access,
-    # expires).
-    keep_tokens: Callable[[str, str, str, float], None]
+    tokens: TokenSource
     slot: Callable[[str], AbstractAsyncContextManager[None]]
     committed: Callable[[int], None]
 
@@ -63,8 +57,6 @@ class Fetcher:
         self.view = settings.view
         self.deps = deps
         self._failures = 0
-        self._token = (settings.access_token, settings.access_expires)
-        self._secret = settings.secret
 
     async def run(self) -> None:
         """Until cancelled; never raises."""
@@ -213,35 +205,9 @@ class Fetcher:
 
     async def _credential(self) -> str:
         """The password, or an access token that is good for a while yet."""
-        view = self.view
-        if view.auth != "oauth2":
-            return self._secret
-        token, expires = self._token
-        if token and expires > time.time() + TOKEN_MARGIN:
-            return token
-        provider = self.deps.config.provider(view.oauth_provider)
-        if provider is None:
-            raise NotAuthorized(
-                f"no [oauth2.{view.oauth_provider}] in the configuration: add its client_id"
-            )
-        if not self._secret:
-            raise NotAuthorized(f"not authorized yet: run 'mxdesk channel authorize {view.name}'")
-        try:
-            tokens = await refresh(provider, self._secret)
-        except GrantRevoked as exc:
-            raise AuthFailed(
-                f"the OAuth 2.0 grant was revoked or has expired ({exc}): run"
-                f" 'mxdesk channel authorize {view.name}'"
-            ) from exc
-        # The new refresh token is on disk before it is relied on (a rotating provider has
-        # just made the old one invalid).
-        self.deps.keep_tokens(
-            view.name, tokens.refresh_token, tokens.access_token, tokens.expires_at
-        )
-        self._secret = tokens.refresh_token
-        self._token = (tokens.access_token, tokens.expires_at)
-        log.info("channel=%s access token refreshed", view.name)
-        return tokens.access_token
+        if self.view.auth != "oauth2":
+            return self.settings.secret
+        return await self.deps.tokens.access_token(self.view.name)
 
 
 def hard_kind(exc: BaseException) -> str:

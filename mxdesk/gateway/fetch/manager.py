@@ -16,6 +16,7 @@ from mxdesk.gateway.fetch import ledger
 from mxdesk.gateway.fetch.alerts import Alerts
 from mxdesk.gateway.fetch.fetcher import Fetcher, FetcherDeps
 from mxdesk.gateway.fetch.session import log
+from mxdesk.gateway.fetch.tokens import TokenSource
 from mxdesk.gateway.spool import Spool
 from mxdesk.metrics import GatewayMetrics
 from mxdesk.secrets import SecretsError, secrets_key
@@ -25,7 +26,9 @@ PRUNE_EVERY = 3600.0
 
 
 class ChannelManager:
-    def __init__(self, config: Config, spool: Spool, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self, config: Config, spool: Spool, metrics: GatewayMetrics, tokens: TokenSource
+    ) -> None:
         self.config = config
         self.spool = spool
         self.metrics = metrics
@@ -48,7 +51,7 @@ class ChannelManager:
             host_name=config.general.host_name,
             max_message_size=config.gateway.max_message_size,
             alerts=self.alerts,
-            keep_tokens=self._keep_tokens,
+            tokens=tokens,
             slot=self._slot,
             committed=lambda n: self.metrics.accepted.labels("channel").inc(n) if n else None,
         )
@@ -58,6 +61,9 @@ class ChannelManager:
             self._conn = state.connect(Path(self.config.general.state_db))
         return self._conn
 
+    def key(self) -> bytes:
+        return secrets_key(self.config.general)
+
     @contextlib.asynccontextmanager
     async def _slot(self, host: str) -> AsyncIterator[None]:
         slot = self._slots.setdefault(
@@ -65,10 +71,6 @@ class ChannelManager:
         )
         async with slot:
             yield
-
-    def _keep_tokens(self, name: str, refresh: str, access: str, expires: float) -> None:
-        key = secrets_key(self.config.general)
-        channels.store_tokens(self._state(), key, name, refresh, access, expires)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="channels")
