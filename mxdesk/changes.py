@@ -148,6 +148,11 @@ def remove_mailbox(
             f" tenant (mxdesk tenant remove {box.tenant}); 'mxdesk mailbox disable' stops it"
         )
     references.refuse_queued(f"mailbox {box.address}", view.queued)
+    if conn.execute("SELECT 1 FROM channels WHERE address=?", (box.address,)).fetchone():
+        raise StateError(
+            f"channel {box.address} still reads into mailbox {box.address}: remove it first"
+            f" (mxdesk channel remove {box.address})"
+        )
     if view.open_tickets and not force:
         raise StateError(
             f"mailbox {box.address} has {plural(view.open_tickets, 'open ticket')}: close them"

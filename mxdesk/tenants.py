@@ -130,8 +130,8 @@ def remove_tenant(
     conn: sqlite3.Connection, config: Config, slug: str, *, force: bool = False
 ) -> TenantRemoved:
     """Removes a tenant with its default inbox, operators, outbox and generic signature; with
-    force also its domains (and their DKIM keys) and mailboxes. Refused while the spool holds
-    mail for it. Its tickets stay in tickets.db: they are the helpdesk's history."""
+    force also its domains (and their DKIM keys), mailboxes and channels. Refused while the
+    spool holds mail for it. Its tickets stay in tickets.db: they are the helpdesk's history."""
     view = show_tenant(conn, config, slug)
     references.refuse_queued(f"tenant {slug!r}", view.queued)
     if not force:
@@ -139,7 +139,7 @@ def remove_tenant(
     for d in view.domains:
         domains.remove_domain(conn, config, d.name)
     with transaction(conn):
-        for table in ("mailboxes", "operators", "generic_signatures", "outboxes"):
+        for table in ("outboxes", "channels", "mailboxes", "operators", "generic_signatures"):
             conn.execute(f"DELETE FROM {table} WHERE tenant=?", (slug,))
         conn.execute("DELETE FROM tenants WHERE slug=?", (slug,))
     return TenantRemoved(

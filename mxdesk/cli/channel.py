@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from typing import Any
 
 import click
 
 from mxdesk import channels, outbox, state
 from mxdesk.cli.context import Context, need_state, pass_context
-from mxdesk.cli.output import emit_json, emit_table, errors_to_exit, fail, json_option
+from mxdesk.cli.output import (
+    emit_json,
+    emit_steps,
+    emit_table,
+    errors_to_exit,
+    fail,
+    json_option,
+    read_password,
+)
 from mxdesk.secrets import SecretsError, secrets_key
 from mxdesk.timefmt import timestamp
 
@@ -32,14 +39,7 @@ only mail that arrives from then on, or the last DAYS days with --since DAYS.
 
 
 def _secret(from_stdin: bool) -> str:
-    if from_stdin:
-        line = sys.stdin.readline().rstrip("\n").rstrip("\r")
-        if not line:
-            raise channels.ChannelError("no password on stdin: give it as the first line")
-        return line
-    if not sys.stdin.isatty():
-        raise channels.ChannelError("no terminal to ask for the password on: use --password-stdin")
-    return str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
+    return read_password(from_stdin, channels.ChannelError)
 
 
 def _statuses(ctx: Context) -> dict[str, dict[str, Any]]:
@@ -222,13 +222,7 @@ def test(ctx: Context, name: str, as_json: bool) -> None:
         except Exception as exc:
             fail(f"channel {settings.view.name}: no access token: {exc}")
     steps = asyncio.run(probe(settings.view, secret, ctx.config.channels.timeout))
-    if as_json:
-        emit_json(steps)
-    else:
-        for step in steps:
-            click.echo(f"{'ok  ' if step.ok else 'FAIL'}  {step.step}: {step.reply}")
-    if not all(s.ok for s in steps):
-        sys.exit(1)
+    emit_steps(steps, as_json)
 
 
 @channel_group.command("authorize")

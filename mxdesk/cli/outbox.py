@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 
 import click
 
 from mxdesk import outbox, state
 from mxdesk.cli.context import Context, need_state, pass_context
-from mxdesk.cli.output import emit_json, emit_table, errors_to_exit, fail, json_option
+from mxdesk.cli.output import (
+    emit_json,
+    emit_steps,
+    emit_table,
+    errors_to_exit,
+    fail,
+    json_option,
+    read_password,
+)
 from mxdesk.secrets import SecretsError, secrets_key
 
 SET_HELP = f"""Send tenant SLUG's replies through its company outbox (an SMTP server with AUTH).
@@ -31,15 +38,7 @@ def _password(from_stdin: bool, no_password: bool) -> str:
         if from_stdin:
             raise outbox.OutboxError("--no-password and --password-stdin: choose one")
         return ""
-    if from_stdin:
-        line = sys.stdin.readline().rstrip("\n").rstrip("\r")
-        if not line:
-            raise outbox.OutboxError("no password on stdin: give it as the first line")
-        return line
-    if not sys.stdin.isatty():
-        # getpass would read the terminal anyway, or warn and echo: neither is wanted here.
-        raise outbox.OutboxError("no terminal to ask for the password on: use --password-stdin")
-    return str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
+    return read_password(from_stdin, outbox.OutboxError)
 
 
 def _set(password_set: bool) -> str:
@@ -193,13 +192,7 @@ def test(ctx: Context, slug: str, as_json: bool) -> None:
             fail(f"outbox of {slug}: no OAuth 2.0 token from {settings.oauth_channel}: {exc}")
     helo = ctx.config.general.host_name
     steps = asyncio.run(probe(settings, ctx.config.outbound, helo, token))
-    if as_json:
-        emit_json(steps)
-    else:
-        for step in steps:
-            click.echo(f"{'ok  ' if step.ok else 'FAIL'}  {step.step}: {step.reply}")
-    if not all(s.ok for s in steps):
-        sys.exit(1)
+    emit_steps(steps, as_json)
 
 
 @outbox_group.command("remove")

@@ -80,3 +80,30 @@ def errors_to_exit(*kinds: type[Exception]) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def emit_steps(steps: Sequence[Any], as_json: bool) -> None:
+    """The steps of a connection test (each with .step, .ok, .reply), one line each; exit 1
+    when one failed."""
+    if as_json:
+        emit_json(steps)
+    else:
+        for step in steps:
+            click.echo(f"{'ok  ' if step.ok else 'FAIL'}  {step.step}: {step.reply}")
+    if not all(s.ok for s in steps):
+        sys.exit(1)
+
+
+def read_password(from_stdin: bool, error: type[Exception]) -> str:
+    """The first line of stdin, or asked for twice without echo on the terminal; raises error
+    when there is neither. There is never an option that takes a password on the command line:
+    arguments are visible to every user of the machine."""
+    if from_stdin:
+        line = sys.stdin.readline().rstrip("\n").rstrip("\r")
+        if not line:
+            raise error("no password on stdin: give it as the first line")
+        return line
+    if not sys.stdin.isatty():
+        # getpass would read the terminal anyway, or warn and echo: neither is wanted here.
+        raise error("no terminal to ask for the password on: use --password-stdin")
+    return str(click.prompt("Password", hide_input=True, confirmation_prompt=True))

@@ -68,27 +68,20 @@ def message(
     ).encode()
 
 
-def add_channel(site: Site, mail: MailServer, name: str, *args: str) -> str:
-    address = f"{name}@{DOMAIN}"
+def add_channel(
+    site: Site, mail: MailServer, name: str, *args: str, ca: bool = True, login: str = ""
+) -> str:
+    """Adds the channel of name@DOMAIN (logging in as login@DOMAIN when given), its password
+    on stdin; ca: verify the server against the test CA (else the system's CAs)."""
+    address, login = f"{name}@{DOMAIN}", f"{login or name}@{DOMAIN}"
     protocol = "pop3" if "pop3" in args else "imap"
     port = {"imap": mail.imaps_port, "pop3": mail.pop3s_port}[protocol]
+    options = ["--ca-file", str(mail.ca_file)] if ca else []
     cli(
         site.config,
-        "channel",
-        "add",
-        "--tenant",
-        "marca",
-        "--address",
-        address,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--ca-file",
-        str(mail.ca_file),
-        "--password-stdin",
-        *args,
-        input=USERS[address] + "\n",
+        *("channel", "add", "--tenant", "marca", "--address", address, "--user", login),
+        *("--host", "127.0.0.1", "--port", str(port), *options, "--password-stdin", *args),
+        input=USERS[login] + "\n",
     )
     return address
 
@@ -251,50 +244,14 @@ def test_folder_with_accents_move_after_fetch_and_channel_test(
         lambda: mail.status(name, "Arquivo/Concluído")["messages"] == 2, 20, "the moved messages"
     )
     assert mail.status(name, "Suporte/Ação")["messages"] == 1  # the one from before stays
-    missing = cli(
-        site.config,
-        "channel",
-        "add",
-        "--tenant",
-        "marca",
-        "--address",
-        f"x@{DOMAIN}",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(mail.imaps_port),
-        "--ca-file",
-        str(mail.ca_file),
-        "--folder",
-        "Não existe",
-        "--user",
-        name,
-        "--password-stdin",
-        input=USERS[name] + "\n",
-    )
-    assert missing.returncode == 0
+    add_channel(site, mail, "x", "--folder", "Não existe", login="pastas")
     failed = cli(site.config, "channel", "test", f"x@{DOMAIN}", check=False)
     assert failed.returncode == 1
     assert "ok    login" in failed.stdout and "FAIL  folder" in failed.stdout
 
 
 def test_certificate_error_names_the_host_and_is_told_at_once(site: Site, mail: MailServer) -> None:
-    address = f"certificado@{DOMAIN}"
-    cli(
-        site.config,
-        "channel",
-        "add",
-        "--tenant",
-        "marca",
-        "--address",
-        address,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(mail.imaps_port),
-        "--password-stdin",
-        input=USERS[address] + "\n",
-    )
+    address = add_channel(site, mail, "certificado", ca=False)
     failing = wait_for_sync(
         lambda: (c := channel(site, address))["state"] == "failing" and c, 30, "the TLS failure"
     )
@@ -305,22 +262,6 @@ def test_certificate_error_names_the_host_and_is_told_at_once(site: Site, mail: 
     assert test.returncode == 1 and "FAIL  connect" in test.stdout
     # The sysadmin decides the server is theirs and turns verification off.
     cli(site.config, "channel", "remove", address)
-    cli(
-        site.config,
-        "channel",
-        "add",
-        "--tenant",
-        "marca",
-        "--address",
-        address,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(mail.imaps_port),
-        "--tls-verify",
-        "off",
-        "--password-stdin",
-        input=USERS[address] + "\n",
-    )
+    add_channel(site, mail, "certificado", "--tls-verify", "off", ca=False)
     assert "tls-verify: off" in cli(site.config, "channel", "show", address).stdout
     started(site, address)

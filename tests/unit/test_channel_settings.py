@@ -161,3 +161,19 @@ async def test_ledger_commits_once(config: cfg.Config) -> None:
         assert await spool.exists("Q1") and not await spool.exists("Q2")
     finally:
         await spool.close()
+
+
+def test_mailbox_of_a_channel_is_not_removed_under_it(config: cfg.Config) -> None:
+    from mxdesk.changes import remove_mailbox
+    from mxdesk.tenants import remove_tenant
+
+    conn = state.connect(config.general.state_db)
+    try:
+        view = _add(conn)
+        with pytest.raises(state.StateError, match="channel remove"):
+            remove_mailbox(conn, config, view.address)
+        removed = remove_tenant(conn, config, "marca", force=True)
+        assert view.address in removed.mailboxes
+        assert channels.list_channels(conn) == []
+    finally:
+        conn.close()

@@ -168,6 +168,7 @@ def test_gmail_preset_logs_in_with_the_address(conn: sqlite3.Connection) -> None
         "ca_file": "",
         "password_set": True,
         "updated": 0,
+        "oauth_channel": "",
     }
 
 

@@ -115,8 +115,13 @@ class ImapFetch:
         else:
             todo = uids
         for start in range(0, len(todo), ctx.batch):
-            if not await self._batch(todo[start : start + ctx.batch], folder.uidvalidity, floor):
-                return  # a message listed but not sent: the next look asks again
+            missing = await self._batch(todo[start : start + ctx.batch], folder.uidvalidity, floor)
+            if missing:
+                # Not a silent stall: the channel fails (reconnects, and after alert_after
+                # the owner hears of it) until the server sends the message.
+                raise CommandFailed(
+                    f"the server lists UID {missing} in {view.folder} but does not send it"
+                )
         if floor:
             end = max(uids, default=st.last_uid)
             await spool.transact(
@@ -124,8 +129,8 @@ class ImapFetch:
                 new=False,
             )
 
-    async def _batch(self, uids: Sequence[int], uidvalidity: int, floor: float) -> bool:
-        """Fetches and commits uids; False when the server left one of them out."""
+    async def _batch(self, uids: Sequence[int], uidvalidity: int, floor: float) -> int:
+        """Fetches and commits uids; the first UID the server left out, or 0."""
         ctx = self.ctx
         infos = {i.uid: i for i in await self.client.fetch_info(uids)}
         take: list[MessageInfo] = []
@@ -142,17 +147,18 @@ class ImapFetch:
         # The position moves past a UID only when it is settled: committed, skipped as too
         # big, before the floor, or gone from the mailbox. A message the server listed but did
         # not send stops it, so the next look asks again.
-        last = 0
+        last = missing = 0
         wanted = {i.uid for i in take}
         for uid in sorted(uids):
             if uid in wanted and uid not in bodies:
+                missing = uid
                 break
             last = uid
         batch = [bodies[u] for u in sorted(bodies) if u <= last]
         owe = ctx.view.after != "keep"
         big = [i for i in too_big if i.uid <= last]
         if last == 0:
-            return False
+            return missing
 
         def commit(c: sqlite3.Connection) -> None:
             added = ledger.commit_batch(
@@ -173,7 +179,7 @@ class ImapFetch:
             await ctx.skipped(str(info.uid), info.size)
         if owe and batch:
             await self._after([int(f.uid) for f in batch], uidvalidity)
-        return last == max(uids)
+        return missing
 
     async def _settle_owed(self, uidvalidity: int) -> None:
         """After-actions a previous session committed but could not finish."""

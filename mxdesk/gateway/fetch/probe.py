@@ -3,20 +3,12 @@ nothing in the mailbox is changed (EXAMINE, no RETR)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from mxdesk.channels import ChannelView
 from mxdesk.gateway.fetch.errors import FetchError
 from mxdesk.gateway.fetch.fetcher import tls_context
 from mxdesk.gateway.fetch.imap import ImapClient
 from mxdesk.gateway.fetch.pop3 import Pop3Client
-
-
-@dataclass(frozen=True)
-class ProbeStep:
-    step: str
-    ok: bool
-    reply: str
+from mxdesk.gateway.outboxprobe import ProbeStep
 
 
 async def probe(view: ChannelView, secret: str, timeout: float) -> list[ProbeStep]:
