@@ -23,6 +23,7 @@ class TenantView:
     mailboxes: list[state.Mailbox]
     operators: list[str]
     outbox: str  # the outbox's address, "" without one
+    channels: list[str]  # the company mailboxes read into its tickets
     generic_signature: bool
     open_tickets: int
     tickets: int
@@ -56,6 +57,7 @@ def show_tenant(conn: sqlite3.Connection, config: Config, slug: str) -> TenantVi
         mailboxes=state.list_mailboxes(conn, slug),
         operators=_names(conn, "SELECT name FROM operators WHERE tenant=? ORDER BY name", slug),
         outbox=str(outbox[0]) if outbox else "",
+        channels=_names(conn, "SELECT name FROM channels WHERE tenant=? ORDER BY name", slug),
         generic_signature=bool(
             conn.execute("SELECT 1 FROM generic_signatures WHERE tenant=?", (slug,)).fetchone()
         ),

@@ -72,6 +72,7 @@ def show(ctx: Context, slug: str, as_json: bool) -> None:
     if view.operators:
         click.echo(f"operators: {', '.join(view.operators)}")
     click.echo(f"outbox: {view.outbox or 'none (replies go out directly)'}")
+    click.echo(f"channels: {', '.join(view.channels) or 'none'}")
     click.echo(f"generic signature: {'set' if view.generic_signature else 'not set'}")
     click.echo(f"tickets: {view.open_tickets} open of {view.tickets}")
     if view.queued:
