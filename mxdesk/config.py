@@ -69,6 +69,20 @@ class GatewayConfig:
     postmaster_tenant: str = ""
     spool_path: Path = Path("/var/lib/mxdesk/spool.db")
     history_days: int = 30
+    # MAIL FROM is answered 452 4.3.1 while the spool's filesystem has less free space (MiB).
+    min_free_mb: int = 100
+
+
+@dataclass(frozen=True)
+class InboundAuthConfig:
+    """[gateway.inbound_auth]: SPF, DKIM, DMARC and ARC verdicts on inbound mail."""
+
+    enabled: bool = True
+    dmarc_reject: bool = True  # 550 5.7.1 to a DMARC failure from a domain with p=reject
+    spf_fail: str = "flag"  # "flag" or "reject" (550 5.7.23) an SPF fail
+    temperror: str = "accept"  # a temporary DNS error: "accept" (and flag) or "defer" (451)
+    dns_timeout: float = 5.0  # seconds for all the lookups of one message
+    nameservers: tuple[Listen, ...] = ()  # () = the system's resolvers
 
 
 @dataclass(frozen=True)
@@ -109,6 +123,9 @@ class StoreConfig:
     lmtp_socket: Path = Path("/run/mxdesk/store/lmtp.sock")
     database: Path = Path("/var/lib/mxdesk/tickets.db")
     socket_group: str = ""
+    # The same message arriving again (a sender's retry after a lost 250, two mailboxes of
+    # one tenant, the MX and a channel) within this many days is filed once.
+    duplicate_window_days: float = 7.0
 
 
 @dataclass(frozen=True)
@@ -130,6 +147,7 @@ class Config:
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
     outbound_retry: RetryConfig = OUTBOUND_RETRY
+    inbound_auth: InboundAuthConfig = field(default_factory=InboundAuthConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     dkim: DkimConfig = field(default_factory=DkimConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
@@ -170,6 +188,28 @@ def _senders(raw: Any, key: str, errors: list[str]) -> tuple[tuple[str, tuple[st
             continue
         result.append((user, tuple(tenants)))
     return tuple(result)
+
+
+def _inbound_auth(table: Any, errors: list[str]) -> InboundAuthConfig:
+    r = Reader(table if isinstance(table, dict) else {}, "gateway.inbound_auth", errors)
+    r.seen.add("nameservers")
+    d = InboundAuthConfig()
+    found = InboundAuthConfig(
+        enabled=r.get("enabled", bool, d.enabled),
+        dmarc_reject=r.get("dmarc_reject", bool, d.dmarc_reject),
+        spf_fail=r.get("spf_fail", str, d.spf_fail),
+        temperror=r.get("temperror", str, d.temperror),
+        dns_timeout=r.positive("dns_timeout", float, d.dns_timeout),
+        nameservers=host_ports(
+            r.table.get("nameservers", []), "gateway.inbound_auth.nameservers", errors
+        ),
+    )
+    if found.spf_fail not in ("flag", "reject"):
+        errors.append(f"gateway.inbound_auth.spf_fail: {found.spf_fail!r} is not flag or reject")
+    if found.temperror not in ("accept", "defer"):
+        errors.append(f"gateway.inbound_auth.temperror: {found.temperror!r} is not accept or defer")
+    r.finish()
+    return found
 
 
 def _label_ok(name: str) -> bool:
@@ -225,8 +265,11 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
     out_retry_table = gw_table.pop("outbound_retry", {})
     sub_table = gw_table.pop("submission", {})
     out_table = gw_table.pop("outbound", {})
+    auth_table = gw_table.pop("inbound_auth", {})
     w = Reader(gw_table, "gateway", errors)
-    w.seen.update(("listen", "inbound_retry", "outbound_retry", "submission", "outbound"))
+    w.seen.update(
+        ("listen", "inbound_retry", "outbound_retry", "submission", "outbound", "inbound_auth")
+    )
     listen = _listen(gw_table.get("listen", ["0.0.0.0:25"]), "gateway.listen", errors)
     tls_cert = w.path("tls_cert", None)
     tls_key = w.path("tls_key", None)
@@ -251,8 +294,12 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
         postmaster_tenant=w.get("postmaster_tenant", str, ""),
         spool_path=w.path("spool_path", state_dir / "spool.db") or state_dir / "spool.db",
         history_days=w.positive("history_days", int, GatewayConfig.history_days),
+        min_free_mb=w.get("min_free_mb", int, GatewayConfig.min_free_mb),
     )
+    if gateway.min_free_mb < 0:
+        errors.append("gateway.min_free_mb: must be 0 or more MiB")
     w.finish()
+    inbound_auth = _inbound_auth(auth_table, errors)
 
     retry = _retry(retry_table, "gateway.inbound_retry", RetryConfig(), errors)
     outbound_retry = _retry(out_retry_table, "gateway.outbound_retry", OUTBOUND_RETRY, errors)
@@ -294,7 +341,12 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
         lmtp_socket=lmtp_socket or runtime_dir / "store" / "lmtp.sock",
         database=s.path("database", state_dir / "tickets.db") or state_dir / "tickets.db",
         socket_group=s.get("socket_group", str, ""),
+        duplicate_window_days=s.get(
+            "duplicate_window_days", float, StoreConfig.duplicate_window_days
+        ),
     )
+    if store.duplicate_window_days < 0:
+        errors.append("store.duplicate_window_days: must be 0 (off) or more days")
     if len(str(store.lmtp_socket)) > 100:
         errors.append(f"store.lmtp_socket: {store.lmtp_socket} is too long for a Unix socket")
     s.finish()
@@ -324,6 +376,7 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
         submission=submission,
         outbound=outbound,
         outbound_retry=outbound_retry,
+        inbound_auth=inbound_auth,
         store=store,
         dkim=dkim,
         metrics=metrics,

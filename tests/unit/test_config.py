@@ -24,6 +24,7 @@ def test_example_file_is_valid_and_matches_defaults() -> None:
     assert loaded.dns == cfg.parse({}).dns
     assert loaded.metrics == cfg.parse({}).metrics
     assert loaded.channels == cfg.parse({}).channels
+    assert loaded.inbound_auth == cfg.InboundAuthConfig()
 
 
 def test_every_setting_is_in_the_example_and_nothing_else() -> None:
@@ -38,6 +39,7 @@ def test_every_setting_is_in_the_example_and_nothing_else() -> None:
         "gateway.outbound_retry": (example["gateway"]["outbound_retry"], cfg.RetryConfig),
         "gateway.submission": (example["gateway"]["submission"], cfg.SubmissionConfig),
         "gateway.outbound": (example["gateway"]["outbound"], cfg.OutboundConfig),
+        "gateway.inbound_auth": (example["gateway"]["inbound_auth"], cfg.InboundAuthConfig),
         "store": (example["store"], cfg.StoreConfig),
         "dkim": (example["dkim"], cfg.DkimConfig),
         "metrics": (example["metrics"], cfg.MetricsConfig),
