@@ -9,8 +9,13 @@ One run measures both sides with the same load generator, Postfix's own smtp-sou
      the message being filed on a ticket, per message.
 
 Each side runs ``--repeat`` times on a fresh instance; the best and every run are printed.
+``--verdicts off`` runs the gateway without its SPF/DKIM/DMARC/ARC verdicts
+(``[gateway.inbound_auth] enabled = false``); with ``on`` (the default) its resolver asks a DNS
+server in this process that serves the sender's SPF and DMARC records, so that the two runs
+give what the verdicts cost.
 
     .venv/bin/python bench/accept_rate.py [--messages N] [--sessions 10] [--size 4096]
+        [--verdicts on|off]
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from typing import TypeVar
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from daemons import Daemon, provision, write_config
+from dns_server import DnsServer
 from postfix_harness import PostfixInstance, postfix_binary
 
 DOMAIN = "helpdesk.example"
@@ -145,9 +151,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def sender_dns() -> DnsServer:
+    """The records of the load's sender: SPF passes for 127.0.0.1, DMARC p=none aligns with it
+    (smtp-source does not sign, so dkim=none)."""
+    domain = SENDER.split("@")[1]
+    server = DnsServer()
+    server.add(domain, "TXT", '"v=spf1 ip4:127.0.0.1 -all"')
+    server.add(f"_dmarc.{domain}", "TXT", '"v=DMARC1; p=none"')
+    return server
+
+
 def run_gateway(args: argparse.Namespace) -> Run:
     root = new_dir(args, "mx")
-    config = write_config(root)
+    dns = sender_dns() if args.verdicts == "on" else None
+    if dns is None:
+        auth = "inbound_auth = { enabled = false }"
+    else:
+        auth = f'inbound_auth = {{ nameservers = ["{dns.host}:{dns.port}"] }}'
+    config = write_config(root, gateway_extra=auth)
     provision(config)
     port = int(re.findall(r"127\.0\.0\.1:(\d+)", config.read_text())[0])
     store = Daemon(config, "store", root / "store.log")
@@ -184,6 +205,8 @@ def run_gateway(args: argparse.Namespace) -> Run:
     finally:
         gateway.close()
         store.close()
+        if dns is not None:
+            dns.close()
     shutil.rmtree(root, ignore_errors=True)
     accepted = [accept_time(q) for q, _ in rows]
     created = [c for _, c in rows]
@@ -279,8 +302,9 @@ def run_interleaved(
 def print_reproduce(script: str, args: argparse.Namespace) -> None:
     """The command line that repeats this run."""
     command = [".venv/bin/python", script]
-    for name in ("messages", "sessions", "size", "repeat"):
-        command += [f"--{name}", str(getattr(args, name))]
+    for name in ("messages", "sessions", "size", "repeat", "verdicts"):
+        if hasattr(args, name):  # --verdicts is this script's own
+            command += [f"--{name}", str(getattr(args, name))]
     print("reproduce:")
     print("  " + shlex.join(command))
 
@@ -326,6 +350,7 @@ def report(args: argparse.Namespace, runs: list[Run]) -> None:
         f"CPU per message, mean of gateway runs: gateway {gateway_cpu:.2f} ms,"
         f" store {store_cpu:.2f} ms (accept to ticket, delivery over LMTP included)"
     )
+    print(f"inbound verdicts: {args.verdicts}")
     print()
     print("problems: warnings/errors in the daemons' logs (gateway), deferred or bounced")
     print("deliveries (Postfix); filed/s: messages filed per second, first accept to last ticket")
@@ -340,6 +365,12 @@ def main() -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_load_arguments(parser, "parallel SMTP sessions")
+    parser.add_argument(
+        "--verdicts",
+        choices=("on", "off"),
+        default="on",
+        help="the gateway's inbound SPF/DKIM/DMARC/ARC verdicts",
+    )
     args = parser.parse_args()
     report(args, run_interleaved(args, run_postfix, run_gateway))
 

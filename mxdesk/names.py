@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -88,3 +88,137 @@ def parse_address(text: str) -> Address:
     if len(labels) < 2 or not all(_LABEL.match(p) for p in labels):
         raise InvalidName(f"{text!r}: {domain!r} is not a domain name")
     return Address(local.lower(), domain)
+
+
+# RFC 5322 §3.2.3 specials that may not stand unquoted in an addr-spec.
+_SPECIALS = frozenset('()<>[]:;@\\,"')
+MAX_COMMENT_DEPTH = 8
+
+
+@dataclass
+class _Element:
+    """One element of an address list as the scan left it (comments taken out)."""
+
+    raw: list[str] = field(default_factory=list)  # outside <>, quotes kept
+    phrase: list[str] = field(default_factory=list)  # outside <>, quotes taken off
+    comment: list[str] = field(default_factory=list)
+    angle: list[str] | None = None  # inside <>, quotes kept
+    after: list[str] = field(default_factory=list)  # outside the comments after <>
+    bare_at: bool = False  # an '@' outside quotes and <>
+
+
+def header_addresses(value: str, complete: bool = True) -> list[tuple[str, str]] | None:
+    """The (display name, address) of each mailbox of an address header (From, To, Cc); None
+    when the header is malformed, rather than a guess that readers could disagree with.
+
+    email.utils.getaddresses guesses: without the fix for CVE-2023-27043 (Python before
+    3.11.10, 3.12.6 and 3.13) it reads `alice@a.example <bob@b.example>` as two mailboxes,
+    and `alice@a.example)<bob@b.example>` as alice; on every version nested comments make it
+    raise RecursionError. Here one linear scan splits the list, and each element must be a
+    lone addr-spec (a comment may give its name) or `phrase <addr-spec>` without an unquoted
+    '@' in the phrase. Groups (`name: a@b, c@d;`) give their members. A value cut short
+    (complete=False) loses its last element, however it ends.
+    """
+    elements = _scan(value, complete)
+    if elements is None:
+        return None
+    found = []
+    for element in elements:
+        mailbox = _mailbox(element)
+        if mailbox is None:
+            return None
+        if mailbox[1]:
+            found.append(mailbox)
+    return found
+
+
+def _scan(value: str, complete: bool) -> list[_Element] | None:
+    """The elements of an address list, or None when a quote, a comment, <> or a group is left
+    open, a special character stands where none may, or comments nest deeper than
+    MAX_COMMENT_DEPTH."""
+    out = [_Element()]
+    quoted = escaped = in_angle = group = False
+    depth = 0
+    for c in value:
+        el = out[-1]
+        if depth:  # in a comment: (…) nest, a backslash quotes the next character
+            if escaped or c not in "\\()":
+                escaped = False
+                el.comment.append(c)
+            elif c == "\\":
+                escaped = True
+            else:
+                depth += 1 if c == "(" else -1
+                if depth > MAX_COMMENT_DEPTH:
+                    return None
+                el.comment.append(c if depth else " ")
+        elif quoted:  # in a quoted string: the quotes and backslashes stay in the address
+            quoted = escaped or c != '"'
+            text = "" if c in '\\"' and not escaped else c
+            escaped = not escaped and c == "\\"
+            _put(el, in_angle, c, text)
+        elif c == "(":
+            depth = 1
+        elif c == '"':
+            quoted = True
+            _put(el, in_angle, c, "")
+        elif c == "<" and el.angle is None:
+            in_angle, el.angle = True, []
+        elif c == ">" and in_angle:
+            in_angle = False
+        elif in_angle and c not in "<>":
+            _put(el, in_angle, c, c)
+        elif c == "," or (c == ";" and group):
+            group = group and c == ","
+            out.append(_Element())
+        elif c == ":" and not group and el.angle is None and not el.bare_at:
+            group = True
+            out[-1] = _Element()  # a group's name names no mailbox
+        elif c in "()<>;:":
+            return None
+        else:
+            el.bare_at = el.bare_at or c == "@"
+            _put(el, in_angle, c, c)
+    if not complete:
+        return out[:-1]
+    return None if quoted or depth or in_angle or group else out
+
+
+def _put(el: _Element, in_angle: bool, raw: str, text: str) -> None:
+    if el.angle is None:
+        el.raw.append(raw)
+        el.phrase.append(text)
+    elif in_angle:
+        el.angle.append(raw)
+    else:
+        el.after.append(raw)
+
+
+def _mailbox(el: _Element) -> tuple[str, str] | None:
+    """(name, address) of one element, ("", "") for an empty one, None when malformed."""
+    comment = " ".join("".join(el.comment).split())
+    if el.angle is None:
+        address = "".join(el.raw).strip()
+        if not address:
+            return ("", "")
+        return (comment, address) if _addr_spec(address) else None
+    if el.bare_at or "".join(el.after).strip():
+        return None
+    address = "".join(el.angle).strip()
+    if address.startswith("@"):  # an obsolete source route, <@a,@b:user@c> (RFC 5322 §4.4)
+        address = address.rpartition(":")[2]
+    name = " ".join("".join(el.phrase).split()) or comment
+    return (name, address) if _addr_spec(address) else None
+
+
+def _addr_spec(address: str) -> bool:
+    """local@domain with a dot-atom or quoted local part and a dot-atom or literal domain."""
+    local, at, domain = address.rpartition("@")
+    if not (at and local and domain):
+        return False
+    quoted = len(local) > 1 and local[0] == local[-1] == '"'
+    if not quoted and any(c in _SPECIALS or c.isspace() for c in local):
+        return False
+    literal = domain[0] == "[" and domain[-1] == "]" and len(domain) > 2
+    inner = domain[1:-1] if literal else domain
+    return not any(c in _SPECIALS or c.isspace() for c in inner)

@@ -15,8 +15,10 @@ S = TypeVar("S", bound=SMTP)
 
 def with_extensions(responses: list[str]) -> list[str]:
     """aiosmtpd's EHLO/LHLO lines plus PIPELINING (RFC 2920) and ENHANCEDSTATUSCODES (RFC 2034),
-    which both the MX and the store honour."""
-    return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+    which both the MX and the store honour, less AUTH: aiosmtpd offers it after STARTTLS even
+    with nothing to check a password against, and no mxdesk listener takes a login."""
+    kept = [line for line in responses[:-1] if not line.startswith("250-AUTH")]
+    return [*kept, "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
 
 
 # <local@domain> with a dot-atom local part (RFC 5321 §4.1.2), then whatever follows: the common
@@ -94,6 +96,10 @@ class BlockDataSMTP(SMTP):
             chunk = await self._reader.read(65536)
             if not chunk:
                 raise ConnectionResetError("connection closed during DATA")
+            # A message that keeps coming is not idle: timeouts are per read (RFC 5321
+            # §4.5.3.2), so a large message on a slow link is not cut; the session's own
+            # time limit still ends a client that trickles.
+            self._reset_timeout()
             buf += chunk
         # Whatever the client pipelined after the final dot is its next command.
         rest = bytes(buf[end + 5 :])

@@ -39,7 +39,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# No test reaches a real DNS resolver: the inbound verdicts are off unless a test turns them on
+# (with its own local nameserver) in gateway_extra.
+NO_VERDICTS = "inbound_auth = { enabled = false }"
+
+
 def write_config(root: Path, port: int | None = None, gateway_extra: str = "") -> Path:
+    if "inbound_auth" not in gateway_extra:
+        gateway_extra = f"{NO_VERDICTS}\n{gateway_extra}"
     path = root / "mxdesk.toml"
     path.write_text(CONFIG.format(root=root, port=port or free_port(), gateway_extra=gateway_extra))
     return path

@@ -10,7 +10,7 @@ from typing import NoReturn
 import click
 
 from mxdesk import config as cfg
-from mxdesk import configcheck, daemon, demo, domains, ownership, state
+from mxdesk import configcheck, daemon, demo, domains, ownership, state, versions
 from mxdesk.cli.context import Context, pass_context
 from mxdesk.cli.output import emit_json, errors_to_exit, json_option
 from mxdesk.configread import Problem
@@ -24,8 +24,10 @@ DAEMON_EPILOG = """\b
 Exit status: 0 after SIGTERM (work in flight finished); 2 when the
 configuration is wrong (each error with its file and line); 3 when it
 cannot start and a person must act (the port is in use, no permission to
-bind it, a socket in use by a running daemon); 1 on anything else. A
-failure is one line on stderr; log_level = "debug" logs the traceback too.
+bind it, a socket in use by a running daemon, a Python or aiosmtpd with a
+known mail-parsing flaw: the line names the version needed); 1 on anything
+else. A failure is one line on stderr; log_level = "debug" logs the
+traceback too.
 
 \b
 SIGHUP reloads what can change while running: the TLS certificate and key,
@@ -64,6 +66,7 @@ def _daemon_config(ctx: Context, name: str, is_demo: bool = False) -> cfg.Config
         raise SystemExit(EXIT_CONFIG)
     daemon.setup_logging(config.general.log_level)
     try:
+        versions.check()
         init_state(config)
     except Exception as exc:
         daemon.log.debug("%s: start-up failed", name, exc_info=True)

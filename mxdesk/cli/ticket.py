@@ -150,6 +150,7 @@ def _print_ticket(t: queries.TicketDetail) -> None:
             ("created", t.created),
             ("updated", t.updated),
             ("flags", ", ".join(t.flags)),
+            ("note", t.note),
             ("people", people),
         ]
     )
@@ -169,6 +170,8 @@ def _print_ticket(t: queries.TicketDetail) -> None:
                 ("Message-ID", m.message_id or ""),
                 ("Queue-ID", m.queue_id),
                 ("Flags", ", ".join(m.flags)),
+                ("Note", m.note),
+                ("Verdicts", _verdicts(m)),
                 ("Operator", m.operator),
                 ("Status", f"{m.status}: {m.status_detail}" if m.status_detail else m.status),
             ]
@@ -182,6 +185,13 @@ def _print_ticket(t: queries.TicketDetail) -> None:
         click.echo(f"\n{body}\n" if body else "\n(no text body)\n")
         for a in m.attachments:
             click.echo(f"  attachment  {_line(a.filename)}  {a.content_type}  {_size(a.size)}")
+
+
+def _verdicts(m: queries.MessageView) -> str:
+    """The gateway's verdicts in one line, for a message that came in."""
+    if m.direction != "in":
+        return ""
+    return m.verdicts.summary() if m.verdicts else "none recorded (no Authentication-Results)"
 
 
 def _writable(ctx: Context) -> tuple[Database, sqlite3.Connection, bytes]:

@@ -170,6 +170,17 @@ class SpoolEntry:
         return DEFERRED if self.state == QUEUED and self.attempts > 0 else self.state
 
 
+def damage(size: int, stored: int, recipients: int) -> str:
+    """Why an entry cannot be delivered as it is ("" when it can): its data is not the size
+    recorded when it was accepted, or it has no recipients. Only a disk or a hand that changed
+    spool.db behind SQLite's back can do that; such an entry is held and never sent."""
+    if stored != size:
+        return f"damaged: {stored} of its {size} bytes in the spool"
+    if recipients == 0:
+        return "damaged: no recipients recorded"
+    return ""
+
+
 def new_queue_id() -> str:
     """Sortable and unique: milliseconds since the epoch, then 24 random bits."""
     return f"{int(time.time() * 1000):011X}{secrets.token_hex(3).upper()}"

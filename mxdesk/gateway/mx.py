@@ -7,9 +7,13 @@ import logging
 from email.utils import formatdate
 from typing import Any
 
+from mxdesk.gateway.authresults import strip_ours
+from mxdesk.gateway.diskspace import SpaceReserve, declared_size
+from mxdesk.gateway.inboundauth import InboundVerifier
 from mxdesk.gateway.policy import Accept, RecipientPolicy
 from mxdesk.gateway.smtp import GatewayEnvelope
 from mxdesk.gateway.spool import NewEntry, Recipient, Spool, SpoolError, new_queue_id
+from mxdesk.gateway.verdicts import Envelope
 from mxdesk.metrics import GatewayMetrics
 from mxdesk.smtpfast import with_extensions
 
@@ -18,6 +22,7 @@ log = logging.getLogger("mxdesk.gateway.mx")
 R250_RCPT_OK = "250 2.1.5 Ok"
 R250_MAIL_OK = "250 2.1.0 Ok"
 R452_TOO_MANY_RCPTS = "452 4.5.3 Error: too many recipients"
+R452_NO_SPACE = "452 4.3.1 Error: insufficient system storage, try again later"
 R451_LOCAL_ERROR = "451 4.3.0 Error: local error in processing, try again later"
 INBOUND = "in"
 
@@ -64,8 +69,14 @@ class MxHandler:
         host_name: str,
         max_recipients: int,
         metrics: GatewayMetrics | None = None,
+        min_free_mb: int = 0,
+        verifier: InboundVerifier | None = None,
     ) -> None:
+        """min_free_mb: the free space (MiB) the spool's filesystem keeps; 0: no reserve.
+        verifier: SPF, DKIM, DMARC and ARC verdicts of each message (None: not checked)."""
         self._metrics = metrics or GatewayMetrics()
+        self._verifier = verifier
+        self._space = SpaceReserve(spool.path.parent, min_free_mb)
         self._policy = policy
         self._spool = spool
         self._host_name = host_name
@@ -85,6 +96,8 @@ class MxHandler:
         address: str,
         mail_options: list[str],
     ) -> str:
+        if self._space.low(declared_size(mail_options)):
+            return R452_NO_SPACE
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return R250_MAIL_OK
@@ -108,10 +121,40 @@ class MxHandler:
         envelope.routes.append(decision)
         return R250_RCPT_OK
 
+    async def _authenticate(
+        self, session: Any, content: bytes, mail_from: str, queue_id: str
+    ) -> tuple[bytes, str | None]:
+        """Our Authentication-Results header for the message as received, and the reply that
+        refuses it ([gateway.inbound_auth]; None: accept)."""
+        if self._verifier is None:
+            return b"", None
+        peer = session.peer
+        client_ip = str(peer[0]) if isinstance(peer, tuple) else None
+        envelope = Envelope(client_ip, mail_from, session.host_name or "")
+        checked = await self._verifier.check(content, envelope)
+        reply = self._verifier.refusal(checked.verdicts)
+        log.info(
+            "queue_id=%s client=%s from=<%s> %s%s",
+            queue_id,
+            _client(session),
+            _clean(mail_from),
+            f"result=rejected reply={reply[:3]} " if reply else "",
+            checked.verdicts.summary(),
+        )
+        return checked.header, reply
+
     async def handle_DATA(self, server: Any, session: Any, envelope: GatewayEnvelope) -> str:
         queue_id = new_queue_id()
-        data = received_header(session, envelope, self._host_name, queue_id)
-        data += envelope.original_content or b""
+        content = envelope.original_content or b""
+        # aiosmtpd keeps the null reverse-path (bounces, RFC 5321 §4.5.5) as "<>".
+        mail_from = "" if envelope.mail_from == "<>" else envelope.mail_from or ""
+        auth, refused = await self._authenticate(session, content, mail_from, queue_id)
+        if refused is not None:
+            return refused
+        # Ours above our Received: every Authentication-Results field above it is ours, each
+        # one below came from outside; one that claims our name is removed (RFC 8601 §5).
+        data = auth + received_header(session, envelope, self._host_name, queue_id)
+        data += strip_ours(content, self._host_name)
         seen: set[str] = set()
         recipients = []
         for route in envelope.routes:
@@ -119,8 +162,6 @@ class MxHandler:
             if route.mailbox not in seen:
                 seen.add(route.mailbox)
                 recipients.append(Recipient(route.original, route.mailbox, route.tenant))
-        # aiosmtpd keeps the null reverse-path (bounces, RFC 5321 §4.5.5) as "<>".
-        mail_from = "" if envelope.mail_from == "<>" else envelope.mail_from or ""
         entry = NewEntry(queue_id, INBOUND, _client(session), mail_from, tuple(recipients), data)
         try:
             # Shielded: a client that hangs up after the final dot cannot cancel the commit

@@ -14,6 +14,7 @@ from mxdesk.daemon import ReloadError
 from mxdesk.dns.lifecycle import DomainLifecycle
 from mxdesk.gateway.fetch.manager import ChannelManager
 from mxdesk.gateway.fetch.tokens import TokenSource
+from mxdesk.gateway.inboundauth import InboundVerifier
 from mxdesk.gateway.lmtp import LmtpClient, Reply
 from mxdesk.gateway.mx import INBOUND, MxHandler
 from mxdesk.gateway.outrunner import Notices, OutboundRunner
@@ -89,6 +90,8 @@ class GatewayService:
         self.state: sqlite3.Connection | None = None
         self.lifecycle: DomainLifecycle | None = None
         self.channels: ChannelManager | None = None
+        # SPF, DKIM, DMARC and ARC verdicts of inbound mail (MX and channels); None: disabled.
+        self.verifier: InboundVerifier | None = None
         self._writable: sqlite3.Connection | None = None
         # OAuth 2.0 access tokens, shared by the fetchers and the outboxes that use a grant.
         self.tokens = TokenSource(
@@ -116,12 +119,20 @@ class GatewayService:
             cfg.gateway.postmaster_tenant,
         )
         self.tls = tls_context(cfg)
+        if cfg.inbound_auth.enabled:
+            self.verifier = InboundVerifier(cfg.inbound_auth, cfg.general.host_name)
         loop = asyncio.get_running_loop()
 
         def protocol() -> GatewaySMTP:
             gw = self.config.gateway  # read at start and on each reload (SIGHUP)
             handler = MxHandler(
-                policy, self.spool, cfg.general.host_name, gw.max_recipients, self.metrics
+                policy,
+                self.spool,
+                cfg.general.host_name,
+                gw.max_recipients,
+                self.metrics,
+                min_free_mb=gw.min_free_mb,
+                verifier=self.verifier,
             )
             return GatewaySMTP(
                 handler,
@@ -228,7 +239,7 @@ class GatewayService:
         self.outbound_runner.start()
         self.lifecycle = DomainLifecycle(cfg, self.spool)
         self.lifecycle.start()
-        self.channels = ChannelManager(cfg, self.spool, self.metrics, self.tokens)
+        self.channels = ChannelManager(cfg, self.spool, self.metrics, self.tokens, self.verifier)
         self.channels.start()
 
     def _writable_state(self) -> sqlite3.Connection:
@@ -300,6 +311,8 @@ class GatewayService:
             await close()
         if self.lmtp is not None:
             await self.lmtp.close()
+        if self.verifier is not None:
+            self.verifier.close()
         await self.spool.close()
         if self.state is not None:
             self.state.close()

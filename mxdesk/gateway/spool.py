@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import sqlite3
@@ -27,11 +28,13 @@ from mxdesk.gateway.entries import (
     Recipient,
     SpoolEntry,
     apply_results,
+    damage,
     insert_entry,
     new_queue_id,
     read_entry,
     spool_counts,
 )
+from mxdesk.startup import StartupError
 from mxdesk.state import migrate
 
 log = logging.getLogger("mxdesk.gateway.spool")
@@ -60,6 +63,21 @@ class SpoolError(Exception):
     """The spool could not make a message durable; the client must be told 451."""
 
 
+def lock_spool(path: Path) -> int:
+    """The spool is this process's until it ends, however it ends: claims found at start are
+    dead. An flock, apart from SQLite's POSIX locks on Linux; returns its descriptor."""
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StartupError(
+            f"the gateway spool {path} is in use by a running gateway: stop it first, or give"
+            " this one its own [gateway] spool_path"
+        ) from None
+    return fd
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -78,6 +96,7 @@ class Spool:
         self._next_prune = 0.0  # time.monotonic() of the next pruning
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
         self._conn: sqlite3.Connection | None = None
+        self._lock: int | None = None  # the descriptor of lock_spool()
         self._pending: list[
             tuple[Callable[[sqlite3.Connection], None], asyncio.Future[None], bool]
         ] = []
@@ -91,31 +110,34 @@ class Spool:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        # FULL: the WAL is fsynced at every commit, so a committed entry survives power loss.
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        migrate(conn, SCHEMA)
-        conn.row_factory = sqlite3.Row
-        self._conn = conn
-        # The WAL and journal files may just have been created: make their names durable.
-        fsync_dir(self.path.parent)
-        self._recover()
+        self._lock = lock_spool(self.path)
+        try:
+            conn = self._conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: the WAL is fsynced at every commit, so a committed entry survives power loss.
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            migrate(conn, SCHEMA)
+            conn.row_factory = sqlite3.Row
+            # The WAL and journal files may just have been created: make their names durable.
+            fsync_dir(self.path.parent)
+            self._recover()
+        except BaseException:
+            self._close()
+            raise
 
     def _recover(self) -> None:
-        """Entries without recipients cannot be delivered: hold them for a person to look at."""
+        """Holds damaged entries for a person to look at; puts claimed ones back in the queue."""
         conn = self._db()
-        orphans = conn.execute(
-            "SELECT id FROM entries WHERE id NOT IN (SELECT entry FROM recipients)"
+        rows = conn.execute(
+            "SELECT id, size, length(data),"
+            " (SELECT count(*) FROM recipients WHERE entry=entries.id) FROM entries"
+            " WHERE state!=?",
+            (HELD,),
         ).fetchall()
-        for row in orphans:
-            log.warning("queue_id=%s has no recipients: held", row["id"])
-            conn.execute(
-                "UPDATE entries SET state=?, last_error=? WHERE id=?",
-                (HELD, "no recipients recorded", row["id"]),
-            )
-            history.record(conn, row["id"], history.HELD, "no recipients recorded")
+        self._hold_damaged(conn, {r[0]: why for r in rows if (why := damage(*r[1:]))})
         # A claim dies with the process that made it: the attempt did not finish.
         stopped = "the gateway stopped during an attempt"
         history.record_where(conn, "state=?", (DELIVERING,), history.REQUEUED, stopped)
@@ -123,6 +145,14 @@ class Spool:
         count = conn.execute("SELECT count(*) FROM entries WHERE state=?", (QUEUED,)).fetchone()
         if count[0]:
             log.info("spool recovered with %d queued entries", count[0])
+
+    def _hold_damaged(self, conn: sqlite3.Connection, reasons: dict[str, str]) -> None:
+        for entry_id, reason in reasons.items():
+            log.error("queue_id=%s %s: held, it will not be delivered", entry_id, reason)
+            conn.execute(
+                "UPDATE entries SET state=?, last_error=? WHERE id=?", (HELD, reason, entry_id)
+            )
+            history.record(conn, entry_id, history.HELD, reason)
 
     async def close(self) -> None:
         if self._committer is not None:
@@ -134,6 +164,9 @@ class Spool:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -226,19 +259,27 @@ class Spool:
                 " ORDER BY next_attempt LIMIT ?",
                 (QUEUED, kind, time.time(), limit + len(exclude)),
             ).fetchall()
-            rows = [r for r in rows if r["id"] not in exclude][:limit]
+            entries = [read_entry(conn, r) for r in rows if r["id"] not in exclude][:limit]
+            # Held at start-up already; checked again in case a person released one.
+            damaged = {
+                e.id: why
+                for e in entries
+                if (why := damage(e.size, len(e.data), len(e.recipients)))
+            }
+            self._hold_damaged(conn, damaged)
+            entries = [e for e in entries if e.id not in damaged]
             if claim:
                 # Claimed durably before anything is sent: from now on `mxdesk queue cancel`
                 # refuses, so a cancelled reply can never reach a remote server.
                 conn.executemany(
-                    "UPDATE entries SET state=? WHERE id=?", [(DELIVERING, r["id"]) for r in rows]
+                    "UPDATE entries SET state=? WHERE id=?", [(DELIVERING, e.id) for e in entries]
                 )
                 conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        return [read_entry(conn, r) for r in rows]
+        return entries
 
     async def unclaim(self, entry_id: str) -> None:
         """Puts a claimed entry back in the queue unchanged (its attempt crashed)."""

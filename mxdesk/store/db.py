@@ -91,6 +91,26 @@ SCHEMA = [
         PRIMARY KEY (message, recipient)
     );
     """,
+    # Inbound trust: the gateway's verdicts (JSON, NULL when the message came without them),
+    # the content fingerprint that recognises a message arriving again, notes for people, the
+    # ticket a new ticket's subject claimed without a verified sender, and the deliveries filed
+    # as duplicates of a stored message. The Message-ID index also serves the duplicate lookup.
+    """
+    ALTER TABLE messages ADD COLUMN verdicts TEXT;
+    ALTER TABLE messages ADD COLUMN fingerprint TEXT;
+    ALTER TABLE messages ADD COLUMN note TEXT NOT NULL DEFAULT '';
+    ALTER TABLE tickets ADD COLUMN claims INTEGER;
+    ALTER TABLE tickets ADD COLUMN note TEXT NOT NULL DEFAULT '';
+    DROP INDEX messages_message_id;
+    CREATE INDEX messages_message_id ON messages(message_id, fingerprint);
+    CREATE TABLE duplicates (
+        idempotency_key TEXT PRIMARY KEY,
+        queue_id TEXT,
+        message INTEGER NOT NULL REFERENCES messages(id),
+        recipient TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    """,
 ]
 
 # An outbound message's status. new: waiting for the store daemon; submitting: being handed to
@@ -142,10 +162,14 @@ def open_readonly(path: Path) -> Database:
 
 
 def delivered_ticket(db: Database, key: str) -> int | None:
-    """The ticket a delivery with this idempotency key was filed on, if any."""
-    for row in db.query("SELECT ticket FROM messages WHERE idempotency_key = ?", [key]):
-        return int(row["ticket"])
-    return None
+    """The ticket a delivery with this idempotency key was filed on (or found a duplicate on)."""
+    row = db.execute(
+        "SELECT ticket FROM messages WHERE idempotency_key = ?"
+        " UNION ALL SELECT m.ticket FROM duplicates d JOIN messages m ON m.id = d.message"
+        " WHERE d.idempotency_key = ? LIMIT 1",
+        [key, key],
+    ).fetchone()
+    return None if row is None else int(row[0])
 
 
 def known_messages(db: Database, ids: Iterable[str]) -> dict[str, list[KnownMessage]]:
@@ -163,13 +187,18 @@ def known_messages(db: Database, ids: Iterable[str]) -> dict[str, list[KnownMess
     return found
 
 
-def known_tickets(db: Database, numbers: Iterable[int]) -> dict[int, KnownTicket]:
-    """Tenant and participants of the given tickets (those that exist)."""
+def known_tickets(db: Database, numbers: Iterable[int], sender: str) -> dict[int, KnownTicket]:
+    """Tenant of the given tickets (those that exist), and whether the sender takes part in
+    each: the participants it gives are the sender or nobody, as a big ticket has many."""
     found = {}
     for number in numbers:
-        for row in db.query("SELECT tenant FROM tickets WHERE number = ?", [number]):
-            people = db.query("SELECT address FROM participants WHERE ticket = ?", [number])
-            found[number] = KnownTicket(row["tenant"], frozenset(p["address"] for p in people))
+        row = db.execute(
+            "SELECT tenant, EXISTS (SELECT 1 FROM participants WHERE ticket = ? AND address = ?)"
+            " FROM tickets WHERE number = ?",
+            [number, sender, number],
+        ).fetchone()
+        if row is not None:
+            found[number] = KnownTicket(row[0], frozenset({sender} if row[1] else ()))
     return found
 
 

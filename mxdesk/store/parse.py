@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from email import policy
+from email.feedparser import BytesFeedParser
 from email.message import Message
 from email.parser import BytesParser
-from email.utils import getaddresses
-from typing import TypeVar
+from email.policy import EmailPolicy
+from typing import Any, TypeVar
 
+from mxdesk.names import header_addresses
 from mxdesk.store.decode import (
     decode_header_value,
     decode_text,
@@ -30,13 +31,57 @@ MAX_PARTS = 500
 MAX_DEPTH = 30
 MAX_DEFECTS = 100
 MAX_DEFECT_TEXT = 300
+# The email package's parser of structured headers (Content-Type, Content-Disposition …) takes
+# time that grows with the square of a value's length: a file name of 10^4 encoded words took 7 s,
+# 8 KB of '"' 2 s. So a header is parsed from its first MAX_PARSED_HEADER characters (enough for
+# a file name of MAX_FILENAME characters in RFC 2231 encoding), and one message may spend
+# PARSE_WORK, counted in characters squared (4 s at the slowest), however many parts it has.
+MAX_PARSED_HEADER = 2048
+PARSE_WORK = 400_000_000
+# Each multipart level makes the feed parser test every later line against one more boundary:
+# 400 levels over 300 KB took 8 s.
+MAX_NESTING = 50
 _QUEUE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _MSGID = re.compile(r"<[^<>\s\x00-\x1f\x7f]{1,250}>")
 _BARE_MSGID = re.compile(r"[^<>\s\x00-\x1f\x7f]{1,250}@[^<>\s\x00-\x1f\x7f]{1,250}")
 _REPORT_COPY_TYPES = ("message/rfc822", "message/global", "text/rfc822-headers")
 _EML_TYPES = ("message/rfc822", "message/global")
-_CRLF = policy.default.clone(linesep="\r\n")
 T = TypeVar("T")
+
+
+class TooCostly(Exception):
+    """A message's MIME structure is beyond a parsing bound; it is kept as text."""
+
+
+class _ParseWork:
+    """One message's parsed structured headers, and the work it may still spend on more."""
+
+    def __init__(self) -> None:
+        self.left = PARSE_WORK
+        self.parsed: dict[tuple[str, str], Any] = {}
+
+
+class _BoundedPolicy(EmailPolicy):
+    """policy.default with the bounds above: each header value parsed once per message, from
+    its first MAX_PARSED_HEADER characters, while the message's work lasts."""
+
+    work: _ParseWork | None = None
+
+    def header_fetch_parse(self, name: str, value: str) -> Any:
+        if self.work is None or hasattr(value, "name"):  # no work, or parsed already
+            return super().header_fetch_parse(name, value)
+        key = (name, value[:MAX_PARSED_HEADER])
+        if key not in self.work.parsed:
+            self.work.left -= len(key[1]) ** 2 + 4096  # 4096: the cost of a short value
+            if self.work.left < 0:
+                raise TooCostly(f"headers too costly to parse (more than {PARSE_WORK} units)")
+            self.work.parsed[key] = super().header_fetch_parse(*key)
+        return self.work.parsed[key]
+
+
+_POLICY = _BoundedPolicy()
+# Attached messages are written back as they came: refolding a long header parses it whole.
+_CRLF = _POLICY.clone(linesep="\r\n", refold_source="none")
 
 
 @dataclass(frozen=True)
@@ -82,6 +127,8 @@ def queue_id_of(raw: bytes) -> str | None:
 
 def message_ids(text: str, limit: int = MAX_REFERENCES) -> list[str]:
     """The <id> tokens of a Message-ID, In-Reply-To or References value, the last `limit` kept."""
+    # Raw 8-bit bytes arrive as surrogate escapes, which no database can store.
+    text = raw_header_text(text)
     found = _MSGID.findall(text)
     if not found:
         bare = text.strip()
@@ -92,17 +139,42 @@ def message_ids(text: str, limit: int = MAX_REFERENCES) -> list[str]:
 def parse_message(raw: bytes) -> ParsedMessage:
     """Parses raw message bytes; never raises, a message it cannot parse is kept as text."""
     try:
-        msg = BytesParser(policy=policy.default).parsebytes(raw)
-        return _Builder(msg).build()
+        return _Builder(_parse(raw)).build()
     except Exception as exc:  # a parser bug or absurd nesting must not lose the message
         return _unparsed(raw, exc)
 
 
+def _bounded() -> _BoundedPolicy:
+    """A policy for parsing one message, with its own work."""
+    bounded = _POLICY.clone()
+    object.__setattr__(bounded, "work", _ParseWork())  # a policy is read-only once made
+    return bounded
+
+
+def _parse(raw: bytes) -> Message:
+    parser = BytesFeedParser(policy=_bounded())
+    lines = getattr(parser, "_input", None)
+    push = getattr(lines, "push_eof_matcher", None)
+    stack = getattr(lines, "_eofstack", None)
+    # Private to the email package (unchanged from 3.6 to 3.13); without them, no nesting bound.
+    if push is not None and isinstance(stack, list):
+
+        def bounded_push(matcher: Callable[[str], object]) -> None:
+            if len(stack) >= MAX_NESTING:
+                raise TooCostly(f"MIME nesting deeper than {MAX_NESTING}")
+            push(matcher)
+
+        lines.push_eof_matcher = bounded_push  # type: ignore[union-attr]
+    parser.feed(raw)
+    return parser.close()
+
+
 def _unparsed(raw: bytes, exc: Exception) -> ParsedMessage:
     head, _, body = raw.replace(b"\r\n", b"\n").partition(b"\n\n")
-    defect = f"message: could not be parsed ({type(exc).__name__}); kept as text"
+    why = str(exc) if isinstance(exc, TooCostly) else f"could not be parsed ({type(exc).__name__})"
+    defect = f"message: {why}; kept as text"
     try:
-        msg = BytesParser(policy=policy.default).parsebytes(head + b"\n\n", headersonly=True)
+        msg = BytesParser(policy=_bounded()).parsebytes(head + b"\n\n", headersonly=True)
         headers = _Builder(msg).header_fields()
     except Exception:
         headers = ParsedMessage()
@@ -146,9 +218,12 @@ class _Builder:
         )
 
     def addresses(self, name: str) -> list[tuple[str, str]]:
-        value = raw_header_text(self.headers.get(name, ""))
+        value = self.headers.get(name, "")
+        found = header_addresses(raw_header_text(value), len(value) < MAX_HEADER_CHARS)
+        if found is None and name != "from":  # From: has its own defect
+            self.defect("message", f"{name.capitalize()}: malformed address list, none taken")
         out = []
-        for display, addr in getaddresses([value])[:MAX_ADDRESSES] if value else []:
+        for display, addr in (found or [])[:MAX_ADDRESSES]:
             addr = addr.strip().lower()
             if _plain_address(addr):
                 out.append((decode_header_value(display)[:MAX_SHORT_HEADER], addr))
@@ -203,7 +278,7 @@ class _Builder:
         if parent == "multipart/report":
             for sub in inner:
                 name = "message-id" if ctype in _EML_TYPES else "original-message-id"
-                self.report_refs.extend(message_ids(str(sub.get(name, "")), 1))
+                self.report_refs.extend(message_ids(_raw_value(sub, name), 1))
         content = b"\r\n".join(_as_bytes(sub) for sub in inner)
         suffix = ".eml" if ctype in _EML_TYPES else ".txt"
         self.attach(part, ctype, content, f"attachment-{index}{suffix}")
@@ -215,9 +290,9 @@ class _Builder:
         named = bool(_safe(part.get_filename))
         inline = disposition != "attachment" and not named
         if ctype == "text/rfc822-headers" and parent == "multipart/report":
-            copy = _safe(lambda: BytesParser(policy=policy.default).parsebytes(data, True))
+            copy = _safe(lambda: BytesParser(policy=_bounded()).parsebytes(data, True))
             if copy is not None:
-                self.report_refs.extend(message_ids(str(copy.get("message-id", "")), 1))
+                self.report_refs.extend(message_ids(_raw_value(copy, "message-id"), 1))
         # A multipart type without a usable boundary arrives as one leaf: its text is the body.
         textual = ctype == "text/plain" or ctype.startswith("multipart/")
         if inline and self.text is None and textual:
@@ -252,12 +327,18 @@ def _plain_address(addr: str) -> bool:
 
 
 def _content_type(part: Message) -> str:
-    ctype = _safe(part.get_content_type) or "text/plain"
-    return ctype[:100]
+    # The email package can return what the header said, controls included (`/\x1f0`).
+    ctype = "".join(without_controls(_safe(part.get_content_type) or "").split())
+    return ctype[:100] or "text/plain"
+
+
+def _raw_value(msg: Message, name: str) -> str:
+    """A header as it came: the email package's Message-ID parser raises on `<<<>>>` (3.12)."""
+    return next((str(v) for k, v in msg.raw_items() if k.lower() == name), "")
 
 
 def _describe(defect: object) -> str:
-    text = without_controls(str(defect))
+    text = " ".join(without_controls(str(defect)).split())
     name = type(defect).__name__
     return f"{name}: {text}" if text else name
 
@@ -273,5 +354,7 @@ def _safe(getter: Callable[[], T | None]) -> T | None:
     """A value the email package computes from a header, or None when that header is too broken."""
     try:
         return getter()
+    except TooCostly:
+        raise
     except Exception:
         return None

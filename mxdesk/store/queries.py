@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from mxdesk.store.verdicts import Verdicts, sender_verified
 from mxdesk.timefmt import timestamp
 
 
@@ -65,6 +66,11 @@ class MessageView:
     defects: list[str]
     attachments: list[AttachmentInfo]
     received: str
+    # Inbound only: the gateway's SPF, DKIM, DMARC and ARC verdicts (None: none were recorded)
+    # and whether they prove the From: address; why the store marked the message.
+    verdicts: Verdicts | None
+    sender_verified: bool | None
+    note: str
     # Outbound only ('' and [] for inbound): see mxdesk.store.db for the statuses.
     status: str
     status_detail: str
@@ -88,6 +94,9 @@ class TicketDetail:
     status: str
     requester: str
     flags: list[str]
+    # A ticket opened for a [#N] tag its sender could not use: N, and the note saying why.
+    claims: int | None
+    note: str
     created: str
     updated: str
     messages: list[MessageView]
@@ -120,8 +129,8 @@ def get_ticket(db: Database, number: int) -> TicketDetail:
     """Ticket `number` with its messages (oldest first) and participants."""
     found = list(
         db.query(
-            "SELECT number, tenant, mailbox, subject, status, requester, flags, created, updated"
-            " FROM tickets WHERE number = ?",
+            "SELECT number, tenant, mailbox, subject, status, requester, flags, claims, note,"
+            " created, updated FROM tickets WHERE number = ?",
             [number],
         )
     )
@@ -133,7 +142,7 @@ def get_ticket(db: Database, number: int) -> TicketDetail:
         for m in db.query(
             "SELECT id, queue_id, direction, from_addr, from_name, to_addrs, cc_addrs, date,"
             " subject, message_id, text_body, flags, defects, created, status, status_detail,"
-            " operator"
+            " operator, verdicts, note"
             " FROM messages WHERE ticket = ? ORDER BY id",
             [number],
         )
@@ -166,6 +175,8 @@ def _message(db: Database, m: dict[str, Any]) -> MessageView:
             [m["id"]],
         )
     ]
+    inbound = m["direction"] == "in"
+    verdicts = Verdicts.from_json(m["verdicts"])
     return MessageView(
         id=m["id"],
         direction=m["direction"],
@@ -182,10 +193,13 @@ def _message(db: Database, m: dict[str, Any]) -> MessageView:
         defects=_split(m["defects"], "\n"),
         attachments=files,
         received=timestamp(m["created"]),
+        verdicts=verdicts,
+        sender_verified=sender_verified(verdicts, m["from_addr"]) if inbound else None,
+        note=m["note"],
         status=m["status"],
         status_detail=m["status_detail"],
         operator=m["operator"],
-        deliveries=deliveries_of(db, m["id"]) if m["direction"] == "out" else [],
+        deliveries=[] if inbound else deliveries_of(db, m["id"]),
     )
 
 

@@ -126,6 +126,9 @@ async def start_store(
     store = TicketStore(
         await asyncio.to_thread(open_tickets, config.store.database),
         message_id_key=installation_key(config.general.state_dir),
+        # The gateway's verdicts carry its host name; the store trusts only that header.
+        host_name=config.general.host_name,
+        duplicate_window=config.store.duplicate_window_days * 86400,
     )
     # Its own connection: the hand-over and the LMTP filing are separate SQLite writers.
     outbox = Outbox(await asyncio.to_thread(open_tickets, config.store.database), backoff=backoff)

@@ -26,9 +26,10 @@ class KnownMessage:
 
 @dataclass(frozen=True)
 class KnownTicket:
-    """A ticket named by a [#N] subject tag."""
+    """A ticket a message could join (named by a tag, a reference or one of our Message-IDs)."""
 
     tenant: str
+    # Its participants; the store gives only those the decision asks about (the sender).
     participants: frozenset[str]
 
 
@@ -43,12 +44,31 @@ class ThreadFacts:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """A [#N] tag naming a ticket of the tenant that the sender may not join."""
+
+    ticket: int
+    participant: bool
+    verified: bool
+
+    @property
+    def reason(self) -> str:
+        if self.participant:
+            return "sender not verified"
+        return "sender not a participant" + ("" if self.verified else ", not verified")
+
+
+@dataclass(frozen=True)
 class Placement:
-    """The decision: an existing ticket, or None to open one; why; whether the mail is automatic."""
+    """The decision: an existing ticket, or None to open one; why; whether the mail is automatic;
+    for a new ticket, the ticket its tag claimed; for a joined one, whether it came in through a
+    reference from someone neither on the ticket nor verified."""
 
     ticket: int | None
     rule: str
     automatic: bool
+    claim: Claim | None = None
+    unverified_sender: bool = False
 
 
 def is_automatic(msg: ParsedMessage, envelope_from: str) -> bool:
@@ -79,28 +99,52 @@ def subject_tags(subject: str) -> list[int]:
 
 
 def place(
-    msg: ParsedMessage, automatic: bool, tenant: str, mailbox: str, facts: ThreadFacts
+    msg: ParsedMessage,
+    automatic: bool,
+    tenant: str,
+    mailbox: str,
+    facts: ThreadFacts,
+    verified: bool = False,
 ) -> Placement:
-    """Chooses the ticket: a known reference of the same tenant, else one of mxdesk's own
-    Message-IDs naming a ticket of the tenant, else a [#N] tag from a participant of that
-    ticket, else a new ticket. Another tenant's ticket is never joined."""
-    for message_id in referenced_ids(msg, automatic):
+    """Chooses the ticket. `verified`: the From: domain is proven (see verdicts.sender_verified).
+
+    1. A reference (In-Reply-To, References) to a stored message of the same tenant joins its
+       ticket, verified or not (the customer's other mail client); a sender neither on that
+       ticket nor verified is marked, unless the reference is one of mxdesk's own Message-IDs.
+    2. One of mxdesk's own Message-IDs (its MAC checked) joins the ticket it names.
+    3. A [#N] tag joins ticket N of the tenant only for a participant whose From: is verified;
+       otherwise a new ticket is opened with the claim on it.
+    Another tenant's ticket, or an unknown message, is never joined."""
+    refs = referenced_ids(msg, automatic)
+    for message_id in refs:
         found = [k for k in facts.messages.get(message_id, ()) if k.tenant == tenant]
         if found:
             same_box = [k for k in found if k.mailbox == mailbox]
-            return Placement(max(k.ticket for k in same_box or found), "reference", automatic)
-    for message_id in referenced_ids(msg, automatic):
+            number = max(k.ticket for k in same_box or found)
+            trusted = verified or message_id in facts.signed or _takes_part(msg, facts, number)
+            return Placement(number, "reference", automatic, unverified_sender=not trusted)
+    for message_id in refs:
         # One of our replies that is not stored (or was purged): its Message-ID still names
         # the ticket, and the MAC shows mxdesk made it.
-        number = facts.signed.get(message_id)
-        known = facts.tickets.get(number) if number is not None else None
-        if known is not None and known.tenant == tenant:
-            return Placement(number, "message-id", automatic)
+        signed = facts.signed.get(message_id)
+        known = facts.tickets.get(signed) if signed is not None else None
+        if signed is not None and known is not None and known.tenant == tenant:
+            return Placement(signed, "message-id", automatic)
+    claim = None
     for number in subject_tags(msg.subject):
         ticket = facts.tickets.get(number)
-        if ticket and ticket.tenant == tenant and msg.from_addr in ticket.participants:
+        if ticket is None or ticket.tenant != tenant:
+            continue
+        participant = _takes_part(msg, facts, number)
+        if participant and verified:
             return Placement(number, "subject-tag", automatic)
-    return Placement(None, "new", automatic)
+        claim = claim or Claim(number, participant, verified)
+    return Placement(None, "new", automatic, claim=claim)
+
+
+def _takes_part(msg: ParsedMessage, facts: ThreadFacts, number: int) -> bool:
+    ticket = facts.tickets.get(number)
+    return bool(msg.from_addr) and ticket is not None and msg.from_addr in ticket.participants
 
 
 def participants_of(msg: ParsedMessage, mailbox: str, automatic: bool) -> list[tuple[str, str]]:

@@ -1,4 +1,4 @@
-"""Filing a delivered message on a ticket: idempotency, threading and one durable commit."""
+"""Filing a delivered message on a ticket: idempotency, duplicates, threading, one commit."""
 
 from __future__ import annotations
 
@@ -15,6 +15,14 @@ from sqlite_utils import Database
 from mxdesk.state import Mailbox, transaction
 from mxdesk.store import db as tickets_db
 from mxdesk.store.compose import ticket_of_message_id
+from mxdesk.store.duplicates import (
+    DUPLICATE,
+    REUSED,
+    Seen,
+    fingerprint,
+    record_duplicate,
+    seen_before,
+)
 from mxdesk.store.notices import Applied, Notice, apply_notice, read_notice
 from mxdesk.store.parse import ParsedMessage, parse_message, queue_id_of
 from mxdesk.store.status import reopen_on_message
@@ -27,8 +35,17 @@ from mxdesk.store.threader import (
     referenced_ids,
     subject_tags,
 )
+from mxdesk.store.verdicts import Verdicts, read_verdicts, sender_forged, sender_verified
+from mxdesk.timefmt import timestamp
 
 log = logging.getLogger("mxdesk.store")
+DEFAULT_DUPLICATE_WINDOW = 7 * 86400.0
+# Flags of a message (and, for automatic and unverified claim, of a ticket), as people read them.
+AUTOMATIC = "automatic"
+UNVERIFIED_SENDER = "unverified sender"
+UNVERIFIED_CLAIM = "unverified claim"
+MESSAGE_ID_REUSED = "message-id reused"
+REPEATED_FLAG = "repeated"
 
 
 @dataclass(frozen=True)
@@ -38,6 +55,19 @@ class Filed:
     queue_id: str
     ticket: int
     duplicate: bool
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """One delivered message as every recipient's filing needs it, worked out once."""
+
+    raw: bytes
+    msg: ParsedMessage
+    envelope_from: str
+    queue_id: str
+    verdicts: Verdicts | None
+    fingerprint: str
+    notice: Notice | None
 
 
 def delivery_id(raw: bytes) -> tuple[str, str]:
@@ -51,38 +81,42 @@ def delivery_id(raw: bytes) -> tuple[str, str]:
 
 
 class TicketStore:
-    """Files messages in tickets.db; one writer at a time, callable from worker threads."""
+    """Files messages in tickets.db; one writer at a time, callable from worker threads.
+
+    host_name: the gateway's, whose Authentication-Results header is trusted ('' trusts none);
+    duplicate_window: seconds in which the same message arriving again is filed once (0: off).
+    """
 
     def __init__(
         self,
         db: Database,
         clock: Callable[[], float] = time.time,
         message_id_key: bytes | None = None,
+        host_name: str = "",
+        duplicate_window: float = DEFAULT_DUPLICATE_WINDOW,
     ) -> None:
         self.db = db
         self.clock = clock
         self.message_id_key = message_id_key
+        self.host_name = host_name
+        self.duplicate_window = duplicate_window
         self._lock = threading.Lock()
 
     def file_all(
         self, raw: bytes, envelope_from: str, mailboxes: Sequence[Mailbox]
     ) -> list[Filed | None]:
         """Files one copy per recipient mailbox; None where a temporary error stopped it."""
-        parsed: ParsedMessage | None = None
+        arrival: Arrival | None = None
         results: list[Filed | None] = []
         queue_id, prefix = delivery_id(raw)
-        notice = None
-        # The gateway sends its notices from the null sender (RFC 3464 §2): a cheap first test.
-        if self.message_id_key is not None and envelope_from == "":
-            notice = read_notice(raw, self.message_id_key)
         for mailbox in mailboxes:
             key = f"{prefix}:{mailbox.address}"
             try:
                 with self._lock:
                     ticket = tickets_db.delivered_ticket(self.db, key)
                 if ticket is None:
-                    parsed = parsed or parse_message(raw)
-                    filed = self._file(raw, parsed, envelope_from, mailbox, queue_id, key, notice)
+                    arrival = arrival or self._arrival(raw, envelope_from, queue_id)
+                    filed = self._file(arrival, mailbox, key)
                 else:
                     filed = Filed(queue_id, ticket, duplicate=True)
                     log.info(
@@ -99,21 +133,33 @@ class TicketStore:
             results.append(filed)
         return results
 
-    def _file(
-        self,
-        raw: bytes,
-        msg: ParsedMessage,
-        envelope_from: str,
-        mailbox: Mailbox,
-        queue_id: str,
-        key: str,
-        notice: Notice | None = None,
-    ) -> Filed:
+    def _arrival(self, raw: bytes, envelope_from: str, queue_id: str) -> Arrival:
+        notice = None
+        # The gateway sends its notices from the null sender (RFC 3464 §2): a cheap first test.
+        if self.message_id_key is not None and envelope_from == "":
+            notice = read_notice(raw, self.message_id_key)
+        verdicts = None
+        try:
+            verdicts = read_verdicts(raw, self.host_name) if self.host_name else None
+        except Exception:  # a reader bug must not lose the message: it counts as not verified
+            log.exception("queue_id=%s: could not read the Authentication-Results", queue_id)
+        msg = parse_message(raw)
+        return Arrival(raw, msg, envelope_from, queue_id, verdicts, fingerprint(raw), notice)
+
+    def _file(self, arrival: Arrival, mailbox: Mailbox, key: str) -> Filed:
         now = self.clock()
+        msg, queue_id, notice = arrival.msg, arrival.queue_id, arrival.notice
         with self._lock, transaction(self.db.conn):
             ticket = tickets_db.delivered_ticket(self.db, key)
             if ticket is not None:
                 return Filed(queue_id, ticket, duplicate=True)
+            # A digest-based key means the message came without the gateway's queue id.
+            gateway_id = queue_id if key == f"{queue_id}:{mailbox.address}" else None
+            seen = self._seen(arrival, mailbox.tenant, now)
+            if seen is not None and seen.kind == DUPLICATE:
+                record_duplicate(self.db, key, gateway_id, seen, mailbox.address, now)
+                _log_duplicate(arrival, mailbox, seen)
+                return Filed(queue_id, seen.ticket, duplicate=True)
             applied = apply_notice(self.db, notice, mailbox.tenant, now) if notice else None
             if notice is not None and applied is not None:
                 _log_notice(queue_id, mailbox, notice, applied)
@@ -122,47 +168,72 @@ class TicketStore:
                     return Filed(queue_id, applied.ticket, duplicate=False)
                 placement = Placement(applied.ticket, "notice", automatic=True)
             else:
-                placement = self._place(msg, envelope_from, mailbox)
-            automatic = placement.automatic
-            flags = "automatic" if automatic else ""
-            ticket = placement.ticket
-            if ticket is None:
-                row = _ticket_row(msg, envelope_from, mailbox, flags, now)
-                ticket = tickets_db.insert_row(self.db, "tickets", row)
-            row = message_row(msg, raw, envelope_from, mailbox, flags, now)
-            # A digest-based key means the message came without the gateway's queue id.
-            from_gateway = key == f"{queue_id}:{mailbox.address}"
-            row |= {"ticket": ticket, "idempotency_key": key}
-            row |= {"queue_id": queue_id if from_gateway else None}
-            message = tickets_db.insert_row(self.db, "messages", row)
-            tickets_db.insert_attachments(self.db, attachment_rows(msg, message))
-            people = participants_of(msg, mailbox.address, automatic)
-            if placement.ticket is None and people and people[0][1] == "from":
-                people[0] = (people[0][0], "requester")
-            tickets_db.add_participants(self.db, ticket, people, now)
-            tickets_db.touch_ticket(self.db, ticket, now)
+                placement = self._place(arrival, mailbox)
+            ticket = self._store(arrival, mailbox, (key, gateway_id), placement, seen, now)
             # The customer wrote again: a closed ticket needs someone again. An automatic
             # message (an out-of-office reply, a delivery notice) leaves it closed.
             reopened = (
                 placement.ticket is not None
-                and not automatic
+                and not placement.automatic
                 and reopen_on_message(self.db, ticket)
             )
         if reopened:
             log.info("queue_id=%s ticket=%d reopened by a new message", queue_id, ticket)
         log.info(
-            "queue_id=%s rcpt=%s ticket=%d message_id=%s rule=%s%s",
+            "queue_id=%s rcpt=%s ticket=%d message_id=%s rule=%s%s%s%s",
             queue_id,
             mailbox.address,
             ticket,
             msg.message_id or "-",
             placement.rule,
-            " automatic" if automatic else "",
+            " automatic" if placement.automatic else "",
+            f" claims=#{placement.claim.ticket} ({placement.claim.reason})"
+            if placement.claim
+            else "",
+            f" message-id {seen.kind} (message {seen.message})" if seen else "",
         )
         return Filed(queue_id, ticket, duplicate=False)
 
-    def _place(self, msg: ParsedMessage, envelope_from: str, mailbox: Mailbox) -> Placement:
-        automatic = is_automatic(msg, envelope_from)
+    def _seen(self, arrival: Arrival, tenant: str, now: float) -> Seen | None:
+        if arrival.msg.message_id is None:
+            return None
+        since = now - self.duplicate_window if self.duplicate_window > 0 else None
+        return seen_before(self.db, tenant, arrival.msg.message_id, arrival.fingerprint, since)
+
+    def _store(
+        self,
+        arrival: Arrival,
+        mailbox: Mailbox,
+        ids: tuple[str, str | None],
+        placement: Placement,
+        seen: Seen | None,
+        now: float,
+    ) -> int:
+        """Writes the message (and a new ticket, its attachments and participants); ids: its
+        idempotency key and the gateway's queue id (None from another LMTP client)."""
+        msg, automatic = arrival.msg, placement.automatic
+        ticket = placement.ticket
+        if ticket is None:
+            row = _ticket_row(msg, arrival.envelope_from, mailbox, placement, now)
+            ticket = tickets_db.insert_row(self.db, "tickets", row)
+        forged = sender_forged(arrival.verdicts, msg.from_addr)
+        flags, note = message_marks(msg, placement, seen, forged)
+        row = message_row(msg, arrival.raw, arrival.envelope_from, mailbox, flags, now)
+        row |= {"ticket": ticket, "idempotency_key": ids[0], "queue_id": ids[1], "note": note}
+        row |= {"fingerprint": arrival.fingerprint}
+        row |= {"verdicts": arrival.verdicts.to_json() if arrival.verdicts else None}
+        message = tickets_db.insert_row(self.db, "messages", row)
+        tickets_db.insert_attachments(self.db, attachment_rows(msg, message))
+        people = participants_of(msg, mailbox.address, automatic)
+        if placement.ticket is None and people and people[0][1] == "from":
+            people[0] = (people[0][0], "requester")
+        tickets_db.add_participants(self.db, ticket, people, now)
+        tickets_db.touch_ticket(self.db, ticket, now)
+        return ticket
+
+    def _place(self, arrival: Arrival, mailbox: Mailbox) -> Placement:
+        msg = arrival.msg
+        automatic = is_automatic(msg, arrival.envelope_from)
         refs = referenced_ids(msg, automatic)
         signed = {
             mid: number
@@ -170,16 +241,61 @@ class TicketStore:
             if self.message_id_key
             and (number := ticket_of_message_id(self.message_id_key, mid)) is not None
         }
-        facts = ThreadFacts(
-            tickets_db.known_messages(self.db, refs),
-            tickets_db.known_tickets(self.db, [*subject_tags(msg.subject), *signed.values()]),
-            signed,
-        )
-        return place(msg, automatic, mailbox.tenant, mailbox.address, facts)
+        known = tickets_db.known_messages(self.db, refs)
+        # The tickets a reference could join: whether the sender takes part in them.
+        referenced = {k.ticket for ks in known.values() for k in ks if k.tenant == mailbox.tenant}
+        numbers = [*subject_tags(msg.subject), *signed.values(), *sorted(referenced)]
+        tickets = tickets_db.known_tickets(self.db, dict.fromkeys(numbers), msg.from_addr)
+        facts = ThreadFacts(known, tickets, signed)
+        verified = sender_verified(arrival.verdicts, msg.from_addr)
+        return place(msg, automatic, mailbox.tenant, mailbox.address, facts, verified)
 
     def close(self) -> None:
         with self._lock:
             self.db.close()
+
+
+def message_marks(
+    msg: ParsedMessage, placement: Placement, seen: Seen | None, forged: bool
+) -> tuple[str, str]:
+    """(flags, note) of an inbound message: automatic; an unverified sender (one a reference
+    let in who is neither on the ticket nor verified, or a From: that failed DMARC, wherever
+    the message went); a Message-ID used before."""
+    flags, notes = [], []
+    if placement.automatic:
+        flags.append(AUTOMATIC)
+    if placement.unverified_sender or forged:
+        flags.append(UNVERIFIED_SENDER)
+    if forged:
+        notes.append("the From: domain failed DMARC")
+    elif placement.unverified_sender:
+        notes.append("joined by its references; the sender is not on the ticket, not verified")
+    if seen is not None and seen.kind == REUSED:
+        flags.append(MESSAGE_ID_REUSED)
+        notes.append(
+            f"Message-ID {msg.message_id} was used before by message {seen.message} on ticket"
+            f" #{seen.ticket} with other content"
+        )
+    elif seen is not None:
+        flags.append(REPEATED_FLAG)
+        notes.append(
+            f"the same message was filed as message {seen.message} on ticket #{seen.ticket}"
+            f" at {timestamp(seen.created)}, outside the duplicate window"
+        )
+    return ",".join(flags), "; ".join(notes)
+
+
+def _log_duplicate(arrival: Arrival, mailbox: Mailbox, seen: Seen) -> None:
+    log.info(
+        "queue_id=%s rcpt=%s ticket=%d message_id=%s already stored as message %d (same"
+        " Message-ID and content, filed at %s), not stored again",
+        arrival.queue_id,
+        mailbox.address,
+        seen.ticket,
+        arrival.msg.message_id,
+        seen.message,
+        timestamp(seen.created),
+    )
 
 
 def _log_notice(queue_id: str, mailbox: Mailbox, notice: Notice, applied: Applied) -> None:
@@ -196,14 +312,20 @@ def _log_notice(queue_id: str, mailbox: Mailbox, notice: Notice, applied: Applie
 
 
 def _ticket_row(
-    msg: ParsedMessage, envelope_from: str, mailbox: Mailbox, flags: str, now: float
+    msg: ParsedMessage, envelope_from: str, mailbox: Mailbox, placement: Placement, now: float
 ) -> dict[str, Any]:
+    flags = [AUTOMATIC] if placement.automatic else []
+    claim = placement.claim
+    if claim is not None:
+        flags.append(UNVERIFIED_CLAIM)
     return {
         "tenant": mailbox.tenant,
         "mailbox": mailbox.address,
         "subject": msg.subject,
         "requester": msg.from_addr or envelope_from,
-        "flags": flags,
+        "flags": ",".join(flags),
+        "claims": claim.ticket if claim else None,
+        "note": f"claims to belong to #{claim.ticket} — {claim.reason}" if claim else "",
         "created": now,
         "updated": now,
     }

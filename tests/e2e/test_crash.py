@@ -74,28 +74,38 @@ async def test_kill_9_under_load_loses_nothing(short_tmp: Path) -> None:
             timeout=120,
             what="the spool to drain",
         )
-        rows = stored_messages(short_tmp / "state" / "tickets.db")
+        db = short_tmp / "state" / "tickets.db"
+        rows = stored_messages(db)
         stored = Counter(r["queue_id"] for r in rows)
-        missing = [q for q in accepted if stored[q] == 0]
+        # A client that lost its 250 in a kill sends again; that copy has its own queue id
+        # (SMTP's duplicate problem, RFC 1047) and the store recognises it: filed once.
+        recognised = _queue_ids(db, "duplicates")
+        missing = [q for q in accepted if stored[q] == 0 and q not in recognised]
         doubled = [q for q, n in stored.items() if n > 1]
-        tickets = _count(short_tmp / "state" / "tickets.db", "tickets")
+        tickets = _count(db, "tickets")
         print(
             f"\nkill -9: {kills} kills, {len(accepted)} x 250, {sum(refused.values())} not "
-            f"accepted {dict(refused)}, {len(rows)} messages stored ({len(rows) - MESSAGES} resent "
-            f"after a lost 250), {tickets} tickets"
+            f"accepted {dict(refused)}, {len(rows)} messages stored, {len(recognised)} resent "
+            f"after a lost 250 and recognised, {tickets} tickets"
         )
         assert kills >= 3
         assert not missing, f"{len(missing)} accepted messages lost"
         assert not doubled, f"{len(doubled)} messages stored twice"
-        # Every message reached a ticket. A client that lost its 250 in a kill sends again
-        # and that copy has its own queue id (SMTP's duplicate problem, RFC 1047): allowed.
-        assert {r["subject"] for r in rows} == {f"carga {i}" for i in range(MESSAGES)}
-        assert len(rows) == len(stored)
+        # Every message reached a ticket, exactly once.
+        assert sorted(r["subject"] for r in rows) == sorted(f"carga {i}" for i in range(MESSAGES))
     finally:
         assert gateway.terminate() == 0
         assert store.terminate() == 0
         gateway.close()
         store.close()
+
+
+def _queue_ids(db: Path, table: str) -> set[str]:
+    conn = sqlite3.connect(db)
+    try:
+        return {str(q) for (q,) in conn.execute(f"SELECT queue_id FROM {table}")}
+    finally:
+        conn.close()
 
 
 def _count(db: Path, table: str) -> int:

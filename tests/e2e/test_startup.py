@@ -107,9 +107,12 @@ def test_a_socket_in_use_by_a_running_daemon(short_tmp: Path) -> None:
         assert one_line(second) == (
             f"mxdesk: the store socket {socket_path} is in use by a running store: stop it first"
         )
-        # A second gateway on another port meets the first one's submission socket.
+        # A second gateway on another port, with a spool of its own (the first one's is locked),
+        # meets the first one's submission socket.
         other = short_tmp / "other.toml"
-        other.write_text(conf.read_text().replace(str(port_of(conf)), str(free_port())))
+        text = conf.read_text().replace(str(port_of(conf)), str(free_port()))
+        spool = short_tmp / "other-spool.db"
+        other.write_text(text.replace("[gateway]\n", f'[gateway]\nspool_path = "{spool}"\n', 1))
         result = cli(other, "gateway", check=False)
         assert result.returncode == EXIT_STARTUP
         submit = short_tmp / "run" / "gateway" / "submit.sock"

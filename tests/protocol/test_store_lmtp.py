@@ -122,14 +122,16 @@ async def test_close_ends_idle_sessions_and_removes_the_socket(config: cfg.Confi
 async def test_two_recipients_get_two_replies_in_rcpt_order(
     config: cfg.Config, store: StoreService
 ) -> None:
-    replies = await deliver(config.store.lmtp_socket, [MAILBOX, INBOX], message())
-    assert len(replies) == 2
-    first, second = (ticket_of(r) for r in replies)
+    replies = await deliver(config.store.lmtp_socket, [MAILBOX, OTHER_TENANT, INBOX], message())
+    assert len(replies) == 3
+    first, second, third = (ticket_of(r) for r in replies)
     tickets = rows(config, "SELECT number, mailbox, tenant FROM tickets ORDER BY number")
     assert [(t["number"], t["mailbox"], t["tenant"]) for t in tickets] == [
         (first, MAILBOX, "marca"),
-        (second, INBOX, "marca"),
+        (second, OTHER_TENANT, "outra"),
     ]
+    # The same message for a second mailbox of the same tenant is filed once.
+    assert third == first and replies[2].endswith("already stored")
 
 
 async def test_redelivery_with_the_same_queue_id_is_stored_once(
@@ -141,8 +143,8 @@ async def test_redelivery_with_the_same_queue_id_is_stored_once(
     assert ticket_of(first[0]) == ticket_of(again[0])
     assert again[0].endswith("already stored")
     assert len(rows(config, "SELECT id FROM messages")) == 1
-    # The same bytes for another mailbox are another delivery.
-    await deliver(config.store.lmtp_socket, [INBOX], data)
+    # The same bytes for another tenant's mailbox are another delivery.
+    await deliver(config.store.lmtp_socket, [OTHER_TENANT], data)
     assert len(rows(config, "SELECT id FROM messages")) == 2
 
 
@@ -183,9 +185,10 @@ async def test_bounce_with_null_sender_joins_flagged_automatic(
     replies = await deliver(config.store.lmtp_socket, [MAILBOX], dsn, sender="")
     assert ticket_of(replies[0]) == ticket_of(first[0])
     flags = rows(config, "SELECT flags, envelope_from FROM messages ORDER BY id")
+    # A remote server's notice: automatic, and its sender neither takes part nor is verified.
     assert [(r["flags"], r["envelope_from"]) for r in flags] == [
         ("", "cliente@example.com"),
-        ("automatic", ""),
+        ("automatic,unverified sender", ""),
     ]
 
 

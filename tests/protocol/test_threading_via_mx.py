@@ -53,8 +53,10 @@ To: suporte@marca.helpdesk.example
 Subject: Mais uma coisa [#{ticket}]
 Message-ID: <pedido-3@example.org>
 """)
+    # The sender takes part, but nothing proves the From: (no DNS for example.org here): a
+    # tag alone does not join, it opens a ticket marked with its claim.
     rows = await _deliver(running, "cliente@example.org", tagged, 4)
-    assert rows[3]["ticket"] == ticket  # type: ignore[index]
+    assert rows[3]["ticket"] not in (ticket, rows[2]["ticket"])  # type: ignore[index]
 
     auto = _mail("""
 From: Cliente <cliente@example.org>
@@ -67,4 +69,4 @@ Auto-Submitted: auto-replied
     rows = await _deliver(running, "", auto, 5)
     assert rows[4]["ticket"] == ticket  # type: ignore[index]
     assert "automatic" in rows[4]["flags"]  # type: ignore[index]
-    assert len({r["ticket"] for r in rows}) == 2  # type: ignore[index]
+    assert len({r["ticket"] for r in rows}) == 3  # type: ignore[index]

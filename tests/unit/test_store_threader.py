@@ -37,8 +37,10 @@ def msg(**fields: object) -> ParsedMessage:
     return ParsedMessage(**values)  # type: ignore[arg-type]
 
 
-def decide(m: ParsedMessage, sender: str = "cliente@example.com") -> Placement:
-    return place(m, is_automatic(m, sender), "marca", MAILBOX, FACTS)
+def decide(
+    m: ParsedMessage, sender: str = "cliente@example.com", verified: bool = False
+) -> Placement:
+    return place(m, is_automatic(m, sender), "marca", MAILBOX, FACTS, verified)
 
 
 def test_in_reply_to_joins() -> None:
@@ -54,13 +56,15 @@ def test_in_reply_to_comes_before_references() -> None:
     assert decide(msg(in_reply_to="<older@x>", references=("<orig@x>",))).ticket == 5
 
 
-def test_subject_tag_from_a_participant_joins() -> None:
-    assert decide(msg(subject="Re: [#7] Ajuda")) == Placement(7, "subject-tag", False)
+def test_subject_tag_from_a_verified_participant_joins() -> None:
+    tagged = msg(subject="Re: [#7] Ajuda")
+    assert decide(tagged, verified=True) == Placement(7, "subject-tag", False)
 
 
 def test_subject_tag_from_a_stranger_opens_a_new_ticket() -> None:
     stranger = msg(subject="Re: [#7] Ajuda", from_addr="intruso@example.net")
-    assert decide(stranger, "intruso@example.net") == Placement(None, "new", False)
+    placed = decide(stranger, "intruso@example.net", verified=True)
+    assert (placed.ticket, placed.rule) == (None, "new")
 
 
 def test_subject_tag_of_an_unknown_ticket_opens_a_new_ticket() -> None:
@@ -71,7 +75,7 @@ def test_another_tenants_ticket_is_never_joined() -> None:
     assert decide(msg(in_reply_to="<other@x>")).ticket is None
     assert decide(msg(references=("<other@x>",))).ticket is None
     # The sender is a participant of ticket 9, but ticket 9 belongs to another tenant.
-    assert decide(msg(subject="[#9] oi")).ticket is None
+    assert decide(msg(subject="[#9] oi"), verified=True) == Placement(None, "new", False)
 
 
 def test_same_message_id_in_two_tenants_joins_only_ours() -> None:

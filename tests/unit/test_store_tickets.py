@@ -85,17 +85,24 @@ def test_other_lmtp_clients_are_deduplicated_by_content(store: TicketStore) -> N
     assert count == (2, 0)
 
 
-def test_subject_tag_needs_a_participant_of_the_same_tenant(store: TicketStore) -> None:
-    (first,) = store.file_all(mail("Q1", "Subject: oi"), "joao@example.com", [SUPORTE])
-    assert first is not None
-    tag = f"Subject: Re: [#{first.ticket}] oi"
-    (joined,) = store.file_all(mail("Q2", tag), "joao@example.com", [VENDAS])
-    (other,) = store.file_all(mail("Q3", tag), "joao@example.com", [OUTRA])
-    stranger = mail("Q4", tag).replace(b"joao@example.com", b"eve@example.net")
-    (new,) = store.file_all(stranger, "eve@example.net", [SUPORTE])
+def test_subject_tag_needs_a_verified_participant_of_the_same_tenant(db_path: Path) -> None:
+    store = TicketStore(open_tickets(db_path), host_name="mx.marca.example")
+    try:
+        (first,) = store.file_all(mail("Q1", "Subject: oi"), "joao@example.com", [SUPORTE])
+        assert first is not None
+        tag = f"Subject: Re: [#{first.ticket}] oi"
+        passed = "Authentication-Results: mx.marca.example; dmarc=pass header.from=example.com"
+        (joined,) = store.file_all(mail("Q2", tag, passed), "joao@example.com", [VENDAS])
+        (other,) = store.file_all(mail("Q3", tag, passed), "joao@example.com", [OUTRA])
+        (unverified,) = store.file_all(mail("Q5", tag), "joao@example.com", [SUPORTE])
+        stranger = mail("Q4", tag, passed).replace(b"joao@example.com", b"eve@example.net")
+        (new,) = store.file_all(stranger, "eve@example.net", [SUPORTE])
+    finally:
+        store.close()
     assert joined is not None and joined.ticket == first.ticket
     assert other is not None and other.ticket != first.ticket
     assert new is not None and new.ticket not in (first.ticket, other.ticket)
+    assert unverified is not None and unverified.ticket not in (first.ticket, new.ticket)
 
 
 def test_a_failing_recipient_does_not_stop_the_others(store: TicketStore) -> None:

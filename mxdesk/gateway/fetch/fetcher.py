@@ -22,6 +22,7 @@ from mxdesk.gateway.fetch.pop3 import Pop3Client
 from mxdesk.gateway.fetch.pop3fetch import Pop3Fetch
 from mxdesk.gateway.fetch.session import SessionContext, log
 from mxdesk.gateway.fetch.tokens import NotAuthorized, TokenSource
+from mxdesk.gateway.inboundauth import InboundVerifier
 from mxdesk.gateway.spool import Spool, SpoolError
 from mxdesk.oauth2 import OAuth2Error
 
@@ -41,6 +42,7 @@ class FetcherDeps:
     tokens: TokenSource
     slot: Callable[[str], AbstractAsyncContextManager[None]]
     committed: Callable[[int], None]
+    verifier: InboundVerifier | None = None
 
 
 def tls_context(view_verify: bool, ca_file: str) -> ssl.SSLContext:
@@ -150,6 +152,7 @@ class Fetcher:
             skipped=self._skipped,
             committed=deps.committed,
             tls=tls,
+            verifier=deps.verifier,
         )
 
     async def _session(self) -> None:

@@ -143,7 +143,7 @@ class ImapFetch:
         if take:
             async for uid, data in self.client.fetch_bodies(sorted(i.uid for i in take)):
                 if uid in infos:
-                    bodies[uid] = fetched(ctx, str(uid), data)
+                    bodies[uid] = await fetched(ctx, str(uid), data)
         # The position moves past a UID only when it is settled: committed, skipped as too
         # big, before the floor, or gone from the mailbox. A message the server listed but did
         # not send stops it, so the next look asks again.

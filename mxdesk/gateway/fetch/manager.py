@@ -17,6 +17,7 @@ from mxdesk.gateway.fetch.alerts import Alerts
 from mxdesk.gateway.fetch.fetcher import Fetcher, FetcherDeps
 from mxdesk.gateway.fetch.session import log
 from mxdesk.gateway.fetch.tokens import TokenSource
+from mxdesk.gateway.inboundauth import InboundVerifier
 from mxdesk.gateway.spool import Spool
 from mxdesk.metrics import GatewayMetrics
 from mxdesk.secrets import SecretsError, secrets_key
@@ -27,7 +28,12 @@ PRUNE_EVERY = 3600.0
 
 class ChannelManager:
     def __init__(
-        self, config: Config, spool: Spool, metrics: GatewayMetrics, tokens: TokenSource
+        self,
+        config: Config,
+        spool: Spool,
+        metrics: GatewayMetrics,
+        tokens: TokenSource,
+        verifier: InboundVerifier | None = None,
     ) -> None:
         self.config = config
         self.spool = spool
@@ -52,6 +58,7 @@ class ChannelManager:
             max_message_size=config.gateway.max_message_size,
             alerts=self.alerts,
             tokens=tokens,
+            verifier=verifier,
             slot=self._slot,
             committed=lambda n: self.metrics.accepted.labels("channel").inc(n) if n else None,
         )

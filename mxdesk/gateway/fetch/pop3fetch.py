@@ -59,7 +59,7 @@ class Pop3Fetch:
                 await ctx.skipped(uidl, size)
                 continue
             data = await client.retr(number, ctx.max_message_size)
-            batch.append(fetched(ctx, uidl, data))
+            batch.append(await fetched(ctx, uidl, data))
             taken.append(number)
             if len(batch) >= ctx.batch:
                 await self._commit(batch, skipped)

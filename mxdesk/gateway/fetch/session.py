@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from email.utils import formatdate, getaddresses
 
 from mxdesk.channels import ChannelView
+from mxdesk.gateway.authresults import strip_ours
 from mxdesk.gateway.dkim import normalise_line_endings
 from mxdesk.gateway.entries import NewEntry, Recipient, new_queue_id
 from mxdesk.gateway.fetch.ledger import Fetched, message_key
+from mxdesk.gateway.inboundauth import InboundVerifier
 from mxdesk.gateway.senders import header_values
 from mxdesk.gateway.spool import Spool
 
@@ -33,6 +35,9 @@ class SessionContext:
     # Called with the number of messages committed (metrics).
     committed: Callable[[int], None]
     tls: bool = False
+    # The gateway's SPF/DKIM/DMARC/ARC check (None: verdicts are off; forged headers are still
+    # removed).
+    verifier: InboundVerifier | None = None
 
     @property
     def name(self) -> str:
@@ -61,11 +66,18 @@ def received_header(ctx: SessionContext, queue_id: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
 
 
-def fetched(ctx: SessionContext, uid: str, data: bytes) -> Fetched:
-    """A message read from the mailbox as the spool entry the MX would have made of it."""
+async def fetched(ctx: SessionContext, uid: str, data: bytes) -> Fetched:
+    """A message read from the mailbox as the spool entry the MX would have made of it: our
+    Authentication-Results (none of the message's own may claim our name), then Received:."""
     data = normalise_line_endings(data)
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
+    key = message_key(data)
+    if ctx.verifier is not None:
+        verdict = await ctx.verifier.verdict_for_fetched(data)
+        data = verdict + ctx.verifier.without_ours(data)
+    else:
+        data = strip_ours(data, ctx.host_name)
     queue_id = new_queue_id()
     head = data.split(b"\r\n\r\n", 1)[0] + b"\r\n"
     view = ctx.view
@@ -77,4 +89,4 @@ def fetched(ctx: SessionContext, uid: str, data: bytes) -> Fetched:
         (Recipient(view.address, view.address, view.tenant),),
         received_header(ctx, queue_id) + data,
     )
-    return Fetched(uid, message_key(data), entry)
+    return Fetched(uid, key, entry)

@@ -1,0 +1,147 @@
+"""DNS for the inbound verdicts: one cached resolver, each message's lookups under one deadline."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import dns.exception
+import dns.name
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+import spf
+
+from mxdesk.configread import Listen
+
+# Names (with their type) the shared cache holds; each entry lives as long as its TTL says.
+CACHE_ENTRIES = 20_000
+# One try at one server: a silent server must leave time to ask the next one.
+PER_TRY_TIMEOUT = 2.0
+
+
+class TempDnsError(Exception):
+    """A lookup that may succeed later: no answer in time, SERVFAIL, the deadline passed."""
+
+
+def build_resolver(nameservers: Sequence[Listen]) -> dns.resolver.Resolver:
+    """A resolver asking the configured servers (those of /etc/resolv.conf when none are),
+    with a TTL-respecting cache shared by every lookup of every message."""
+    if nameservers:
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers = [
+            dns.nameserver.Do53Nameserver(ns.host, ns.port) for ns in nameservers
+        ]
+    else:
+        try:
+            resolver = dns.resolver.Resolver()
+        except dns.resolver.NoResolverConfiguration:
+            # No /etc/resolv.conf: lookups fail as temporary errors instead of the daemon.
+            resolver = dns.resolver.Resolver(configure=False)
+            resolver.nameservers = ["127.0.0.1"]
+    resolver.timeout = PER_TRY_TIMEOUT
+    resolver.cache = dns.resolver.LRUCache(CACHE_ENTRIES)
+    return resolver
+
+
+class Lookups:
+    """The DNS of one message: every query through the shared resolver, none after deadline
+    (a time.monotonic() value). Thread-safe enough for one worker thread at a time."""
+
+    def __init__(self, resolver: dns.resolver.Resolver, deadline: float) -> None:
+        self._resolver = resolver
+        self.deadline = deadline
+        # The record found at each DKIM key name asked for (None: none), to tell "no key for
+        # signature" and a key record that cannot be used from a signature that does not verify.
+        self.keys: dict[str, bytes | None] = {}
+        self.queries = 0
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def resolve(self, name: str, rdtype: str) -> dns.resolver.Answer | None:
+        """The answer, or None when the name or the type does not exist (NXDOMAIN, NODATA)."""
+        lifetime = self.remaining()
+        if lifetime <= 0:
+            raise TempDnsError(f"{name}/{rdtype}: no time left for DNS")
+        self.queries += 1
+        try:
+            answer = self._resolver.resolve(
+                name, rdtype, lifetime=lifetime, search=False, raise_on_no_answer=False
+            )
+        except (dns.resolver.NXDOMAIN, dns.resolver.YXDOMAIN):
+            return None
+        except dns.name.NameTooLong:
+            return None  # a name no one can publish has no record
+        except dns.exception.DNSException as exc:  # timeout, SERVFAIL from every server …
+            raise TempDnsError(f"{name}/{rdtype}: {type(exc).__name__}") from None
+        return answer if answer.rrset is not None else None
+
+    def txt(self, name: str) -> list[bytes]:
+        """Each TXT record at name, its strings joined (RFC 7208 §3.3, RFC 6376 §3.6.2.2)."""
+        answer = self.resolve(name, "TXT")
+        return [b"".join(rdata.strings) for rdata in answer] if answer is not None else []
+
+    def dkim_key(self, name: bytes, timeout: float = 0) -> bytes | None:
+        """dkimpy's dnsfunc: the key record at <selector>._domainkey.<domain>, or None."""
+        try:
+            text = name.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        records = self.txt(text)
+        found = records[0] if records else None
+        self.keys[text.lower().rstrip(".")] = found
+        return found
+
+    def pyspf(self, name: str, qtype: str) -> list[tuple[tuple[str, str], Any]]:
+        """pyspf's DNSLookup: ((name, type), value) pairs, as its own dnspython backend
+        makes them; a temporary failure is pyspf's TempError (spf=temperror)."""
+        try:
+            answer = self.resolve(name, qtype)
+        except TempDnsError as exc:
+            raise spf.TempError(f"DNS {exc}") from None
+        if answer is None:
+            return []
+        key = (name, qtype)
+        if qtype in ("A", "AAAA"):
+            return [(key, rdata.address) for rdata in answer]
+        if qtype == "MX":
+            return [(key, (rdata.preference, rdata.exchange)) for rdata in answer]
+        if qtype == "PTR":
+            return [(key, rdata.target.to_text(True)) for rdata in answer]
+        if qtype in ("TXT", "SPF"):
+            return [(key, rdata.strings) for rdata in answer]
+        return []
+
+
+# pyspf (2.0.14) takes no resolver: every query goes through its module-level DNSLookup. It is
+# replaced once by a function that uses the Lookups of the message the current worker thread
+# checks, and pyspf's own lookup everywhere else.
+_current = threading.local()
+_pyspf_own_lookup = spf.DNSLookup
+
+
+def _pyspf_lookup(
+    name: str, qtype: str, strict: object = True, timeout: float = 20
+) -> list[tuple[tuple[str, str], Any]]:
+    lookups: Lookups | None = getattr(_current, "lookups", None)
+    if lookups is None:
+        result: list[tuple[tuple[str, str], Any]] = _pyspf_own_lookup(name, qtype, strict, timeout)
+        return result
+    return lookups.pyspf(name, qtype)
+
+
+spf.DNSLookup = _pyspf_lookup
+
+
+@contextlib.contextmanager
+def pyspf_through(lookups: Lookups) -> Iterator[None]:
+    """pyspf's queries in this thread go through lookups while the block runs."""
+    _current.lookups = lookups
+    try:
+        yield
+    finally:
+        _current.lookups = None
