@@ -1,4 +1,4 @@
-"""Validation of names that come from people: DNS labels, slugs, e-mail addresses."""
+"""Names that come from people and from mail: DNS labels, slugs, addresses, address headers."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from mxdesk.gateway.lmtp import LmtpError, Reply
 from mxdesk.gateway.retry import RetryPolicy
-from mxdesk.gateway.spool import DELIVERED, FAILED, Spool, SpoolEntry
+from mxdesk.gateway.spool import DELIVERED, FAILED, Spool, SpoolEntry, SpoolError
 from mxdesk.metrics import GatewayMetrics
 
 POLL_SECONDS = 5.0
@@ -135,8 +135,12 @@ class QueueRunner:
         try:
             return await self.dispose(entry)
         except Exception as exc:
-            # The entry stays queued as it was; it is tried again at the next poll.
-            self._log.exception("queue_id=%s delivery attempt crashed: %s", entry.id, exc)
+            # The entry stays queued as it was; it is tried again at the next poll. A storage
+            # error is the disk's (one line, not a traceback per attempt); anything else a bug.
+            if isinstance(exc, SpoolError):
+                self._log.error("queue_id=%s result not recorded: %s", entry.id, exc)
+            else:
+                self._log.exception("queue_id=%s delivery attempt crashed: %s", entry.id, exc)
             await self.crashed(entry)
             return RetryLater(POLL_SECONDS, str(exc))
         finally:

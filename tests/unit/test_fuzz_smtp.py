@@ -15,10 +15,11 @@ import shutil
 import socket
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import MAILBOX, make_config, provision
@@ -44,11 +45,6 @@ NOT_TEXT = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 MAX_REPLY_LINE = 512
 
 
-# Fuzzed commands make aiosmtpd and the gateway log lines with surrogate escapes, which
-# pytest-xdist cannot send between processes: these loggers are kept out of pytest's capture.
-PRIVATE_LOGS = ("mail.log", "mxdesk.gateway")
-
-
 class ErrorLog(logging.Handler):
     """Keeps every error or traceback the gateway's session code logs."""
 
@@ -57,8 +53,28 @@ class ErrorLog(logging.Handler):
         self.records: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno >= logging.ERROR or record.exc_info:
+        watched = record.name.startswith(("mail.log", "mxdesk.gateway", "asyncio"))
+        if watched and (record.levelno >= logging.ERROR or record.exc_info):
             self.records.append(record)
+
+
+def printable_records(
+    make: Callable[..., logging.LogRecord],
+) -> Callable[..., logging.LogRecord]:
+    """A log record factory that escapes the client's raw bytes (surrogate escapes) in a
+    message: pytest-xdist cannot send them from a worker, and fails the whole run."""
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # the logging module reports a bad format itself
+            return record
+        if any("\ud800" <= c <= "\udfff" for c in message):
+            record.msg, record.args = message.encode("utf-8", "backslashreplace").decode(), ()
+        return record
+
+    return factory
 
 
 @dataclass
@@ -85,15 +101,14 @@ def gateway() -> Iterator[Served]:
     service = GatewayService(config)
     asyncio.run_coroutine_threadsafe(service.start(), loop).result(30)
     errors = ErrorLog()
-    for name in (*PRIVATE_LOGS, "asyncio"):
-        logging.getLogger(name).addHandler(errors)
-        logging.getLogger(name).propagate = name == "asyncio"
+    logging.getLogger().addHandler(errors)
+    make_record = logging.getLogRecordFactory()
+    logging.setLogRecordFactory(printable_records(make_record))
     try:
         yield Served(service.ports[0], errors)
     finally:
-        for name in (*PRIVATE_LOGS, "asyncio"):
-            logging.getLogger(name).removeHandler(errors)
-            logging.getLogger(name).propagate = True
+        logging.setLogRecordFactory(make_record)
+        logging.getLogger().removeHandler(errors)
         asyncio.run_coroutine_threadsafe(service.close(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)

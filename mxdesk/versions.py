@@ -1,0 +1,81 @@
+"""The start-up gate: no daemon on a Python or library with a mail-parsing flaw mxdesk relies on
+being fixed."""
+
+from __future__ import annotations
+
+import re
+import sys
+from importlib import metadata
+
+from mxdesk.startup import StartupError
+from mxdesk.store.parse import parse_message
+
+# CVE-2023-27043 (python/cpython#102988): email.utils.getaddresses and parseaddr read
+# `alice@example.org <bob@example.net>` as two addresses and `alice@example.org)<bob@example.net>`
+# as alice. Fixed in 3.13.0 (strict=True by default, email.utils.supports_strict_parsing) and
+# backported to 3.12.6, 3.11.10, 3.10.15, 3.9.20 and 3.8.20 (September 2024); distributions
+# backport it without changing the version number. Python 3.11.7 does not have it. mxdesk
+# reads address headers with mxdesk.names.header_addresses instead, which refuses these forms on
+# any version: what mxdesk relies on, and so what is checked, is that the store takes no sender
+# from them and the right one from their well-formed neighbours.
+CVE_2023_27043 = (
+    ("alice@example.org <bob@example.net>", ""),
+    ("alice@example.org)<bob@example.net>", ""),
+    ("alice@example.org(<bob@example.net>", ""),
+    ("alice@example.org@bob@example.net", ""),
+    ("alice@example.org<bob@example.net>", ""),
+    ('"alice@example.org" <bob@example.net>', "bob@example.net"),
+    ("Alice <alice@example.org>", "alice@example.org"),
+)
+# aiosmtpd 1.4.5 fixed CVE-2024-27305 (SMTP smuggling: a bare LF before "." ended DATA) and
+# 1.4.6 CVE-2024-34083 (commands pipelined behind STARTTLS ran inside the TLS session). mxdesk
+# reads DATA itself (mxdesk.smtpfast) but relies on aiosmtpd for STARTTLS.
+AIOSMTPD_NEEDED = (1, 4, 6)
+
+
+def check() -> None:
+    """Raises StartupError (exit 3) naming the version to install when a known flaw mxdesk
+    relies on being fixed is present."""
+    for problem in (address_headers(), aiosmtpd()):
+        if problem:
+            raise StartupError(problem)
+
+
+def address_headers() -> str:
+    """Why this Python cannot be trusted to read From: as mxdesk relies on; "" when it can."""
+    for value, expected in CVE_2023_27043:
+        found = parse_message(f"From: {value}\r\n\r\n".encode()).from_addr
+        if found != expected:
+            python = ".".join(str(n) for n in sys.version_info[:3])
+            return (
+                f"Python {python} reads From: {value} as {found or 'no address'!r}"
+                f" (CVE-2023-27043): use Python 3.13, or 3.12.6, 3.11.10 or later"
+            )
+    return ""
+
+
+def aiosmtpd() -> str:
+    """Why the installed aiosmtpd cannot be used; "" when it can."""
+    needed = ".".join(str(n) for n in AIOSMTPD_NEEDED)
+    try:
+        installed = metadata.version("aiosmtpd")
+    except metadata.PackageNotFoundError:
+        return f"aiosmtpd is not installed: install aiosmtpd {needed} or later"
+    if _release(installed) < AIOSMTPD_NEEDED:
+        return (
+            f"aiosmtpd {installed} has known SMTP flaws (CVE-2024-27305, CVE-2024-34083):"
+            f" install aiosmtpd {needed} or later (pip install 'aiosmtpd>={needed}')"
+        )
+    return ""
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """The release numbers of a version ("1.4.4.post2" → (1, 4, 4)); a pre-release of x.y.z
+    ("1.4.6rc1", "1.4.6.dev0") counts as x.y.(z-1)."""
+    match = re.match(r"(\d+(?:\.\d+)*)(.*)", version.strip())
+    if match is None:
+        return ()
+    release = tuple(int(n) for n in match[1].split("."))
+    if re.match(r"[.-]?(a|b|c|rc|dev|alpha|beta|pre)", match[2]):
+        return (*release[:-1], release[-1] - 1)
+    return release
