@@ -30,6 +30,14 @@ _PLAIN_PATH = re.compile(
 )
 
 
+def _encodable(text: str | None) -> bool:
+    try:
+        (text or "").encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class BlockDataSMTP(SMTP):
     """aiosmtpd's SMTP (and, as a base of LMTP, LMTP) with DATA read in blocks."""
 
@@ -41,7 +49,13 @@ class BlockDataSMTP(SMTP):
         match = _PLAIN_PATH.match(arg)
         rest = match[2].lstrip(" \t") if match else ""
         if match is None or rest.startswith("("):  # a comment: RFC 5322 CFWS, the long way
-            return super()._getaddr(arg)
+            try:
+                address, params = super()._getaddr(arg)
+            except Exception:  # the email package's parser on "<" or '"' alone: a syntax error
+                return None, None
+            return (address, params) if _encodable(address) else (None, None)
+        if not _encodable(match[1]):  # invalid UTF-8 (kept as surrogates): no address
+            return None, None
         local = match[1].rpartition("@")[0]
         if self.local_part_limit and len(local) > self.local_part_limit:
             return None, None

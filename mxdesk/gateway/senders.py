@@ -7,11 +7,11 @@ import os
 import re
 import sqlite3
 import time
-from email.utils import getaddresses
 
 from mxdesk import dkimkeys, state
 from mxdesk.channels import channel_of_address
 from mxdesk.gateway.dkim import DkimKey, DkimKeyError
+from mxdesk.names import header_addresses
 
 log = logging.getLogger("mxdesk.gateway.submission")
 KEY_CACHE_SECONDS = 60.0
@@ -94,7 +94,8 @@ class SenderPolicy:
         """The keys of the From: header's domain when it is the tenant's (DMARC alignment,
         RFC 7489 §3.1.1), else of the envelope sender's domain; [] when there are none."""
         domain = mail_from.rpartition("@")[2].lower()
-        for _, addr in getaddresses(header_values(message, b"from")):
+        pairs = [p for v in header_values(message, b"from") for p in header_addresses(v) or []]
+        for _, addr in pairs:
             if addr and self.tenant_of_address(addr) == tenant:
                 domain = addr.rpartition("@")[2].lower()
                 break

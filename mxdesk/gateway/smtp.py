@@ -160,6 +160,9 @@ class GatewaySMTP(BlockDataSMTP):
     async def push(self, status: Any) -> None:
         if isinstance(status, bytes):
             status = status.decode("utf-8", "replace")
+        # aiosmtpd echoes what the client sent ("command … not recognized"): never raw control
+        # characters or undecodable bytes back on the wire.
+        status = "\r\n".join(_printable(line) for line in status.split("\r\n"))
         if not self._greeting_phase:
             status = "\r\n".join(with_enhanced_code(line) for line in status.split("\r\n"))
         if status[:1] in ("4", "5") and self.envelope is not None:
@@ -192,3 +195,9 @@ class GatewaySMTP(BlockDataSMTP):
 
     def _create_envelope(self) -> GatewayEnvelope:
         return GatewayEnvelope()
+
+
+def _printable(line: str) -> str:
+    return "".join(
+        c if (c.isprintable() or c == " ") and not "\udc80" <= c <= "\udcff" else "?" for c in line
+    )

@@ -6,7 +6,6 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from email.utils import getaddresses
 
 import dkim
 import spf
@@ -16,6 +15,7 @@ from mxdesk.gateway import dmarc
 from mxdesk.gateway.authresults import field_name, field_value, header_fields
 from mxdesk.gateway.dmarc import DmarcResult, Identifier
 from mxdesk.gateway.verdictdns import Lookups, TempDnsError, pyspf_through
+from mxdesk.names import header_addresses
 
 # dkimpy logs each failed signature at ERROR level with text taken from the message: it gets a
 # logger that goes nowhere. What matters is in the verdicts, and the MX logs them.
@@ -255,10 +255,17 @@ def check_arc(message: bytes, fields: Sequence[bytes], lookups: Lookups) -> ArcV
 
 def from_domains(fields: Sequence[bytes]) -> tuple[list[str], str | None]:
     """The distinct domains of the From: addresses (RFC 7489 §6.6.1), or a reason they make
-    DMARC a permerror. Read with the parser the store uses, so both see the same addresses."""
+    DMARC a permerror. Read with the parser the store uses (names.header_addresses), so both
+    see the same addresses."""
     values = [field_value(f) for f in fields if field_name(f) == b"from"]
     domains: list[str] = []
-    for _, address in getaddresses(values):
+    found: list[tuple[str, str]] = []
+    for value in values:
+        pairs = header_addresses(value)
+        if pairs is None:
+            return [], "the From header cannot be read unambiguously"
+        found.extend(pairs)
+    for _, address in found:
         if not address:
             continue
         domain = address_domain(address)

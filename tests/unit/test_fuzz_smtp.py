@@ -243,36 +243,12 @@ def dot_stuffed(body: bytes) -> bytes:
     return b"\r\n".join(b"." + line if line.startswith(b".") else line for line in lines)
 
 
-def known_defect(line: bytes, reply: str, session: Session) -> str | None:
-    """Which defect found by this fuzzing, outside the code it was written with (issue 10),
-    line and reply show; each is pinned by a strict xfail test below. The fuzz counts them
-    (hypothesis events) rather than failing, until they are fixed and these lines removed."""
-    verb = line[:4].upper()
-    if reply.startswith("451 4.3.0") and verb in (b"MAIL", b"RCPT", b"VRFY"):
-        return "an address aiosmtpd cannot parse, or echo, is an internal error"
-    if reply.startswith("451 4.3.0") and line.endswith(b"\r\n."):  # the end of a message
-        invalid = any(c[:4].upper() in (b"MAIL", b"RCPT") and not _utf8(c) for c in session.sent)
-        return "an address with invalid UTF-8 fails the spool commit" if invalid else None
-    if session.garbled and reply.startswith('500 5.5.2 Error: command "'):
-        return "an unknown command is echoed with its control characters"
-    return None
-
-
-def _utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
 @FUZZ
 @given(commands=sessions(), body=BODIES)
 def test_random_commands_get_smtp_replies_and_never_break_a_session(
     gateway: Served, commands: list[bytes], body: bytes
 ) -> None:
     gateway.errors.records.clear()
-    known: set[str] = set()
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=15) as sock:
         session = Session(sock)
         assert session.reply().startswith("220 ")
@@ -284,14 +260,8 @@ def test_random_commands_get_smtp_replies_and_never_break_a_session(
                 reply = session.command(line)
                 assert reply[:3] in ("250", "451", "452", "550", "552", "554"), reply
                 event(f"message answered {reply[:3]}")
-            defect = known_defect(line, reply, session)
-            if defect is not None:
-                event(f"known defect: {defect}")
-                known.add(defect)
-                session.garbled.clear()
             assert not session.garbled, f"control characters in a reply: {session.garbled}"
-            if defect is None:
-                assert not reply.startswith("451 4.3.0"), f"internal error: {line!r} -> {reply}"
+            assert not reply.startswith("451 4.3.0"), f"internal error: {line!r} -> {reply}"
             if reply.startswith(ENDS_SESSION):
                 assert session.reply() == "" and session.closed, "it said goodbye: it must close"
                 break
@@ -300,15 +270,9 @@ def test_random_commands_get_smtp_replies_and_never_break_a_session(
             assert session.command(b"NOOP")[:3] == "250"
             assert session.command(b"QUIT")[:3] == "221"
             assert session.reply() == "" and session.closed
-    if not known:  # a known defect logs its traceback
-        assert not gateway.errors.records, [r.getMessage() for r in gateway.errors.records]
+    assert not gateway.errors.records, [r.getMessage() for r in gateway.errors.records]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: the MX says 250 to an address with invalid UTF-8, then 451 at DATA when"
-    " the spool cannot store it (and every message sharing that group commit fails with it)",
-)
 @pytest.mark.parametrize(
     ("mail_from", "rcpt_to"),
     [
@@ -333,11 +297,6 @@ def test_invalid_utf8_in_an_address_is_refused_at_once(
     assert replies[-1][0] == "5" or replies[-1].startswith("250 2.0.0"), replies
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: aiosmtpd's address parser (email._header_value_parser) raises IndexError"
-    " on an unclosed '<' or '\"'; the session answers 451 4.3.0 and logs a traceback",
-)
 @pytest.mark.parametrize("line", [b"MAIL FROM:<", b'MAIL FROM:"', b'VRFY <"'])
 def test_an_unparsable_address_is_a_syntax_error(gateway: Served, line: bytes) -> None:
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=15) as sock:
@@ -348,12 +307,6 @@ def test_an_unparsable_address_is_a_syntax_error(gateway: Served, line: bytes) -
     assert reply[:3] in ("501", "502", "553"), reply
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10: aiosmtpd echoes what the client sent in replies (500 'command … not"
-    " recognized', 502 'Could not VRFY …'): control characters go back raw, invalid UTF-8"
-    " cannot be encoded and becomes a 451 4.3.0 with a traceback",
-)
 @pytest.mark.parametrize("line", [b"X\x1b[31m", b"HELO\r\x00", b"VRFY >\x80"])
 def test_replies_carry_no_raw_client_bytes(gateway: Served, line: bytes) -> None:
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=15) as sock:

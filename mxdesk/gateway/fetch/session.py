@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from email.utils import formatdate, getaddresses
+from email.utils import formatdate
 
 from mxdesk.channels import ChannelView
 from mxdesk.gateway.authresults import strip_ours
@@ -16,6 +16,7 @@ from mxdesk.gateway.fetch.ledger import Fetched, message_key
 from mxdesk.gateway.inboundauth import InboundVerifier
 from mxdesk.gateway.senders import header_values
 from mxdesk.gateway.spool import Spool
+from mxdesk.names import header_addresses
 
 log = logging.getLogger("mxdesk.gateway.fetch")
 INBOUND = "in"
@@ -50,7 +51,8 @@ def _envelope_sender(head: bytes) -> str:
     paths = header_values(head, b"return-path")
     if paths:
         return paths[-1].strip().strip("<>").strip()
-    found = [a for _, a in getaddresses(header_values(head, b"from")) if "@" in a]
+    pairs = [p for v in header_values(head, b"from") for p in header_addresses(v) or []]
+    found = [a for _, a in pairs if "@" in a]
     return found[0] if found else ""
 
 
