@@ -39,6 +39,7 @@ SECTIONS = {
     "outbound_retry": "gateway.outbound_retry",
     "submission": "gateway.submission",
     "outbound": "gateway.outbound",
+    "inbound_auth": "gateway.inbound_auth",
 }
 
 
