@@ -46,6 +46,12 @@ class Domain:
     activated: float | None = None
     forced: bool = False
     owner_notified: bool = False
+    health: str = "ok"  # of an active domain: "drift" or "healing" (mxdesk.dns.drift)
+    drift_misses: int = 0  # consecutive rechecks that found a record missing or different
+    drift_since: float | None = None
+    drift_detail: str = ""  # one line per drifted record: expected and served values
+    last_recheck: float | None = None
+    drift_notified: bool = False  # the owner was mailed of this drift, not yet of its end
 
     @property
     def receives(self) -> bool:

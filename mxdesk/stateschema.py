@@ -131,4 +131,15 @@ SCHEMA = [
     """
     ALTER TABLE outboxes ADD COLUMN oauth_channel TEXT NOT NULL DEFAULT '';
     """,
+    # Drift of an active domain (mxdesk.dns.drift): its health, the consecutive checks that
+    # found a record missing or different, since when and what, and whether the owner was told.
+    """
+    ALTER TABLE domains ADD COLUMN health TEXT NOT NULL DEFAULT 'ok'
+        CHECK (health IN ('ok', 'drift', 'healing'));
+    ALTER TABLE domains ADD COLUMN drift_misses INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE domains ADD COLUMN drift_since REAL;
+    ALTER TABLE domains ADD COLUMN drift_detail TEXT NOT NULL DEFAULT '';
+    ALTER TABLE domains ADD COLUMN last_recheck REAL;
+    ALTER TABLE domains ADD COLUMN drift_notified INTEGER NOT NULL DEFAULT 0;
+    """,
 ]

@@ -289,7 +289,12 @@ def show(ctx: Context, name: str, as_json: bool) -> None:
         emit_json(view)
         return
     d = view.domain
-    click.echo(f"{d.name}  tenant {d.tenant}  {d.kind}  {d.status}")
+    click.echo(f"{d.name}  tenant {d.tenant}  {d.kind}  {_shown_status(d)}")
+    if d.status == "active" and d.health != "ok":
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.drift_since or 0))
+        click.echo(f"{d.health} since {since}:")
+        for line in d.drift_detail.splitlines():
+            click.echo(f"  {line}")
     if d.status != "active":
         click.echo(f"served: {d.served}/{d.expected} records x servers")
     if d.activated:
@@ -312,7 +317,8 @@ def show(ctx: Context, name: str, as_json: bool) -> None:
 @pass_context
 @errors_to_exit(*ERRORS)
 def list_(ctx: Context, tenant_slug: str | None, as_json: bool) -> None:
-    """List domains with their state (pending, publishing, propagating, active, disabled)."""
+    """List domains with their state (pending, publishing, propagating, active, disabled; an
+    active domain whose records drifted shows drift, or healing while they are republished)."""
     conn = need_state(ctx)
     if tenant_slug:
         state.get_tenant(conn, tenant_slug)  # an unknown tenant is an error, not an empty list
@@ -326,13 +332,18 @@ def list_(ctx: Context, tenant_slug: str | None, as_json: bool) -> None:
                     d.name,
                     d.tenant,
                     d.kind,
-                    d.status,
+                    _shown_status(d),
                     f"{d.served}/{d.expected}" if d.expected else "-",
                 )
                 for d in found
             ],
             ["domain", "tenant", "kind", "status", "served"],
         )
+
+
+def _shown_status(d: state.Domain) -> str:
+    """An active domain's health in place of "active" when its records drifted."""
+    return d.health if d.status == "active" and d.health != "ok" else d.status
 
 
 @domain_group.command("disable")

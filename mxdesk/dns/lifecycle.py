@@ -3,7 +3,8 @@
 The CLI publishes a new domain itself (so that a refused key is said at once); the gateway's
 DomainLifecycle task carries every domain the rest of the way, across restarts: it publishes
 what a killed CLI left half-way, checks propagating domains at their authoritative servers,
-activates them, mails the owner and releases the replies that waited for the domain.
+activates them, mails the owner and releases the replies that waited for the domain; its
+DriftWatch (mxdesk.dns.drift) then rechecks the active ones.
 """
 
 from __future__ import annotations
@@ -15,17 +16,17 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from mxdesk import dkimkeys, state
+from mxdesk import state
 from mxdesk.config import Config
 from mxdesk.dns.check import AuthoritativeChecker, CheckReport
-from mxdesk.dns.owner_mail import activation_mail, activation_queue_id
+from mxdesk.dns.drift import DriftWatch, bounded_each
+from mxdesk.dns.owner_mail import activation_mail, activation_queue_id, queue_notice
 from mxdesk.dns.providers import ProviderError
 from mxdesk.dns.publish import RETRY_DELAYS, Published, publish
 from mxdesk.domains import domain_plan
-from mxdesk.gateway.dkim import DkimKeyError, sign
-from mxdesk.gateway.outrunner import OUTBOUND
+from mxdesk.gateway.dkim import DkimKeyError
 from mxdesk.gateway.senders import WAITING_PREFIX, WAITING_SUFFIX
-from mxdesk.gateway.spool import NewEntry, Recipient, Spool
+from mxdesk.gateway.spool import Spool
 
 log = logging.getLogger("mxdesk.dns.lifecycle")
 IN_PROGRESS = ("pending", "publishing", "propagating")
@@ -96,13 +97,18 @@ class DomainLifecycle:
         self._task: asyncio.Task[None] | None = None
         self._conn: sqlite3.Connection | None = None
         self._checker: AuthoritativeChecker | None = None
+        # Its own task and connection: rechecking thousands of active domains must not hold
+        # up a new domain's way to active.
+        self._drift = DriftWatch(self.config, self.spool)
 
     def start(self) -> None:
         self._conn = state.connect(self.config.general.state_db)
         self._checker = AuthoritativeChecker(self.config.dns)
         self._task = asyncio.create_task(self._run())
+        self._drift.start()
 
     async def stop(self) -> None:
+        await self._drift.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -125,13 +131,9 @@ class DomainLifecycle:
             "SELECT name FROM domains WHERE status IN (?,?,?) AND next_action<=?",
             (*IN_PROGRESS, time.time()),
         ).fetchall()
-        limit = asyncio.Semaphore(self.concurrency)
-
-        async def advance(name: str) -> None:
-            async with limit:
-                await self._advance(conn, name)
-
-        await asyncio.gather(*(advance(row["name"]) for row in due))
+        await bounded_each(
+            [row["name"] for row in due], self.concurrency, lambda n: self._advance(conn, n)
+        )
         await self._notify_owners(conn)
         await self._release_replies(conn)
 
@@ -180,18 +182,9 @@ class DomainLifecycle:
             if m.active and m.address.endswith("@" + domain.name)
         ]
         message = activation_mail(cfg, domain.name, tenant.slug, tenant.owner, addresses)
-        keys = dkimkeys.load_signing_keys(conn, cfg.general.base_domain)
-        entry = NewEntry(
-            activation_queue_id(domain.name, domain.activated),
-            OUTBOUND,
-            "local",
-            cfg.dns.notify_from,
-            (Recipient(tenant.owner, tenant.owner.lower(), tenant.slug),),
-            sign(message, keys) if keys else message,
-        )
-        if not await self.spool.exists(entry.id):
-            await asyncio.shield(self.spool.commit(entry))
-        log.info("domain=%s queue_id=%s owner <%s> told", domain.name, entry.id, tenant.owner)
+        queue_id = activation_queue_id(domain.name, domain.activated)
+        await queue_notice(self.spool, conn, cfg, queue_id, tenant.slug, [tenant.owner], message)
+        log.info("domain=%s queue_id=%s owner <%s> told", domain.name, queue_id, tenant.owner)
 
     async def _release_replies(self, conn: sqlite3.Connection) -> None:
         for reason in await self.spool.holds(WAITING_PREFIX):

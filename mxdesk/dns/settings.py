@@ -71,6 +71,8 @@ class DnsConfig:
     nameserver_addresses: tuple[tuple[str, tuple[Listen, ...]], ...] = ()
     notify_from: str = ""
     activation_template: Path | None = None
+    recheck_interval: float = 3600.0  # seconds between two drift checks of an active domain
+    admin_address: str = ""  # also told of drift in zones mxdesk cannot publish to
 
     def zone_of(self, name: str) -> tuple[str, ProviderConfig | None]:
         """The configured zone holding name (the longest that does) and the provider that
@@ -207,6 +209,8 @@ def parse_dns(table: dict[str, Any], base_domain: str, errors: list[str]) -> Dns
         nameserver_addresses=tuple(ns_addresses),
         notify_from=d.get("notify_from", str, "") or f"postmaster@{base_domain}",
         activation_template=d.path("activation_template", None),
+        recheck_interval=d.positive("recheck_interval", float, DnsConfig.recheck_interval),
+        admin_address=d.get("admin_address", str, ""),
     )
     if not config.spf.startswith("v=spf1"):
         errors.append(f"dns.spf: {config.spf!r} does not start with v=spf1")
@@ -216,6 +220,8 @@ def parse_dns(table: dict[str, Any], base_domain: str, errors: list[str]) -> Dns
         value = getattr(config, key)
         if value and not value.startswith(("mailto:", "https:")):
             errors.append(f"dns.{key}: {value!r} must start with mailto: or https:")
+    if config.admin_address and "@" not in config.admin_address.strip("@"):
+        errors.append(f"dns.admin_address: {config.admin_address!r} is not an e-mail address")
     if config.activation_template and not config.activation_template.is_file():
         errors.append(f"dns.activation_template: {config.activation_template} does not exist")
     d.finish()

@@ -31,7 +31,7 @@ MAILBOX = "suporte@marca.helpdesk.example"
 VENDAS = "vendas@marca.helpdesk.example"
 CUSTOMER = "cliente@cliente.example"
 SELECTOR = "s1"
-MESSAGES = int(os.environ.get("MXDESK_CRASH_MESSAGES", "1000"))
+MESSAGES = int(os.environ.get("MXDESK_RESEND_CRASH_MESSAGES", "600"))
 PARALLEL = 20
 # What the gateway writes for these messages when it checks them against the records below;
 # the test puts it in itself only while the gateway does not (it is being built alongside).

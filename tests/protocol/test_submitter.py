@@ -36,6 +36,7 @@ class Gateway:
         self.data: list[bytes] = []
         self.answers: dict[str, str] = {}  # "MAIL", "DATA" or a recipient -> reply
         self.server: asyncio.Server | None = None
+        self.sessions: list[DsnSMTP] = []
 
     async def handle_EHLO(
         self, server: SMTP, session: Session, envelope: Envelope, host: str, responses: list[str]
@@ -69,12 +70,23 @@ class Gateway:
     async def start(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_unix_server(lambda: DsnSMTP(self), path=str(path))
+
+        def session() -> DsnSMTP:
+            smtp = DsnSMTP(self)
+            self.sessions.append(smtp)
+            return smtp
+
+        self.server = await loop.create_unix_server(session, path=str(path))
 
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
-            await self.server.wait_closed()
+            # wait_closed waits for every connection: a submitter that still holds one (its
+            # fixture is torn down after this one) must not hang the test's teardown.
+            for smtp in self.sessions:
+                if smtp.transport is not None:
+                    smtp.transport.close()
+            await asyncio.wait_for(self.server.wait_closed(), 10)
 
 
 class DsnSMTP(SMTP):
