@@ -56,7 +56,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +67,7 @@ from auth_smtp_harness import (
     make_tls_files,
     oauth2_settings,
 )
+from conftest import require_real
 from daemons import free_port
 from oauth_server import OAuth2Keys
 from postfix_harness import postfix_binary
@@ -401,3 +402,12 @@ class MailServer:
                 f"{result.stderr.decode(errors='replace')}"
             )
         return result.stdout.decode()
+
+
+def mail_server(users: dict[str, str], oauth2: OAuth2Keys | None = None) -> Iterator[MailServer]:
+    """A started MailServer for a module fixture (``yield from mail_server(USERS)``); skips
+    without Dovecot, fails under CI (MXDESK_REQUIRE_REAL=1)."""
+    for program in REQUIRED_PROGRAMS:
+        require_real(program)
+    with MailServer(users, oauth2=oauth2) as srv:
+        yield srv

@@ -9,8 +9,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from conftest import require_real
-from dovecot_mail import REQUIRED_PROGRAMS, MailServer
+from dovecot_mail import MailServer, mail_server
 
 DOMAIN = "empresa.example"
 # One mailbox per test, so that the tests share a server but not what they count.
@@ -24,10 +23,7 @@ pytestmark = pytest.mark.real
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[MailServer]:
-    for program in REQUIRED_PROGRAMS:
-        require_real(program)
-    with MailServer(USERS) as srv:
-        yield srv
+    yield from mail_server(USERS)
 
 
 @pytest.fixture(scope="module")

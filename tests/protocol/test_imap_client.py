@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 import pytest
-from conftest import require_real, wait_for
+from conftest import wait_for
 from daemons import free_port
-from dovecot_mail import REQUIRED_PROGRAMS, MailServer
+from dovecot_mail import MailServer, mail_server
 
 from mxdesk.gateway.fetch.errors import (
     AuthFailed,
@@ -42,10 +42,7 @@ TIMEOUT = 10.0
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[MailServer]:
-    for program in REQUIRED_PROGRAMS:
-        require_real(program)
-    with MailServer(USERS) as srv:
-        yield srv
+    yield from mail_server(USERS)
 
 
 @pytest.fixture(scope="module")

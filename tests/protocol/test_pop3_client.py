@@ -11,9 +11,8 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
-from conftest import require_real
 from daemons import free_port
-from dovecot_mail import REQUIRED_PROGRAMS, MailServer
+from dovecot_mail import MailServer, mail_server
 
 from mxdesk.gateway.fetch.errors import (
     AuthFailed,
@@ -38,10 +37,7 @@ UNIQUE_ID = re.compile(r"[\x21-\x7e]{1,70}")
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[MailServer]:
-    for program in REQUIRED_PROGRAMS:
-        require_real(program)
-    with MailServer(USERS) as srv:
-        yield srv
+    yield from mail_server(USERS)
 
 
 @pytest.fixture(scope="module")
