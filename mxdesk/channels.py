@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from mxdesk import state
 from mxdesk.names import InvalidName, parse_address
-from mxdesk.outbox import OutboxError, _check_ca_file, _check_host
+from mxdesk.outbox import OutboxError, check_ca_file, check_host
 from mxdesk.secrets import decrypt, encrypt
 from mxdesk.state import transaction
 
@@ -185,7 +185,7 @@ def add_channel(
                 mailbox,
                 protocol,
                 security,
-                _check_host(host),
+                check_host(host),
                 port,
                 login,
                 auth,
@@ -195,7 +195,7 @@ def add_channel(
                 parse_after(after, protocol),
                 since_days,
                 int(verify),
-                _check_ca_file(ca_file),
+                check_ca_file(ca_file),
                 now,
                 now,
             ),

@@ -106,7 +106,7 @@ def context(tenant: str) -> str:
     return f"outbox:{tenant}"
 
 
-def _check_host(host: str) -> str:
+def check_host(host: str) -> str:
     host = host.strip().lower().rstrip(".")
     try:
         return str(ipaddress.ip_address(host.strip("[]")))
@@ -127,7 +127,7 @@ def _check_sender_name(name: str) -> str:
     return name
 
 
-def _check_ca_file(ca_file: str) -> str:
+def check_ca_file(ca_file: str) -> str:
     if not ca_file:
         return ""
     path = Path(ca_file).expanduser()
@@ -189,7 +189,7 @@ def set_outbox(
         _check_login(where.security, login, password)
     row = (
         tenant,
-        _check_host(where.host),
+        check_host(where.host),
         where.port,
         where.security,
         login,
@@ -197,7 +197,7 @@ def set_outbox(
         sender,
         _check_sender_name(sender_name),
         int(verify),
-        _check_ca_file(ca_file),
+        check_ca_file(ca_file),
         time.time(),
         oauth_name,
     )

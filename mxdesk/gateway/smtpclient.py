@@ -155,7 +155,7 @@ async def _token(host: Smarthost, label: str) -> str:
         raise Unusable(RemoteReply(454, f"4.7.0 {label}: no OAuth 2.0 token: {text}")) from None
 
 
-def _client_context(verify: bool, ca_file: str) -> ssl.SSLContext:
+def client_context(verify: bool, ca_file: str) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=ca_file or None)
     if not verify:
         context.check_hostname = False
@@ -174,7 +174,7 @@ class Connector:
         self._cfg = config
         self._helo = helo_name
         # RFC 7435 opportunistic TLS: encryption without authentication beats plain text.
-        self._may_tls = _client_context(False, "")
+        self._may_tls = client_context(False, "")
 
     async def open_mx(self, target: Target) -> SmtpSession:
         port = self._cfg.smtp_port
@@ -190,7 +190,7 @@ class Connector:
     async def open_smarthost(self, host: Smarthost, ident: Smarthost) -> SmtpSession:
         label = f"smarthost {host.name}"
         try:
-            context = await asyncio.to_thread(_client_context, host.verify, host.ca_file)
+            context = await asyncio.to_thread(client_context, host.verify, host.ca_file)
         except (OSError, ValueError) as exc:
             reason = f"cannot use the CA file {host.ca_file!r}: {reason_of(exc)}"
             raise Unusable(RemoteReply(451, f"4.7.5 {label}: {reason}")) from None

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -23,6 +22,7 @@ from mxdesk.gateway.fetch.pop3fetch import Pop3Fetch
 from mxdesk.gateway.fetch.session import SessionContext, log
 from mxdesk.gateway.fetch.tokens import NotAuthorized, TokenSource
 from mxdesk.gateway.inboundauth import InboundVerifier
+from mxdesk.gateway.smtpclient import client_context
 from mxdesk.gateway.spool import Spool, SpoolError
 from mxdesk.oauth2 import OAuth2Error
 
@@ -43,14 +43,6 @@ class FetcherDeps:
     slot: Callable[[str], AbstractAsyncContextManager[None]]
     committed: Callable[[int], None]
     verifier: InboundVerifier | None = None
-
-
-def tls_context(view_verify: bool, ca_file: str) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=ca_file or None)
-    if not view_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 class Fetcher:
@@ -157,7 +149,7 @@ class Fetcher:
 
     async def _session(self) -> None:
         view, cfg = self.view, self.deps.config
-        context = tls_context(view.verify, view.ca_file) if view.security != "none" else None
+        context = client_context(view.verify, view.ca_file) if view.security != "none" else None
         ctx = self._context(view.security != "none")
         async with self.deps.slot(view.host):
             secret = await self._credential()

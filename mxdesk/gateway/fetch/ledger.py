@@ -16,14 +16,7 @@ from mxdesk.gateway.senders import header_values
 LEDGER_DAYS = 400  # a message is recognised again for this long (a UIDVALIDITY change, a move)
 
 # What a channel is doing, for `mxdesk channel list`.
-CONNECTING, IDLE, POLLING, FETCHING, FAILING, PAUSED = (
-    "connecting",
-    "idle",
-    "polling",
-    "fetching",
-    "failing",
-    "paused",
-)
+CONNECTING, IDLE, POLLING, FAILING, PAUSED = "connecting", "idle", "polling", "failing", "paused"
 STATUS_COLUMNS = (
     "status",
     "status_since",

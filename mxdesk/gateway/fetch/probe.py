@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from mxdesk.channels import ChannelView
 from mxdesk.gateway.fetch.errors import FetchError
-from mxdesk.gateway.fetch.fetcher import tls_context
 from mxdesk.gateway.fetch.imap import ImapClient
 from mxdesk.gateway.fetch.pop3 import Pop3Client
 from mxdesk.gateway.outboxprobe import ProbeStep
+from mxdesk.gateway.smtpclient import client_context
 
 
 async def probe(view: ChannelView, secret: str, timeout: float) -> list[ProbeStep]:
@@ -16,7 +16,7 @@ async def probe(view: ChannelView, secret: str, timeout: float) -> list[ProbeSte
     step that fails; a login that works followed by a folder that cannot be opened is a
     failure (Microsoft 365 does this when a scope or permission is missing)."""
     steps: list[ProbeStep] = []
-    context = tls_context(view.verify, view.ca_file) if view.security != "none" else None
+    context = client_context(view.verify, view.ca_file) if view.security != "none" else None
     where = f"{view.host}:{view.port} ({view.security})"
     try:
         if view.protocol == "imap":
