@@ -3,7 +3,6 @@ left a message behind: one per event, never one per failed attempt."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import sqlite3
 import time
@@ -12,10 +11,11 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
-from mxdesk import dkimkeys, state
+from mxdesk import state
 from mxdesk.channels import ChannelView
-from mxdesk.gateway.dkim import normalise_line_endings, sign
-from mxdesk.gateway.entries import NewEntry, Recipient
+from mxdesk.config import Config
+from mxdesk.dns.owner_mail import queue_notice
+from mxdesk.gateway.dkim import DkimKeyError, normalise_line_endings
 from mxdesk.gateway.fetch.session import log
 from mxdesk.gateway.spool import Spool, SpoolError
 
@@ -48,18 +48,14 @@ class Alerts:
     """Queues each mail as an outbound spool entry, signed with the base domain's keys."""
 
     def __init__(
-        self,
-        spool: Spool,
-        state_conn: Callable[[], sqlite3.Connection],
-        host_name: str,
-        base_domain: str,
-        admin: str,
+        self, spool: Spool, state_conn: Callable[[], sqlite3.Connection], config: Config
     ) -> None:
         self._spool = spool
         self._state = state_conn
-        self._host_name = host_name
-        self._base = base_domain
-        self._admin = admin
+        self._config = config
+        self._host_name = config.general.host_name
+        self._base = config.general.base_domain
+        self._admin = config.channels.admin_address
 
     async def failing(self, view: ChannelView, error: str, since: float, kind: str) -> bool:
         when = formatdate(since, localtime=True)
@@ -98,7 +94,6 @@ class Alerts:
         try:
             conn = self._state()
             owner = state.get_tenant(conn, view.tenant).owner
-            keys = dkimkeys.load_signing_keys(conn, self._base)
         except Exception as exc:
             log.error("channel=%s alert not sent: %s", view.name, exc)
             return False
@@ -113,21 +108,13 @@ class Alerts:
         message.set_content(body)
         data = normalise_line_endings(message.as_bytes())
         digest = hashlib.sha256(f"{view.name}\0{view.created!r}\0{event}".encode()).hexdigest()
-        entry = NewEntry(
-            f"C{digest[:14].upper()}",
-            OUTBOUND,
-            "local",
-            f"postmaster@{self._base}",
+        queue_id = f"C{digest[:14].upper()}"
+        try:
             # No tenant: the alert goes straight to the recipient's MX, not through the
             # tenant's own outbox (which may be what is broken).
-            tuple(Recipient(r, r.lower(), "") for r in recipients),
-            sign(data, keys) if keys else data,
-        )
-        try:
-            if not await self._spool.exists(entry.id):
-                await asyncio.shield(self._spool.commit(entry))
-        except SpoolError as exc:
+            await queue_notice(self._spool, conn, self._config, queue_id, "", recipients, data)
+        except (SpoolError, OSError, DkimKeyError) as exc:
             log.error("channel=%s alert not queued: %s", view.name, exc)
             return False
-        log.info("channel=%s queue_id=%s alert mailed: %s", view.name, entry.id, subject)
+        log.info("channel=%s queue_id=%s alert mailed: %s", view.name, queue_id, subject)
         return True

@@ -44,13 +44,7 @@ class ChannelManager:
         self._task: asyncio.Task[None] | None = None
         self._next_prune = 0.0
         cfg = config.channels
-        self.alerts = Alerts(
-            spool,
-            self._state,
-            config.general.host_name,
-            config.general.base_domain,
-            cfg.admin_address,
-        )
+        self.alerts = Alerts(spool, self._state, config)
         self.deps = FetcherDeps(
             config=cfg,
             spool=spool,
