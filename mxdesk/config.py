@@ -132,6 +132,11 @@ class StoreConfig:
 class DkimConfig:
     keys_dir: Path = Path("/var/lib/mxdesk/dkim")
     ed25519: bool = False
+    # Rotation: a new key signs once every authoritative server has served it this long; the
+    # old one stays published retire_after more; rotate_every 0 = only by hand.
+    publish_lag: float = 4 * 3600.0
+    retire_after: float = 4 * 86400.0
+    rotate_every: float = 180 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -355,6 +360,9 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
     dkim = DkimConfig(
         keys_dir=k.path("keys_dir", state_dir / "dkim") or state_dir / "dkim",
         ed25519=k.get("ed25519", bool, False),
+        publish_lag=k.duration("publish_lag", DkimConfig.publish_lag),
+        retire_after=k.duration("retire_after", DkimConfig.retire_after),
+        rotate_every=k.duration("rotate_every", DkimConfig.rotate_every),
     )
     k.finish()
 

@@ -88,6 +88,20 @@ class Reader:
             return default
         return value
 
+    def duration(self, name: str, default: float) -> float:
+        """Seconds, given as a number of seconds or a string with a unit: "90s", "15m",
+        "4h", "4d"; 0 or more."""
+        self.seen.add(name)
+        value = self.table.get(name, default)
+        seconds = parse_duration(value)
+        if seconds is None:
+            self.errors.append(
+                f'{self.key(name)}: expected seconds or a duration like "4h" or "180d",'
+                f" got {value!r}"
+            )
+            return default
+        return seconds
+
     def path(self, name: str, default: Path | None) -> Path | None:
         value = self.get(name, str, None)
         if value is None:
@@ -100,6 +114,28 @@ class Reader:
         for extra in sorted(set(self.table) - self.seen):
             hint = did_you_mean(extra, self.seen)
             self.errors.append(f"{self.key(extra)}: unknown key{hint}")
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(value: Any) -> float | None:
+    """A duration in seconds from 3600, 3600.0, "3600", "60m", "1h" or "1.5d"; None if it is
+    none of these or negative."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip():
+        text = value.strip().lower()
+        unit = _UNITS.get(text[-1])
+        try:
+            seconds = float(text[:-1] if unit else text) * (unit or 1.0)
+        except ValueError:
+            return None
+    else:
+        return None
+    return seconds if seconds >= 0 and seconds == seconds else None
 
 
 def host_ports(raw: Any, key: str, errors: list[str]) -> tuple[Listen, ...]:

@@ -20,6 +20,7 @@ class DkimRecord:
     selector: str
     algorithm: str
     txt: str
+    state: str = "active"
 
 
 @dataclass(frozen=True)
@@ -55,20 +56,38 @@ def add_domain(
 ) -> DomainView:
     """Creates a pending domain with its DKIM keys: LABEL.<base domain>, or with own the
     customer's domain NAME and the token that proves it is theirs."""
+    delegated = False
     if own:
         domain = state.add_domain(
             conn, own_domain_name(config, name), tenant, "own", secrets.token_hex(16)
         )
+        delegated = bool(config.dns.dkim_zone)
+        if delegated:
+            clash = _delegation_clash(conn, domain.name)
+            if clash:
+                remove_domain(conn, config, domain.name)
+                raise state.StateError(
+                    f"{domain.name} and {clash} would share the label"
+                    f" {dkimkeys.delegation_label(clash)} in {config.dns.dkim_zone}"
+                )
+            state.set_domain(conn, domain.name, dkim_delegated=True)
     else:
         label = name.removesuffix("." + config.general.base_domain)
         full = state.hosted_name(config.general.base_domain, label, reserved)
         domain = state.add_domain(conn, full, tenant, "hosted")
     try:
-        dkimkeys.create_keys(conn, config.dkim, domain.name)
+        dkimkeys.create_keys(conn, config.dkim, domain.name, delegated=delegated)
     except BaseException:
         remove_domain(conn, config, domain.name)
         raise
-    return show_domain(conn, domain.name)
+    return show_domain(conn, domain.name, config)
+
+
+def _delegation_clash(conn: sqlite3.Connection, name: str) -> str:
+    """Another delegated domain whose keys would live under the same label, or ""."""
+    label = dkimkeys.delegation_label(name)
+    rows = conn.execute("SELECT name FROM domains WHERE dkim_delegated=1 AND name!=?", (name,))
+    return next((r["name"] for r in rows if dkimkeys.delegation_label(r["name"]) == label), "")
 
 
 def remove_domain(conn: sqlite3.Connection, config: Config, name: str) -> None:
@@ -86,15 +105,21 @@ def ensure_base_domain_keys(conn: sqlite3.Connection, config: Config) -> None:
     dkimkeys.create_keys(conn, config.dkim, config.general.base_domain)
 
 
-def show_domain(conn: sqlite3.Connection, name: str) -> DomainView:
+def show_domain(conn: sqlite3.Connection, name: str, config: Config | None = None) -> DomainView:
     domain = get(conn, name)
+    under = delegation_zone(config, domain) if config is not None else ""
     records = [
         DkimRecord(
-            f"{k.selector}._domainkey.{k.domain}", k.selector, k.algorithm.decode(), k.dns_txt()
+            f"{k.selector}._domainkey.{under or k.domain}", k.selector, k.algorithm, txt, k.state
         )
-        for k in dkimkeys.load_signing_keys(conn, domain.name)
+        for k, txt in published_keys(conn, domain.name)
     ]
     return DomainView(domain, records)
+
+
+def published_keys(conn: sqlite3.Connection, name: str) -> list[tuple[dkimkeys.KeyRecord, str]]:
+    """The keys whose records a domain publishes, with their TXT values."""
+    return [(k, dkimkeys.record_txt(k)) for k in dkimkeys.keys_of(conn, name, dkimkeys.PUBLISHED)]
 
 
 def get(conn: sqlite3.Connection, name: str) -> state.Domain:
@@ -104,14 +129,48 @@ def get(conn: sqlite3.Connection, name: str) -> state.Domain:
     return domain
 
 
-def _dkim_txts(conn: sqlite3.Connection, name: str) -> list[DkimTxt]:
-    return [DkimTxt(k.selector, k.dns_txt()) for k in dkimkeys.load_signing_keys(conn, name)]
+def delegation_zone(config: Config, domain: state.Domain) -> str:
+    """Where a delegated domain's keys live (<label>.<dkim zone>); "" when it is not."""
+    if not domain.dkim_delegated or not config.dns.dkim_zone:
+        return ""
+    return f"{dkimkeys.delegation_label(domain.name)}.{config.dns.dkim_zone}"
+
+
+def _dkim_txts(conn: sqlite3.Connection, name: str, under: str = "") -> list[DkimTxt]:
+    return [
+        DkimTxt(k.selector, txt, f"{k.selector}._domainkey.{under}" if under else "")
+        for k, txt in published_keys(conn, name)
+    ]
+
+
+def dkim_cnames(
+    conn: sqlite3.Connection, config: Config, domain: state.Domain
+) -> list[tuple[str, str]]:
+    """A delegated domain's CNAMEs: every slot (and each key outside the slots) ->
+    the same selector under its label in the DKIM zone."""
+    under = delegation_zone(config, domain)
+    if not under:
+        return []
+    suffixes = ["", "e"] if config.dkim.ed25519 else [""]
+    selectors = {slot + e for slot in dkimkeys.SLOTS for e in suffixes}
+    selectors |= {k.selector for k in dkimkeys.keys_of(conn, domain.name)}
+    return [(f"{s}._domainkey.{domain.name}", f"{s}._domainkey.{under}") for s in sorted(selectors)]
 
 
 def domain_plan(conn: sqlite3.Connection, config: Config, name: str) -> RecordPlan:
-    """The records a domain of a tenant needs (with its ownership proof when it is own)."""
+    """The records a domain needs: a tenant's (with its ownership proof when it is own, and
+    its DKIM CNAMEs when delegated) or the base domain's."""
+    if name == config.general.base_domain:
+        return base_plan(conn, config)
     domain = get(conn, name)
-    return plan(domain.name, config.dns, _dkim_txts(conn, domain.name), token=domain.token)
+    under = delegation_zone(config, domain)
+    return plan(
+        domain.name,
+        config.dns,
+        _dkim_txts(conn, domain.name, under),
+        token=domain.token,
+        dkim_cnames=dkim_cnames(conn, config, domain),
+    )
 
 
 def base_plan(conn: sqlite3.Connection, config: Config) -> RecordPlan:

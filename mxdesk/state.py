@@ -52,6 +52,7 @@ class Domain:
     drift_detail: str = ""  # one line per drifted record: expected and served values
     last_recheck: float | None = None
     drift_notified: bool = False  # the owner was mailed of this drift, not yet of its end
+    dkim_delegated: bool = False  # its DKIM records are CNAMEs into [dns] dkim_zone
 
     @property
     def receives(self) -> bool:

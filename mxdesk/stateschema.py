@@ -142,4 +142,18 @@ SCHEMA = [
     ALTER TABLE domains ADD COLUMN last_recheck REAL;
     ALTER TABLE domains ADD COLUMN drift_notified INTEGER NOT NULL DEFAULT 0;
     """,
+    # DKIM rotation (mxdesk.dns.rotation): a key is pending (published, not signing yet), active
+    # (signing), retiring (published, no longer signing), revoked (published as an empty p=)
+    # or removing (its record being deleted); the times each phase began. An own domain may
+    # keep its keys behind CNAMEs into [dns] dkim_zone (dkim_delegated).
+    """
+    ALTER TABLE dkim_keys ADD COLUMN state TEXT NOT NULL DEFAULT 'active'
+        CHECK (state IN ('pending', 'active', 'retiring', 'revoked', 'removing'));
+    ALTER TABLE dkim_keys ADD COLUMN served_since REAL;
+    ALTER TABLE dkim_keys ADD COLUMN activated REAL;
+    ALTER TABLE dkim_keys ADD COLUMN retired REAL;
+    ALTER TABLE dkim_keys ADD COLUMN note TEXT NOT NULL DEFAULT '';
+    UPDATE dkim_keys SET activated = created;
+    ALTER TABLE domains ADD COLUMN dkim_delegated INTEGER NOT NULL DEFAULT 0;
+    """,
 ]

@@ -27,6 +27,7 @@ COMMANDS = {
     "signature": ("operator", "signature_group"),
     "outbox": ("outbox", "outbox_group"),
     "channel": ("channel", "channel_group"),
+    "dkim": ("dkim", "dkim_group"),
     "queue": ("queue", "queue_group"),
     "ticket": ("ticket", "ticket_group"),
 }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
 
@@ -11,6 +10,8 @@ import click
 
 from mxdesk import changes, domains, state
 from mxdesk.cli.context import Context, need_state, pass_context
+from mxdesk.cli.dkim import status_lines, status_of
+from mxdesk.cli.domainwait import follow
 from mxdesk.cli.output import emit_json, emit_table, errors_to_exit, fail, json_option
 from mxdesk.dns.providers import ProviderError, SecretUnavailable
 from mxdesk.dns.records import OWNERSHIP_LABEL, OWNERSHIP_PREFIX, RecordPlan, zone_file
@@ -82,7 +83,7 @@ def add(
             click.echo(zone_file(RecordPlan(domain, tuple(manual))), nl=False)
         _print_mta_sts(plan)
     if wait:
-        sys.exit(_follow(ctx, domain, timeout, as_json))
+        sys.exit(follow(ctx, domain, timeout, as_json))
     if not as_json:
         click.echo(f"propagating: follow it with 'mxdesk domain wait {domain}'")
 
@@ -193,65 +194,7 @@ def publish_(ctx: Context, name: str) -> None:
 @errors_to_exit(*ERRORS)
 def wait(ctx: Context, name: str, timeout: float, as_json: bool) -> None:
     """Follow domain NAME until it is active; exit 0 if it became active, 1 if not in time."""
-    sys.exit(_follow(ctx, domains.get(need_state(ctx), name).name, timeout, as_json))
-
-
-def _follow(ctx: Context, name: str, timeout: float, as_json: bool) -> int:
-    conn = need_state(ctx)
-    start = time.monotonic()
-    live = sys.stdout.isatty() and not as_json
-    last: tuple[object, ...] = ()
-    warned = False
-    stale_after = 3 * ctx.config.dns.check_interval + 10
-    while True:
-        d = domains.get(conn, name)
-        elapsed = time.monotonic() - start
-        now = (d.status, d.served, d.expected, d.last_error)
-        if as_json and now != last:
-            click.echo(
-                json.dumps(
-                    {
-                        "domain": name,
-                        "status": d.status,
-                        "served": d.served,
-                        "expected": d.expected,
-                        "elapsed": round(elapsed, 1),
-                        "last_error": d.last_error,
-                    }
-                )
-            )
-        elif live:
-            click.echo(
-                f"\r{name}: {d.status}, {d.served}/{d.expected} served, {elapsed:.0f}s\033[K",
-                nl=False,
-            )
-        elif now != last:
-            click.echo(
-                f"{name}: {d.status}, {d.served}/{d.expected} served, {elapsed:.0f}s"
-                + (f" ({d.last_error})" if d.last_error else "")
-            )
-        last = now
-        if d.status == "active":
-            if live:
-                click.echo()
-            return 0
-        if elapsed > timeout:
-            if live:
-                click.echo()
-            click.echo(
-                f"mxdesk: {name} is not active after {timeout:.0f}s"
-                + (f": {d.last_error}" if d.last_error else ""),
-                err=True,
-            )
-            return 1
-        if not warned and elapsed > stale_after and (d.checked or 0) < time.time() - stale_after:
-            click.echo(
-                f"\nmxdesk: nothing has checked {name} for {elapsed:.0f}s:"
-                " is the gateway (mxdesk-gateway) running?",
-                err=True,
-            )
-            warned = True
-        time.sleep(0.2)
+    sys.exit(follow(ctx, domains.get(need_state(ctx), name).name, timeout, as_json))
 
 
 @domain_group.command("activate")
@@ -284,7 +227,7 @@ def activate(ctx: Context, name: str, force: bool, no_mail: bool) -> None:
 @errors_to_exit(*ERRORS)
 def show(ctx: Context, name: str, as_json: bool) -> None:
     """Show domain NAME: its state, progress and the DKIM records it needs in DNS."""
-    view = domains.show_domain(need_state(ctx), name)
+    view = domains.show_domain(need_state(ctx), name, ctx.config)
     if as_json:
         emit_json(view)
         return
@@ -308,7 +251,9 @@ def show(ctx: Context, name: str, as_json: bool) -> None:
         proof = f'{OWNERSHIP_LABEL}.{d.name}. IN TXT "{OWNERSHIP_PREFIX}{d.token}"'
         click.echo(f"ownership proof: {proof}")
     for r in view.dkim:
-        click.echo(f'DKIM {r.algorithm}: {r.name}. IN TXT "{r.txt}"')
+        click.echo(f'DKIM {r.algorithm} ({r.state}): {r.name}. IN TXT "{r.txt}"')
+    for line in status_lines(status_of(need_state(ctx), ctx.config, d.name)):
+        click.echo(line)
 
 
 @domain_group.command("list")

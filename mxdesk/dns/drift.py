@@ -18,8 +18,9 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
-from mxdesk import state
+from mxdesk import dkimkeys, state
 from mxdesk.config import Config
+from mxdesk.dkimkeys import PENDING
 from mxdesk.dns.check import DIFFERS, MISSING, AuthoritativeChecker, CheckReport
 from mxdesk.dns.owner_mail import drift_mail, notice_queue_id, queue_notice
 from mxdesk.dns.providers import ProviderError
@@ -183,7 +184,12 @@ class DriftWatch:
             log.warning("domain=%s cannot be rechecked: %s", name, exc)
             state.set_domain(conn, name, last_recheck=time.time())
             return None
-        report = await self._checker.check(name, plan.records)
+        # A rotation's new key is checked by the rotation: not served yet is not drift.
+        pending = [f"{k.selector}._domainkey." for k in dkimkeys.keys_of(conn, name, (PENDING,))]
+        records = [
+            r for r in plan.records if r.purpose != "dkim" or not r.name.startswith(tuple(pending))
+        ]
+        report = await self._checker.check(name, records)
         now = time.time()
         wrong = drifted(report)
         previous = health_of(domain)

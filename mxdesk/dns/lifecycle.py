@@ -4,7 +4,8 @@ The CLI publishes a new domain itself (so that a refused key is said at once); t
 DomainLifecycle task carries every domain the rest of the way, across restarts: it publishes
 what a killed CLI left half-way, checks propagating domains at their authoritative servers,
 activates them, mails the owner and releases the replies that waited for the domain; its
-DriftWatch (mxdesk.dns.drift) then rechecks the active ones.
+DriftWatch (mxdesk.dns.drift) then rechecks the active ones and its KeyRotation
+(mxdesk.dns.rotation) changes their DKIM keys.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from mxdesk.dns.drift import DriftWatch, bounded_each
 from mxdesk.dns.owner_mail import activation_mail, activation_queue_id, queue_notice
 from mxdesk.dns.providers import ProviderError
 from mxdesk.dns.publish import RETRY_DELAYS, Published, publish
+from mxdesk.dns.rotation import KeyRotation
 from mxdesk.domains import domain_plan
 from mxdesk.gateway.dkim import DkimKeyError
 from mxdesk.gateway.senders import WAITING_PREFIX, WAITING_SUFFIX
@@ -100,15 +102,18 @@ class DomainLifecycle:
         # Its own task and connection: rechecking thousands of active domains must not hold
         # up a new domain's way to active.
         self._drift = DriftWatch(self.config, self.spool)
+        self._rotation = KeyRotation(self.config)
 
     def start(self) -> None:
         self._conn = state.connect(self.config.general.state_db)
         self._checker = AuthoritativeChecker(self.config.dns)
         self._task = asyncio.create_task(self._run())
         self._drift.start()
+        self._rotation.start()
 
     async def stop(self) -> None:
         await self._drift.stop()
+        await self._rotation.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -96,3 +96,33 @@ async def publish(
                 log.warning("zone=%s %s: retrying in %.0fs", zone, exc, retry_delays[attempt])
                 await asyncio.sleep(retry_delays[attempt])
     return results
+
+
+async def withdraw(records: Iterable[Record], dns: DnsConfig) -> list[Published]:
+    """Deletes records from the zones a provider publishes (what else is at their names
+    stays); records in other zones are left for a person. Raises ProviderError."""
+    results = []
+    for (zone, provider_name), groups in sorted(by_zone(records, dns).items()):
+        if not provider_name:
+            results.append(Published(zone, "", ()))
+            continue
+        config = next(p for p in dns.providers if p.name == provider_name)
+        provider = build(config)
+        changes = []
+        for (name, rtype), owned in sorted(groups.items()):
+            current = next((r for r in await provider.read(zone, name) if r.type == rtype), None)
+            if current is None:
+                continue
+            kept = tuple(v for v in current.values if not any(r.owns(v) for r in owned))
+            if kept != current.values:
+                changes.append(RRset(name, rtype, current.ttl, kept))
+        if changes:
+            await provider.replace(zone, changes)
+            log.info(
+                "zone=%s provider=%s removed %s",
+                zone,
+                provider_name,
+                ", ".join(f"{c.name} {c.type}" for c in changes),
+            )
+        results.append(Published(zone, provider_name, tuple(changes)))
+    return results

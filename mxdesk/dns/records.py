@@ -56,6 +56,7 @@ class RecordPlan:
 class DkimTxt:
     selector: str
     txt: str
+    name: str = ""  # where the TXT is published when not <selector>._domainkey.<domain>
 
 
 def normalise(rtype: str, value: str) -> str:
@@ -119,9 +120,11 @@ def plan(
     *,
     token: str = "",
     base: bool = False,
+    dkim_cnames: Sequence[tuple[str, str]] = (),
 ) -> RecordPlan:
     """Every record domain needs: MX, SPF, DMARC, each DKIM selector, TLS-RPT and MTA-STS when
-    configured, the ownership proof of an own domain, and for the base domain the addresses
+    configured, the ownership proof of an own domain, the CNAMEs of a delegated one's DKIM
+    selectors (dkim_cnames: name, target), and for the base domain the addresses
     of the MX hosts inside it (BIND refuses an MX whose in-zone target has no address)."""
     ttl = dns.ttl
     records = [Record(domain, "MX", f"{prio} {host}.", "mx", ttl) for prio, host in dns.mx_hosts]
@@ -129,7 +132,11 @@ def plan(
     dmarc = dns.dmarc + (f"; rua={dns.dmarc_rua}" if dns.dmarc_rua else "")
     records.append(Record(f"_dmarc.{domain}", "TXT", dmarc, "dmarc", ttl))
     for key in dkim:
-        records.append(Record(f"{key.selector}._domainkey.{domain}", "TXT", key.txt, "dkim", ttl))
+        name = key.name or f"{key.selector}._domainkey.{domain}"
+        records.append(Record(name, "TXT", key.txt, "dkim", ttl))
+    # A delegated own domain: the customer's CNAMEs into the DKIM zone, one per slot.
+    for name, target in dkim_cnames:
+        records.append(Record(name, "CNAME", f"{target}.", "dkim-cname", ttl))
     if dns.tlsrpt_rua:
         txt = f"v=TLSRPTv1; rua={dns.tlsrpt_rua}"
         records.append(Record(f"_smtp._tls.{domain}", "TXT", txt, "tlsrpt", ttl))

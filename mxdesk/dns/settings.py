@@ -73,6 +73,8 @@ class DnsConfig:
     activation_template: Path | None = None
     recheck_interval: float = 3600.0  # seconds between two drift checks of an active domain
     admin_address: str = ""  # also told of drift in zones mxdesk cannot publish to
+    # A zone mxdesk publishes to where own domains' DKIM keys live behind CNAMEs ("" = off).
+    dkim_zone: str = ""
 
     def zone_of(self, name: str) -> tuple[str, ProviderConfig | None]:
         """The configured zone holding name (the longest that does) and the provider that
@@ -211,6 +213,7 @@ def parse_dns(table: dict[str, Any], base_domain: str, errors: list[str]) -> Dns
         activation_template=d.path("activation_template", None),
         recheck_interval=d.positive("recheck_interval", float, DnsConfig.recheck_interval),
         admin_address=d.get("admin_address", str, ""),
+        dkim_zone=d.get("dkim_zone", str, "").lower().rstrip("."),
     )
     if not config.spf.startswith("v=spf1"):
         errors.append(f"dns.spf: {config.spf!r} does not start with v=spf1")
@@ -222,6 +225,11 @@ def parse_dns(table: dict[str, Any], base_domain: str, errors: list[str]) -> Dns
             errors.append(f"dns.{key}: {value!r} must start with mailto: or https:")
     if config.admin_address and "@" not in config.admin_address.strip("@"):
         errors.append(f"dns.admin_address: {config.admin_address!r} is not an e-mail address")
+    if config.dkim_zone and config.zone_of(config.dkim_zone)[1] is None:
+        errors.append(
+            f"dns.dkim_zone: {config.dkim_zone} is not in a zone a provider publishes to"
+            " (see [dns.zones])"
+        )
     if config.activation_template and not config.activation_template.is_file():
         errors.append(f"dns.activation_template: {config.activation_template} does not exist")
     d.finish()

@@ -7,6 +7,7 @@ notices go out once per recipient, at its first temporary failure.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -88,12 +89,15 @@ class OutboundRunner(QueueRunner):
         notices: Notices,
         waiting_for: Callable[[bytes], str] | None = None,
         metrics: GatewayMetrics | None = None,
+        resign: Callable[[bytes], bytes | None] | None = None,
     ) -> None:
         """waiting_for: why a message may not leave yet ("" = it may), checked before every
-        attempt so that even a released entry never goes out signed with an unserved key."""
+        attempt so that even a released entry never goes out signed with an unserved key;
+        resign: the message signed again when a key it carries no longer signs (revoked)."""
         super().__init__(spool, OUTBOUND, deliverer, retry, concurrency, log, metrics)
         self._notices = notices
         self._waiting_for = waiting_for
+        self._resign = resign
 
     async def dispose(self, entry: SpoolEntry) -> Outcome:
         reason = self._waiting_for(entry.data) if self._waiting_for else ""
@@ -101,6 +105,9 @@ class OutboundRunner(QueueRunner):
             await self._spool.hold(entry.id, reason)
             self._log.info("queue_id=%s held: %s", entry.id, reason)
             return RetryLater(0.0, reason)
+        fresh = self._resign(entry.data) if self._resign else None
+        if fresh is not None:
+            entry = dataclasses.replace(entry, data=fresh)
         pending = entry.pending
         replies = await self.attempt(entry)
         results: dict[str, tuple[str, str]] = {}

@@ -6,20 +6,20 @@ import logging
 import os
 import re
 import sqlite3
-import time
 
 from mxdesk import dkimkeys, state
 from mxdesk.channels import channel_of_address
-from mxdesk.gateway.dkim import DkimKey, DkimKeyError
+from mxdesk.gateway.dkim import DkimKey, DkimKeyError, sign
 from mxdesk.names import header_addresses
 
 log = logging.getLogger("mxdesk.gateway.submission")
-KEY_CACHE_SECONDS = 60.0
 EVERY_TENANT = "*"
 
 
 _FOLD = re.compile(rb"\r\n(?=[ \t])")
 _SIGNING_DOMAIN = re.compile(r"(?:^|;)\s*d\s*=\s*([^;\s]+)")
+_SELECTOR = re.compile(r"(?:^|;)\s*s\s*=\s*([^;\s]+)")
+_SIGNATURE_FIELD = re.compile(rb"(?im)^DKIM-Signature:.*(?:\r\n[ \t].*)*\r\n")
 WAITING_PREFIX = "domain "
 WAITING_SUFFIX = " not active yet"
 
@@ -55,7 +55,9 @@ class SenderPolicy:
         self._base = base_domain
         self._senders = senders
         self._own_uid = os.getuid() if own_uid is None else own_uid
-        self._keys: dict[str, tuple[float, list[DkimKey]]] = {}
+        # Parsed keys by file: the rows are read for every message (a revoked key stops
+        # signing at once), a key file only when a new key starts to sign.
+        self._parsed: dict[tuple[str, float], DkimKey] = {}
 
     def may_send_for(self, uid: int, user: str, tenant: str) -> bool:
         if uid in (0, self._own_uid):
@@ -100,11 +102,36 @@ class SenderPolicy:
                 domain = addr.rpartition("@")[2].lower()
                 break
         keys = self._load(domain)
-        if not keys and state.get_domain(self._conn, domain) is None:
-            # A channel's company domain has no key of ours: the base domain's signature
-            # still vouches for the gateway (the company's own server may add its own).
-            keys = self._load(self._base)
+        if not any(k.algorithm == b"rsa-sha256" for k in keys) and domain != self._base:
+            # A channel's company domain has no key of ours, and a domain whose RSA key was
+            # revoked none until its new one is served: the base domain's signature still
+            # vouches for the gateway (receivers without Ed25519 need an RSA one).
+            keys = keys + self._load(self._base)
         return keys
+
+    def resign(self, message: bytes) -> bytes | None:
+        """A queued message signed with a key that no longer signs (revoked, or removed with
+        its record) signed again with the current keys before it leaves; None when its
+        signatures are good to go."""
+        stale = []
+        for match in _SIGNATURE_FIELD.finditer(message.split(b"\r\n\r\n", 1)[0] + b"\r\n"):
+            value = _FOLD.sub(b"", match[0]).decode("utf-8", "replace")
+            domain, selector = _SIGNING_DOMAIN.search(value), _SELECTOR.search(value)
+            if domain is None or selector is None:
+                continue
+            key = dkimkeys.get_key(self._conn, domain[1].lower(), selector[1])
+            owned = key is not None or state.get_domain(self._conn, domain[1].lower())
+            if owned and (key is None or key.state in (dkimkeys.REVOKED, dkimkeys.REMOVING)):
+                stale.append((match[0], domain[1].lower()))
+        if not stale:
+            return None
+        for field, _ in stale:
+            message = message.replace(field, b"", 1)
+        keys = self._load(stale[0][1])
+        if not any(k.algorithm == b"rsa-sha256" for k in keys):
+            keys = keys + self._load(self._base)
+        log.warning("re-signing a queued message: its key %s no longer signs", stale[0][1])
+        return sign(message, keys)
 
     def waiting_for(self, message: bytes) -> str:
         """Why a signed message may not leave yet: a domain it is signed for is not active,
@@ -119,13 +146,17 @@ class SenderPolicy:
         return ""
 
     def _load(self, domain: str) -> list[DkimKey]:
-        cached = self._keys.get(domain)
-        if cached is not None and time.monotonic() - cached[0] < KEY_CACHE_SECONDS:
-            return cached[1]
-        try:
-            keys = dkimkeys.load_signing_keys(self._conn, domain)
-        except (OSError, DkimKeyError) as exc:
-            log.error("domain=%s DKIM keys cannot be loaded: %s", domain, exc)
-            keys = []
-        self._keys[domain] = (time.monotonic(), keys)
+        """The domain's active keys, as state.db lists them now."""
+        keys = []
+        for record in dkimkeys.keys_of(self._conn, domain, (dkimkeys.ACTIVE,)):
+            # A delegated domain's slots reuse a file name for a new key: keyed by its time.
+            cached = (record.path, record.created)
+            key = self._parsed.get(cached)
+            if key is None:
+                try:
+                    key = self._parsed[cached] = dkimkeys.load(record)
+                except (OSError, DkimKeyError) as exc:
+                    log.error("domain=%s DKIM key %s: %s", domain, record.selector, exc)
+                    continue
+            keys.append(key)
         return keys

@@ -235,6 +235,7 @@ class GatewayService:
             notices,
             senders.waiting_for,
             self.metrics,
+            senders.resign,
         )
         self.outbound_runner.start()
         self.lifecycle = DomainLifecycle(cfg, self.spool)
