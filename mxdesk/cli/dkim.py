@@ -15,7 +15,7 @@ from mxdesk.cli.output import emit_json, errors_to_exit, json_option
 from mxdesk.config import Config
 from mxdesk.dns.providers import ProviderError
 from mxdesk.gateway.dkim import DkimKeyError
-from mxdesk.timefmt import timestamp
+from mxdesk.timefmt import duration, timestamp
 
 ERRORS = (state.StateError, DkimKeyError, OSError, ProviderError)
 WHAT = {
@@ -148,13 +148,13 @@ def rotate(ctx: Context, name: str, wait: bool, timeout: float) -> None:
     config = ctx.config
     name = name.lower().rstrip(".")
     keys = rotation.start(conn, config, name)
-    _publish_now(conn, config, name)
     click.echo(f"{name}: new DKIM key {', '.join(k.selector for k in keys)}")
+    _publish_now(conn, config, name)
     _records(conn, config, name, {k.selector for k in keys})
     lag = config.dkim.publish_lag
     click.echo(
-        f"it signs once every authoritative server has served it for {lag:.0f}s;"
-        f" the old key stays published {config.dkim.retire_after:.0f}s more"
+        f"it signs once every authoritative server has served it for {duration(lag)};"
+        f" the old key stays published {duration(config.dkim.retire_after)} more"
     )
     if wait:
         raise SystemExit(_carry(conn, config, name, timeout or lag + 3600.0))

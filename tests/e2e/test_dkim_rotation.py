@@ -253,3 +253,22 @@ def test_a_revoked_key_stops_signing_at_once_and_serves_an_empty_p(
     # In between, the base domain's key signed them (d=helpdesk.example verifies too).
     found = check_received(s.sink.dumps, log, s.domain)
     assert found.failed == [] and found.by_selector[new] > 0
+
+
+def test_rotate_every_starts_a_rotation_by_itself(
+    short_tmp: Path, knot: KnotSite, sites: list[Site]
+) -> None:
+    s = make_site(sites, short_tmp, knot, "auto", dkim=DKIM.replace("= 0", '= "6s"'))
+    state_db = s.root / "state" / "state.db"
+    s.start("store")
+    s.start("gateway")
+    cli(s.config, "domain", "add", "auto", "--tenant", "auto")
+    go_active(s, knot, s.domain)
+    [first] = key_states(state_db, s.domain)
+    # Six seconds after it began to sign, a new key is published without anyone asking.
+    refreshing(knot, lambda: len(key_states(state_db, s.domain)) == 2, 30, "a rotation")
+    [second] = [sel for sel in key_states(state_db, s.domain) if sel != first]
+    refreshing(
+        knot, lambda: key_states(state_db, s.domain).get(second, ("",))[0] == "active", 30, second
+    )
+    assert "rotation started" in (s.root / "gateway.log").read_text()
