@@ -11,7 +11,6 @@ keeps flowing both ways. A check that reached no server decides nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 import time
@@ -26,6 +25,7 @@ from mxdesk.dns.owner_mail import drift_mail, notice_queue_id, queue_notice
 from mxdesk.dns.providers import ProviderError
 from mxdesk.dns.publish import publish
 from mxdesk.dns.settings import DnsConfig
+from mxdesk.dns.task import StateTask
 from mxdesk.domains import domain_plan
 from mxdesk.gateway.dkim import DkimKeyError
 from mxdesk.gateway.spool import Spool
@@ -34,7 +34,6 @@ log = logging.getLogger("mxdesk.dns.drift")
 OK, DRIFT, HEALING = "ok", "drift", "healing"
 DRIFT_CHECKS = 2  # consecutive checks that must find a record wrong: one may see a change half-way
 CONCURRENCY = 8
-TICK_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -122,39 +121,16 @@ async def bounded_each(
 
 
 @dataclass
-class DriftWatch:
+class DriftWatch(StateTask):
     """The gateway's task that rechecks active domains (started by DomainLifecycle)."""
 
     config: Config
     spool: Spool
     concurrency: int = CONCURRENCY
+    name = "drift"
 
     def __post_init__(self) -> None:
-        self._task: asyncio.Task[None] | None = None
-        self._conn: sqlite3.Connection | None = None
         self._checker = AuthoritativeChecker(self.config.dns)
-
-    def start(self) -> None:
-        self._conn = state.connect(self.config.general.state_db)
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._conn is not None:
-            self._conn.close()
-
-    async def _run(self) -> None:
-        assert self._conn is not None
-        dns = self.config.dns
-        while True:
-            try:
-                await self.tick(self._conn)
-            except Exception as exc:
-                log.exception("drift pass failed: %s", exc)
-            await asyncio.sleep(min(dns.check_interval, dns.recheck_interval, TICK_SECONDS))
 
     async def tick(self, conn: sqlite3.Connection, now: float | None = None) -> None:
         """Rechecks every active domain that is due, then queues the mails that are due."""

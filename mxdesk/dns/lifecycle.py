@@ -10,8 +10,6 @@ DriftWatch (mxdesk.dns.drift) then rechecks the active ones and its KeyRotation
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import sqlite3
 import time
@@ -25,6 +23,7 @@ from mxdesk.dns.owner_mail import activation_mail, activation_queue_id, queue_no
 from mxdesk.dns.providers import ProviderError
 from mxdesk.dns.publish import RETRY_DELAYS, Published, publish
 from mxdesk.dns.rotation import KeyRotation
+from mxdesk.dns.task import StateTask
 from mxdesk.domains import domain_plan
 from mxdesk.gateway.dkim import DkimKeyError
 from mxdesk.gateway.senders import WAITING_PREFIX, WAITING_SUFFIX
@@ -33,7 +32,6 @@ from mxdesk.gateway.spool import Spool
 log = logging.getLogger("mxdesk.dns.lifecycle")
 IN_PROGRESS = ("pending", "publishing", "propagating")
 MAX_BACKOFF = 3600.0
-TICK_SECONDS = 2.0
 
 
 async def publish_domain(
@@ -88,50 +86,32 @@ async def check_domain(
 
 
 @dataclass
-class DomainLifecycle:
+class DomainLifecycle(StateTask):
     """The gateway's task that carries domains forward (one pass every TICK_SECONDS)."""
 
     config: Config
     spool: Spool
     concurrency: int = 16
+    name = "lifecycle"
 
     def __post_init__(self) -> None:
-        self._task: asyncio.Task[None] | None = None
-        self._conn: sqlite3.Connection | None = None
-        self._checker: AuthoritativeChecker | None = None
+        self._checker = AuthoritativeChecker(self.config.dns)
         # Its own task and connection: rechecking thousands of active domains must not hold
         # up a new domain's way to active.
         self._drift = DriftWatch(self.config, self.spool)
         self._rotation = KeyRotation(self.config)
 
     def start(self) -> None:
-        self._conn = state.connect(self.config.general.state_db)
-        self._checker = AuthoritativeChecker(self.config.dns)
-        self._task = asyncio.create_task(self._run())
+        super().start()
         self._drift.start()
         self._rotation.start()
 
     async def stop(self) -> None:
         await self._drift.stop()
         await self._rotation.stop()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._conn is not None:
-            self._conn.close()
+        await super().stop()
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except Exception as exc:
-                log.exception("domain lifecycle pass failed: %s", exc)
-            await asyncio.sleep(min(self.config.dns.check_interval, TICK_SECONDS))
-
-    async def tick(self) -> None:
-        assert self._conn is not None
-        conn = self._conn
+    async def tick(self, conn: sqlite3.Connection) -> None:
         due = conn.execute(
             "SELECT name FROM domains WHERE status IN (?,?,?) AND next_action<=?",
             (*IN_PROGRESS, time.time()),

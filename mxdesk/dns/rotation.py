@@ -13,8 +13,6 @@ mxdesk publishes the records; a revoked key (`mxdesk dkim revoke`) starts one at
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import sqlite3
 import time
@@ -29,11 +27,11 @@ from mxdesk.dns.drift import bounded_each
 from mxdesk.dns.providers import ProviderError
 from mxdesk.dns.publish import publish, withdraw
 from mxdesk.dns.records import Record
+from mxdesk.dns.task import StateTask
 from mxdesk.domains import domain_plan
 from mxdesk.gateway.dkim import DkimKeyError
 
 log = logging.getLogger("mxdesk.dns.rotation")
-TICK_SECONDS = 2.0
 UNPUBLISHED = "the empty p= is not published yet"
 CONCURRENCY = 8
 
@@ -307,37 +305,15 @@ def revoke(conn: sqlite3.Connection, config: Config, name: str, selector: str) -
 
 
 @dataclass
-class KeyRotation:
+class KeyRotation(StateTask):
     """The gateway's task that carries rotations forward (started by DomainLifecycle)."""
 
     config: Config
     concurrency: int = CONCURRENCY
+    name = "rotation"
 
     def __post_init__(self) -> None:
-        self._task: asyncio.Task[None] | None = None
-        self._conn: sqlite3.Connection | None = None
         self._checker = AuthoritativeChecker(self.config.dns)
-
-    def start(self) -> None:
-        self._conn = state.connect(self.config.general.state_db)
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._conn is not None:
-            self._conn.close()
-
-    async def _run(self) -> None:
-        assert self._conn is not None
-        while True:
-            try:
-                await self.tick(self._conn)
-            except Exception as exc:
-                log.exception("rotation pass failed: %s", exc)
-            await asyncio.sleep(min(self.config.dns.check_interval, TICK_SECONDS))
 
     async def tick(self, conn: sqlite3.Connection) -> None:
         names = domains_with_keys(conn, self.config)

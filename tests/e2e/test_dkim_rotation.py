@@ -63,6 +63,18 @@ def make_site(
     return s
 
 
+def hosted_site(
+    sites: list[Site], root: Path, knot: KnotSite, label: str, dkim: str = DKIM
+) -> tuple[Site, Path]:
+    """A running site whose hosted domain <label>.helpdesk.example is active; its state.db."""
+    s = make_site(sites, root, knot, label, dkim=dkim)
+    s.start("store")
+    s.start("gateway")
+    cli(s.config, "domain", "add", label, "--tenant", label)
+    go_active(s, knot, s.domain)
+    return s, s.root / "state" / "state.db"
+
+
 def go_active(s: Site, knot: KnotSite, name: str, *zones: str) -> None:
     for zone in zones or (BASE,):
         knot.secondary.refresh(zone)
@@ -81,12 +93,8 @@ def refreshing(knot: KnotSite, condition: object, timeout: float, what: str) -> 
 def test_rotation_under_load_with_kill_9_in_every_phase(
     short_tmp: Path, knot: KnotSite, sites: list[Site]
 ) -> None:
-    s = make_site(sites, short_tmp, knot, "gira")
-    state_db = s.root / "state" / "state.db"
-    s.start("store")
-    gateway = s.start("gateway")
-    cli(s.config, "domain", "add", "gira", "--tenant", "gira")
-    go_active(s, knot, s.domain)
+    s, state_db = hosted_site(sites, short_tmp, knot, "gira")
+    gateway = s.daemons[-1]
     [old] = key_states(state_db, s.domain)
     log = ServedLog(knot, s.domain, {old})
     replies = Replies(s.root / "run" / "gateway" / "submit.sock", f"suporte@{s.domain}")
@@ -209,12 +217,7 @@ def test_a_revoked_key_stops_signing_at_once_and_serves_an_empty_p(
     short_tmp: Path, knot: KnotSite, sites: list[Site]
 ) -> None:
     # The revoked key's empty p= stays published a minute (retire_after) for the test to see.
-    s = make_site(sites, short_tmp, knot, "revo", dkim=DKIM.replace("= 3", "= 60"))
-    state_db = s.root / "state" / "state.db"
-    s.start("store")
-    s.start("gateway")
-    cli(s.config, "domain", "add", "revo", "--tenant", "revo")
-    go_active(s, knot, s.domain)
+    s, state_db = hosted_site(sites, short_tmp, knot, "revo", dkim=DKIM.replace("= 3", "= 60"))
     [leaked] = key_states(state_db, s.domain)
     log = ServedLog(knot, s.domain, {leaked})
     replies = Replies(s.root / "run" / "gateway" / "submit.sock", f"suporte@{s.domain}")
@@ -258,12 +261,7 @@ def test_a_revoked_key_stops_signing_at_once_and_serves_an_empty_p(
 def test_rotate_every_starts_a_rotation_by_itself(
     short_tmp: Path, knot: KnotSite, sites: list[Site]
 ) -> None:
-    s = make_site(sites, short_tmp, knot, "auto", dkim=DKIM.replace("= 0", '= "6s"'))
-    state_db = s.root / "state" / "state.db"
-    s.start("store")
-    s.start("gateway")
-    cli(s.config, "domain", "add", "auto", "--tenant", "auto")
-    go_active(s, knot, s.domain)
+    s, state_db = hosted_site(sites, short_tmp, knot, "auto", dkim=DKIM.replace("= 0", '= "6s"'))
     [first] = key_states(state_db, s.domain)
     # Six seconds after it began to sign, a new key is published without anyone asking.
     refreshing(knot, lambda: len(key_states(state_db, s.domain)) == 2, 30, "a rotation")
