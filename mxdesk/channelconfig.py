@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from mxdesk.configread import Reader
 from mxdesk.names import InvalidName, parse_address
-from mxdesk.oauth2 import PROVIDER_DEFAULTS, OAuth2Provider
+from mxdesk.oauth2config import PROVIDER_DEFAULTS, OAuth2Provider
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from mxdesk.config import Config
+from mxdesk.journal import error_line as error_line
+from mxdesk.journal import stderr_is_journal as stderr_is_journal
 from mxdesk.startup import failure
 
 log = logging.getLogger("mxdesk")
@@ -46,19 +48,6 @@ def notify(state: str) -> None:
             sock.sendall(state.encode())
         except OSError as exc:
             log.warning("cannot notify systemd at %s: %s", path, exc)
-
-
-def stderr_is_journal() -> bool:
-    """True when stderr is a stream to journald: $JOURNAL_STREAM names its device and inode
-    (systemd.exec(5)); a child that inherited the variable but not the stream does not match."""
-    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
-    if not (device.isdigit() and inode.isdigit()):
-        return False
-    try:
-        st = os.fstat(sys.stderr.fileno())
-    except (OSError, ValueError, AttributeError):
-        return False
-    return (st.st_dev, st.st_ino) == (int(device), int(inode))
 
 
 def priority(level: int) -> int:
@@ -99,11 +88,6 @@ def setup_logging(level: str) -> None:
 
 def set_level(level: str) -> None:
     logging.getLogger().setLevel(level.upper())
-
-
-def error_line(message: str) -> str:
-    """A line for a person on stderr ("mxdesk: …"), an error for journald when it is there."""
-    return f"{'<3>' if stderr_is_journal() else ''}mxdesk: {message}"
 
 
 async def serve(

@@ -15,6 +15,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import NoReturn
 
+from mxdesk.oauth2config import GOOGLE_DEVICE
+from mxdesk.oauth2config import PROVIDER_DEFAULTS as PROVIDER_DEFAULTS
+from mxdesk.oauth2config import OAuth2Provider as OAuth2Provider
+
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"  # RFC 8628 §3.4
 MAX_ANSWER = 1 << 20  # bytes read from an endpoint; real answers are a few kilobytes
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -31,42 +35,6 @@ REVOKED_ERRORS = frozenset(
 )
 
 TEMPORARY_ERRORS = frozenset({"temporarily_unavailable", "server_error"})  # RFC 6749 §4.1.2.1
-
-_GOOGLE_DEVICE = "https://oauth2.googleapis.com/device/code"
-PROVIDER_DEFAULTS: dict[str, dict[str, str]] = {
-    "microsoft": {
-        "device_endpoint": "https://login.microsoftonline.com/common/oauth2/v2.0/devicecode",
-        "token_endpoint": "https://login.microsoftonline.com/common/oauth2/v2.0/token",
-        # offline_access is what makes the token endpoint hand out a refresh token.
-        "scope": "https://outlook.office.com/IMAP.AccessAsUser.All"
-        " https://outlook.office.com/POP.AccessAsUser.All"
-        " https://outlook.office.com/SMTP.Send offline_access",
-    },
-    # Google's device flow grants only an allow-list of scopes (developers.google.com/identity/
-    # protocols/oauth2/limited-input-device#allowedscopes: openid, email, profile, drive.file,
-    # drive.appdata, youtube …). https://mail.google.com/, the only scope Gmail's IMAP, POP and
-    # SMTP accept, is not on it: the device endpoint answers "invalid_scope: Invalid device flow
-    # scope" (googleapis/oauth2client#88, google-api-python-client#41, brockamer/findajob#115).
-    # The entry stays so that refresh() works for a Gmail refresh token obtained by another flow;
-    # `mxdesk channel authorize` cannot get one, and Gmail channels use an app password.
-    "google": {
-        "device_endpoint": _GOOGLE_DEVICE,
-        "token_endpoint": "https://oauth2.googleapis.com/token",
-        "scope": "https://mail.google.com/",
-    },
-}
-
-
-@dataclass(frozen=True)
-class OAuth2Provider:
-    """One [oauth2.NAME] table of the config: the registered application and its endpoints."""
-
-    name: str
-    client_id: str
-    client_secret: str = field(repr=False)  # "" for public clients (Microsoft's device flow)
-    device_endpoint: str
-    token_endpoint: str
-    scope: str  # space-separated
 
 
 @dataclass(frozen=True)
@@ -112,7 +80,7 @@ async def start_device_flow(provider: OAuth2Provider, timeout: float = 30) -> De
     Gmail channel uses an app password instead."""
     answer = await _post(provider, "device_endpoint", _device_fields(provider), timeout)
     if "error" in answer.body or answer.status != 200:
-        google = provider.device_endpoint == _GOOGLE_DEVICE
+        google = provider.device_endpoint == GOOGLE_DEVICE
         hint = ""
         if google and answer.body.get("error") == "invalid_scope":
             hint = " (Google's device flow does not grant Gmail access: use an app password)"

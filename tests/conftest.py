@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -21,6 +22,12 @@ from mxdesk.names import builtin_reserved
 
 BASE = "helpdesk.example"
 MAILBOX = f"suporte@marca.{BASE}"
+
+# smtplib and aiosmtplib name the client with socket.getfqdn() at every connection: on a host
+# whose own name is not in /etc/hosts that waits for a resolver, which a closed network may
+# never answer. The tests' clients are on loopback and say so.
+_getfqdn = socket.getfqdn
+socket.getfqdn = lambda name="": "localhost" if name in ("", "0.0.0.0") else _getfqdn(name)
 
 
 def require_real(binary: str) -> str:

@@ -11,7 +11,7 @@ import click
 from mxdesk import config as cfg
 from mxdesk import ownership, state
 from mxdesk.cli.output import fail
-from mxdesk.daemon import error_line
+from mxdesk.journal import error_line
 from mxdesk.names import reserved_labels
 
 
