@@ -6,8 +6,7 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
-from mxdesk.gateway.entries import DELIVERED
-from mxdesk.gateway.mx import INBOUND
+from mxdesk.gateway.entries import DELIVERED, INBOUND
 from mxdesk.state import StateError
 from mxdesk.store.status import OPEN
 

@@ -6,15 +6,14 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from sqlite_utils import Database
 
 from mxdesk import references, state
 from mxdesk.cli.context import Context, need_state, pass_context
 from mxdesk.cli.output import emit_json, emit_table, errors_to_exit, fail, json_option
-from mxdesk.secrets import installation_key
-from mxdesk.store import outgoing, queries
+from mxdesk.store import queries
 from mxdesk.store import status as ticket_status
 from mxdesk.store.db import (
     DRAFT,
@@ -22,14 +21,19 @@ from mxdesk.store.db import (
     NEW,
     QUEUED,
     SUBMITTING,
+    ReadOnly,
     TicketsUnavailable,
     open_readonly,
 )
 from mxdesk.store.db import open_tickets as open_writable
 from mxdesk.store.decode import without_controls
-from mxdesk.store.parse import Attachment
 from mxdesk.store.status import TICKET_STATES
-from mxdesk.store.submitter import store_listening, wait_handed_over
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
+    from mxdesk.store import outgoing
+    from mxdesk.store.parse import Attachment
 
 # How long `reply` and `new` wait for the store daemon to hand the message to the gateway.
 HANDOVER_WAIT = 5.0
@@ -37,7 +41,7 @@ WRITE_ERRORS = (
     TicketsUnavailable,
     queries.TicketNotFound,
     queries.NotOutgoing,
-    outgoing.OutgoingError,
+    queries.OutgoingError,
 )
 BODY_FILE = click.Path(dir_okay=False, path_type=Path)
 ATTACH = click.option(
@@ -54,7 +58,7 @@ def ticket_group() -> None:
     """Tickets filed by the store: read, reply, open, close and reopen them, cancel a reply."""
 
 
-def _tickets_db(ctx: Context) -> Database | None:
+def _tickets_db(ctx: Context) -> ReadOnly | None:
     path = ctx.config.store.database
     return open_readonly(path) if path.exists() else None
 
@@ -198,6 +202,8 @@ def _writable(ctx: Context) -> tuple[Database, sqlite3.Connection, bytes]:
     """tickets.db for writing, the state database and the installation's Message-ID key."""
     conn = need_state(ctx)
     try:
+        from mxdesk.secrets import installation_key
+
         key = installation_key(ctx.config.general.state_dir)
         db = open_writable(ctx.config.store.database)
     except (OSError, ValueError, sqlite3.Error) as exc:
@@ -206,6 +212,8 @@ def _writable(ctx: Context) -> tuple[Database, sqlite3.Connection, bytes]:
 
 
 def _limits(ctx: Context) -> outgoing.Limits:
+    from mxdesk.store import outgoing
+
     gateway = ctx.config.gateway
     return outgoing.Limits(gateway.max_message_size, gateway.max_recipients)
 
@@ -216,19 +224,23 @@ def _body(path: Path | None) -> str:
     try:
         data = path.read_bytes() if path else sys.stdin.buffer.read()
     except OSError as exc:
-        raise outgoing.OutgoingError(f"cannot read {path}: {exc.strerror}") from None
+        raise queries.OutgoingError(f"cannot read {path}: {exc.strerror}") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise outgoing.OutgoingError(f"{path or 'standard input'} is not UTF-8 text") from None
+        raise queries.OutgoingError(f"{path or 'standard input'} is not UTF-8 text") from None
 
 
 def _attachments(paths: tuple[Path, ...]) -> list[Attachment]:
+    from mxdesk.store import outgoing
+
     return [outgoing.attachment_from_path(p) for p in paths]
 
 
 def _report(ctx: Context, db: Database, out: queries.Outgoing, as_json: bool, opened: str) -> None:
     """Waits briefly for the store daemon to hand the message over, then says where it is."""
+    from mxdesk.store.submitter import store_listening, wait_handed_over
+
     running = store_listening(ctx.config.store.lmtp_socket)
     if out.status == NEW and running is not False:
         out = wait_handed_over(db, out.id, HANDOVER_WAIT)
@@ -275,6 +287,8 @@ def reply(
 
     The reply is stored at once; the store daemon hands it to the gateway (this command waits
     a few seconds for that and prints the gateway's queue id)."""
+    from mxdesk.store import outgoing
+
     db, conn, key = _writable(ctx)
     request = outgoing.ReplyRequest(number, operator, _body(body_file), cc, _attachments(attach))
     out = outgoing.create_reply(db, conn, key, request, _limits(ctx))
@@ -320,6 +334,8 @@ def new(
     is never sent."""
     if not (subject or "").strip():
         fail("a new ticket needs a subject: give --subject")
+    from mxdesk.store import outgoing
+
     db, conn, key = _writable(ctx)
     request = outgoing.NewTicketRequest(
         tenant=tenant_slug,
@@ -345,6 +361,8 @@ def cancel(ctx: Context, message: int, as_json: bool) -> None:
     """Cancel reply MESSAGE (its id in 'mxdesk ticket show') before it is delivered."""
     if not ctx.config.store.database.exists():
         fail(f"no tickets yet: {ctx.config.store.database} does not exist")
+    from mxdesk.store import outgoing
+
     db = open_writable(ctx.config.store.database)
     out = outgoing.cancel(db, ctx.config.gateway.spool_path, message)
     if as_json:

@@ -111,6 +111,7 @@ CREATE TABLE IF NOT EXISTS fetch_owed (
 RECIPIENT_COLUMNS = "original, mailbox, tenant, status, reply, notify, notified"
 QUEUED, DELIVERING, HELD, DEFERRED = "queued", "delivering", "held", "deferred"
 # Kinds whose entries the runner claims before delivering (they can be cancelled while queued).
+INBOUND = "in"  # an entry for the store (the MX, a channel); "out" leaves for recipients
 CLAIMED_KINDS = frozenset({"out"})
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from mxdesk.gateway.authresults import strip_ours
 from mxdesk.gateway.diskspace import SpaceReserve, declared_size
+from mxdesk.gateway.entries import INBOUND as INBOUND
 from mxdesk.gateway.inboundauth import InboundVerifier
 from mxdesk.gateway.policy import Accept, RecipientPolicy
 from mxdesk.gateway.smtp import GatewayEnvelope
@@ -24,7 +25,6 @@ R250_MAIL_OK = "250 2.1.0 Ok"
 R452_TOO_MANY_RCPTS = "452 4.5.3 Error: too many recipients"
 R452_NO_SPACE = "452 4.3.1 Error: insufficient system storage, try again later"
 R451_LOCAL_ERROR = "451 4.3.0 Error: local error in processing, try again later"
-INBOUND = "in"
 
 
 def _client(session: Any) -> str:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from sqlite_utils import Database
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
 
 # What a sender's retry, a second mailbox or a channel keeps identical: these headers and the
 # body. Trace headers (Received, Authentication-Results, Return-Path, Delivered-To,

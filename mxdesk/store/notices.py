@@ -6,13 +6,15 @@ from dataclasses import dataclass
 from email import policy
 from email.message import Message
 from email.parser import BytesParser
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING
 
 from mxdesk.secrets import is_notice_message_id
 from mxdesk.store import db as tickets_db
 from mxdesk.store.db import DEFERRED, FAILED, SENT
 from mxdesk.store.decode import without_controls
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 # RFC 3464 §2.3.3: relayed and expanded are as far as a notice can follow the message.
 ACTIONS = {

@@ -10,9 +10,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING, Any
 
 from mxdesk import operators, state
 from mxdesk.config import GatewayConfig
@@ -22,8 +20,11 @@ from mxdesk.store import db as tickets_db
 from mxdesk.store.compose import ReplyDraft, compose_reply
 from mxdesk.store.db import CANCELLED, DEFERRED, DRAFT, FAILED, NEW, QUEUED, SENT, SUBMITTING
 from mxdesk.store.parse import MAX_SUBJECT, Attachment, parse_message
-from mxdesk.store.queries import Outgoing, TicketNotFound, get_outgoing
+from mxdesk.store.queries import Outgoing, OutgoingError, TicketNotFound, get_outgoing
 from mxdesk.store.tickets import attachment_rows, message_row
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 # Upper case and digits only: aiosmtpd upper-cases MAIL parameters, and an RFC 3461 ENVID is
 # xtext, so this survives any SMTP server unchanged. 24 characters of 36 are 124 bits.
@@ -37,10 +38,6 @@ _REFUSED = {
     CANCELLED: "message {id} was already cancelled",
     DRAFT: "message {id} is a draft: it is never sent, there is nothing to cancel",
 }
-
-
-class OutgoingError(Exception):
-    """A reply or new ticket that cannot be made, or a message that cannot be cancelled."""
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING, Any
 
 from mxdesk.store.verdicts import Verdicts, sender_verified
 from mxdesk.timefmt import timestamp
+
+if TYPE_CHECKING:
+    from mxdesk.store.db import Queryable
+
+
+class OutgoingError(Exception):
+    """A reply or new ticket that cannot be made, or a message that cannot be cancelled."""
 
 
 class TicketNotFound(LookupError):
@@ -108,7 +113,7 @@ def _split(text: str, sep: str) -> list[str]:
 
 
 def list_tickets(
-    db: Database, tenant: str | None = None, status: str | None = None
+    db: Queryable, tenant: str | None = None, status: str | None = None
 ) -> list[TicketSummary]:
     """Tickets, most recently updated first, optionally of one tenant and with one status."""
     filters = [(c, v) for c, v in (("t.tenant", tenant), ("t.status", status)) if v]
@@ -125,7 +130,7 @@ def list_tickets(
     return [TicketSummary(**r | {"updated": timestamp(r["updated"])}) for r in rows]
 
 
-def get_ticket(db: Database, number: int) -> TicketDetail:
+def get_ticket(db: Queryable, number: int) -> TicketDetail:
     """Ticket `number` with its messages (oldest first) and participants."""
     found = list(
         db.query(
@@ -167,7 +172,7 @@ def get_ticket(db: Database, number: int) -> TicketDetail:
     )
 
 
-def _message(db: Database, m: dict[str, Any]) -> MessageView:
+def _message(db: Queryable, m: dict[str, Any]) -> MessageView:
     files = [
         AttachmentInfo(a["filename"], a["content_type"], a["size"])
         for a in db.query(
@@ -203,7 +208,7 @@ def _message(db: Database, m: dict[str, Any]) -> MessageView:
     )
 
 
-def deliveries_of(db: Database, message: int) -> list[DeliveryView]:
+def deliveries_of(db: Queryable, message: int) -> list[DeliveryView]:
     """The envelope recipients of an outbound message, in the order they were given."""
     return [
         DeliveryView(d["recipient"], d["status"], d["detail"], timestamp(d["updated"]))
@@ -231,7 +236,7 @@ class Outgoing:
     deliveries: list[DeliveryView] = field(default_factory=list)
 
 
-def get_outgoing(db: Database, message: int) -> Outgoing:
+def get_outgoing(db: Queryable, message: int) -> Outgoing:
     """Outbound message `message` (its id as 'mxdesk ticket show' prints it)."""
     rows = list(
         db.query(

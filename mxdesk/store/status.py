@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from sqlite_utils import Database
+from typing import TYPE_CHECKING
 
 from mxdesk.state import transaction
 from mxdesk.store.queries import TicketNotFound
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 OPEN, CLOSED = "open", "closed"
 TICKET_STATES = (OPEN, CLOSED)

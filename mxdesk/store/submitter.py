@@ -20,16 +20,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosmtplib
-from sqlite_utils import Database
 
 from mxdesk.gateway.retry import RetryPolicy
 from mxdesk.state import transaction
 from mxdesk.store import db as tickets_db
 from mxdesk.store.db import FAILED, NEW, PENDING, QUEUED, SUBMITTING
 from mxdesk.store.queries import Outgoing, get_outgoing
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 log = logging.getLogger("mxdesk.store.submitter")
 T = TypeVar("T")

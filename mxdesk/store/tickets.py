@@ -8,9 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING, Any
 
 from mxdesk.state import Mailbox, transaction
 from mxdesk.store import db as tickets_db
@@ -37,6 +35,9 @@ from mxdesk.store.threader import (
 )
 from mxdesk.store.verdicts import Verdicts, read_verdicts, sender_forged, sender_verified
 from mxdesk.timefmt import timestamp
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 log = logging.getLogger("mxdesk.store")
 DEFAULT_DUPLICATE_WINDOW = 7 * 86400.0
