@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 _LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -17,6 +16,8 @@ class InvalidName(ValueError):
 
 
 def builtin_reserved() -> frozenset[str]:
+    from importlib import resources  # here: loading it costs every command a few ms
+
     text = resources.files("mxdesk").joinpath("reserved_labels.txt").read_text("utf-8")
     return frozenset(_lines(text))
 

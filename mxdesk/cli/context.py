@@ -5,14 +5,18 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from mxdesk import config as cfg
-from mxdesk import ownership, state
 from mxdesk.cli.output import fail
 from mxdesk.journal import error_line
-from mxdesk.names import reserved_labels
+
+if TYPE_CHECKING:
+    from mxdesk import config as cfg
+
+# The config and state modules are imported when a command first needs them: `mxdesk --help`
+# and a mistyped command answer without them.
 
 
 @dataclass
@@ -22,10 +26,15 @@ class Context:
 
     @property
     def path(self) -> Path:
+        from mxdesk import config as cfg
+
         return cfg.config_path(self.explicit_path)
 
     @property
     def config(self) -> cfg.Config:
+        from mxdesk import config as cfg
+        from mxdesk import ownership
+
         if self._config is None:
             try:
                 self._config = cfg.load(self.path)
@@ -41,6 +50,8 @@ class Context:
 
     def hand_over(self) -> None:
         """After a command run as root: what it created belongs to the daemons' user."""
+        from mxdesk import ownership
+
         if self._config is not None:
             try:
                 ownership.hand_over(self._config)
@@ -48,9 +59,13 @@ class Context:
                 click.echo(f"mxdesk: warning: {exc}", err=True)
 
     def state(self) -> sqlite3.Connection:
+        from mxdesk import state
+
         return state.connect(self.config.general.state_db)
 
     def reserved(self) -> frozenset[str]:
+        from mxdesk.names import reserved_labels
+
         return reserved_labels(self.config.general.reserved_labels_file)
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from mxdesk import references, state
+from mxdesk import state
 from mxdesk.cli.context import Context, need_state, pass_context
 from mxdesk.cli.output import emit_json, emit_table, errors_to_exit, fail, json_option
 from mxdesk.store import queries
@@ -66,6 +66,8 @@ def _tickets_db(ctx: Context) -> ReadOnly | None:
 def _known_tenant(ctx: Context, slug: str) -> None:
     """A tenant with tickets (also one removed since: its tickets are kept), or one of
     state.db; else a clear error."""
+    from mxdesk import references
+
     if not references.tickets(ctx.config.store.database, tenant=slug)[1]:
         state.get_tenant(need_state(ctx), slug)
 

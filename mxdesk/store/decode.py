@@ -5,7 +5,6 @@ from __future__ import annotations
 import codecs
 import re
 import unicodedata
-from email.header import decode_header
 
 MAX_CHARSET_NAME = 40
 MAX_FILENAME = 200
@@ -75,6 +74,8 @@ def raw_header_text(value: str) -> str:
 
 def decode_header_value(value: str) -> str:
     """A header's text with RFC 2047 encoded words decoded, in any charset, never raising."""
+    from email.header import decode_header  # here: `ticket list` needs none of email
+
     value = raw_header_text(value)
     try:
         chunks = decode_header(value)

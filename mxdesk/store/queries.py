@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mxdesk.store.verdicts import Verdicts, sender_verified
 from mxdesk.timefmt import timestamp
 
 if TYPE_CHECKING:
     from mxdesk.store.db import Queryable
+    from mxdesk.store.verdicts import Verdicts
 
 
 class OutgoingError(Exception):
@@ -181,6 +181,8 @@ def _message(db: Queryable, m: dict[str, Any]) -> MessageView:
         )
     ]
     inbound = m["direction"] == "in"
+    from mxdesk.store.verdicts import Verdicts, sender_verified
+
     verdicts = Verdicts.from_json(m["verdicts"])
     return MessageView(
         id=m["id"],
