@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from mxdesk import domains, references, state
 from mxdesk.config import Config
-from mxdesk.gateway.dkim import DkimKeyError
+from mxdesk.gateway.dkimkey import DkimKeyError
 from mxdesk.references import plural
 from mxdesk.state import StateError, transaction
 

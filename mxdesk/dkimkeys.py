@@ -16,10 +16,13 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mxdesk.config import DkimConfig
-from mxdesk.gateway.dkim import DkimKey, generate_key, load_key
 from mxdesk.state import StateError, transaction
+
+if TYPE_CHECKING:
+    from mxdesk.gateway.dkimkey import DkimKey
 
 PENDING, ACTIVE, RETIRING, REVOKED, REMOVING = (
     "pending",
@@ -113,6 +116,8 @@ def _make(
     for (kind, algorithm), selector in zip(kinds, selectors, strict=True):
         path = cfg.keys_dir / domain / f"{selector}.pem"
         if not path.exists():  # else a file a killed run wrote but never listed
+            from mxdesk.gateway.dkimkey import generate_key
+
             _write_private(path, generate_key(kind))
         activated = now if state == ACTIVE else None
         records.append(
@@ -202,6 +207,9 @@ def load_signing_keys(conn: sqlite3.Connection, domain: str) -> list[DkimKey]:
 
 
 def load(record: KeyRecord) -> DkimKey:
+    # Here, not at the top: listing domains loads no cryptography.
+    from mxdesk.gateway.dkimkey import load_key
+
     return load_key(Path(record.path).read_bytes(), record.domain, record.selector)
 
 

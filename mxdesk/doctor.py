@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mxdesk import dkimkeys, state
 from mxdesk.config import Config
-from mxdesk.gateway.dkim import DkimKeyError
+from mxdesk.gateway.dkimkey import DkimKeyError
 from mxdesk.ownership import places
 
 INSTALLATION_KEY = "message-id.key"

@@ -14,7 +14,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from mxdesk.gateway.dkim import DkimKey
+from mxdesk.gateway.dkimkey import DkimKey
 
 # The classic text format (every Prometheus reads it); generate_latest writes it for our names,
 # which need none of the escaping that the library's newer default content type announces.

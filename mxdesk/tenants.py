@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
-from mxdesk import domains, references, state
+from mxdesk import references, state
 from mxdesk.config import Config
 from mxdesk.names import InvalidName, parse_address
 from mxdesk.references import plural
@@ -138,6 +138,8 @@ def remove_tenant(
     references.refuse_queued(f"tenant {slug!r}", view.queued)
     if not force:
         _refuse_orphans(view)
+    from mxdesk import domains  # here: listing tenants needs no key machinery
+
     for d in view.domains:
         domains.remove_domain(conn, config, d.name)
     with transaction(conn):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 from typing import Any
@@ -14,7 +13,7 @@ from mxdesk.cli.context import Context, need_state, pass_context
 from mxdesk.cli.output import emit_json, errors_to_exit, json_option
 from mxdesk.config import Config
 from mxdesk.dns.providers import ProviderError
-from mxdesk.gateway.dkim import DkimKeyError
+from mxdesk.gateway.dkimkey import DkimKeyError
 from mxdesk.timefmt import duration, timestamp
 
 ERRORS = (state.StateError, DkimKeyError, OSError, ProviderError)
@@ -162,6 +161,8 @@ def rotate(ctx: Context, name: str, wait: bool, timeout: float) -> None:
 
 def _publish_now(conn: sqlite3.Connection, config: Config, name: str) -> None:
     """One step at once: the new record is published (a refused update is said here)."""
+    import asyncio
+
     from mxdesk.dns.check import AuthoritativeChecker
     from mxdesk.dns.rotation import step
 
@@ -172,6 +173,8 @@ def _publish_now(conn: sqlite3.Connection, config: Config, name: str) -> None:
 
 
 def _carry(conn: sqlite3.Connection, config: Config, name: str, timeout: float) -> int:
+    import asyncio
+
     from mxdesk.dns.check import AuthoritativeChecker
     from mxdesk.dns.rotation import step
 
@@ -210,6 +213,8 @@ def revoke(ctx: Context, name: str, selector: str) -> None:
     conn = need_state(ctx)
     config = ctx.config
     name = name.lower().rstrip(".")
+    import asyncio
+
     key = rotation.revoke(conn, config, name, selector)
     signing = dkimkeys.keys_of(conn, name, (dkimkeys.ACTIVE,))
     click.echo(f"{name}: {selector} revoked; it signs nothing from now on")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import click
 
@@ -15,8 +16,17 @@ from mxdesk.cli.domainwait import follow
 from mxdesk.cli.output import emit_json, emit_table, errors_to_exit, fail, json_option
 from mxdesk.dns.providers import ProviderError, SecretUnavailable
 from mxdesk.dns.records import OWNERSHIP_LABEL, OWNERSHIP_PREFIX, RecordPlan, zone_file
-from mxdesk.gateway.dkim import DkimKeyError
+from mxdesk.gateway.dkimkey import DkimKeyError
 from mxdesk.references import plural
+
+T = TypeVar("T")
+
+
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    import asyncio  # here: listing and showing domains need no event loop
+
+    return asyncio.run(coroutine)
+
 
 ERRORS = (state.StateError, DkimKeyError, OSError, ProviderError)
 
@@ -52,7 +62,7 @@ def add(
     view = domains.add_domain(conn, ctx.config, name, tenant_slug, ctx.reserved(), own=own)
     domain = view.domain.name
     try:
-        published = asyncio.run(publish_domain(conn, ctx.config, domain))
+        published = _run(publish_domain(conn, ctx.config, domain))
     except SecretUnavailable as exc:
         # The daemon holds the secret: it publishes the domain, still pending here.
         state.set_domain(conn, domain, status="pending")
@@ -144,7 +154,7 @@ def check(ctx: Context, name: str, as_json: bool) -> None:
     async def run() -> CheckReport:
         return await AuthoritativeChecker(ctx.config.dns).check(plan.domain, plan.records)
 
-    report = asyncio.run(run())
+    report = _run(run())
     if as_json:
         emit_json({"domain": plan.domain, "ok": report.ok, "checks": report.checks})
     else:
@@ -176,7 +186,7 @@ def publish_(ctx: Context, name: str) -> None:
 
     conn = need_state(ctx)
     plan = domains.domain_plan(conn, ctx.config, name)
-    for p in asyncio.run(publish(plan, ctx.config.dns)):
+    for p in _run(publish(plan, ctx.config.dns)):
         if not p.provider:
             click.echo(f"zone {p.zone or '(none)'}: no provider; see 'mxdesk domain records'")
         elif p.changed:

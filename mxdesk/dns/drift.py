@@ -27,7 +27,7 @@ from mxdesk.dns.publish import publish
 from mxdesk.dns.settings import DnsConfig
 from mxdesk.dns.task import StateTask
 from mxdesk.domains import domain_plan
-from mxdesk.gateway.dkim import DkimKeyError
+from mxdesk.gateway.dkimkey import DkimKeyError
 from mxdesk.gateway.spool import Spool
 
 log = logging.getLogger("mxdesk.dns.drift")

@@ -25,7 +25,7 @@ from mxdesk.dns.publish import RETRY_DELAYS, Published, publish
 from mxdesk.dns.rotation import KeyRotation
 from mxdesk.dns.task import StateTask
 from mxdesk.domains import domain_plan
-from mxdesk.gateway.dkim import DkimKeyError
+from mxdesk.gateway.dkimkey import DkimKeyError
 from mxdesk.gateway.senders import WAITING_PREFIX, WAITING_SUFFIX
 from mxdesk.gateway.spool import Spool
 

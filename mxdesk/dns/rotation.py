@@ -29,7 +29,7 @@ from mxdesk.dns.publish import publish, withdraw
 from mxdesk.dns.records import Record
 from mxdesk.dns.task import StateTask
 from mxdesk.domains import domain_plan
-from mxdesk.gateway.dkim import DkimKeyError
+from mxdesk.gateway.dkimkey import DkimKeyError
 
 log = logging.getLogger("mxdesk.dns.rotation")
 UNPUBLISHED = "the empty p= is not published yet"

@@ -7,13 +7,17 @@ import hashlib
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import dkim
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
 
-MIN_RSA_BITS = 2048
+from mxdesk.gateway.dkimkey import MIN_RSA_BITS as MIN_RSA_BITS
+from mxdesk.gateway.dkimkey import DkimKey as DkimKey
+from mxdesk.gateway.dkimkey import DkimKeyError as DkimKeyError
+from mxdesk.gateway.dkimkey import generate_key as generate_key
+from mxdesk.gateway.dkimkey import load_key as load_key
+
 # Signed once more than they occur, so that no one can add one after signing (RFC 6376 §8.15).
 OVERSIGNED = (
     b"from", b"to", b"cc", b"subject", b"date", b"reply-to", b"message-id", b"in-reply-to",
@@ -23,69 +27,6 @@ OVERSIGNED = (
 SIGNED = (b"mime-version", b"content-type", b"content-transfer-encoding", b"auto-submitted")
 RELAXED = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
 _LINE_END = re.compile(rb"\r\n|\r|\n")
-
-PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
-
-
-class DkimKeyError(ValueError):
-    """A key that mxdesk will not sign with; the message says why."""
-
-
-@dataclass(frozen=True)
-class DkimKey:
-    domain: str
-    selector: str
-    private_key: PrivateKey
-
-    @property
-    def algorithm(self) -> bytes:
-        if isinstance(self.private_key, rsa.RSAPrivateKey):
-            return b"rsa-sha256"
-        return b"ed25519-sha256"
-
-    def dns_txt(self) -> str:
-        """The TXT record for <selector>._domainkey.<domain> (RFC 6376 §3.6.1, RFC 8463)."""
-        public = self.private_key.public_key()
-        if isinstance(public, rsa.RSAPublicKey):
-            der = public.public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-            return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
-        raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        return f"v=DKIM1; k=ed25519; p={base64.b64encode(raw).decode()}"
-
-
-def load_key(pem: bytes, domain: str, selector: str) -> DkimKey:
-    """Loads a PEM private key; RSA keys under 2048 bits and other kinds are refused."""
-    try:
-        key = serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError) as exc:
-        raise DkimKeyError(f"DKIM key for {domain}: not a PEM private key ({exc})") from None
-    if isinstance(key, rsa.RSAPrivateKey):
-        if key.key_size < MIN_RSA_BITS:
-            raise DkimKeyError(
-                f"DKIM key for {domain} is RSA-{key.key_size}: at least {MIN_RSA_BITS} bits"
-            )
-        return DkimKey(domain, selector, key)
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        return DkimKey(domain, selector, key)
-    raise DkimKeyError(f"DKIM key for {domain}: only RSA and Ed25519 keys are supported")
-
-
-def generate_key(kind: str = "rsa") -> bytes:
-    """A new private key as PKCS#8 PEM: RSA-2048 or Ed25519."""
-    key: PrivateKey
-    if kind == "rsa":
-        key = rsa.generate_private_key(public_exponent=65537, key_size=MIN_RSA_BITS)
-    elif kind == "ed25519":
-        key = ed25519.Ed25519PrivateKey.generate()
-    else:
-        raise DkimKeyError(f"key kind {kind!r}: use rsa or ed25519")
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
 
 
 def normalise_line_endings(message: bytes) -> bytes:
