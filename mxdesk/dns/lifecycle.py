@@ -15,7 +15,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from mxdesk import state
+from mxdesk import dkimkeys, state
 from mxdesk.config import Config
 from mxdesk.dns.check import AuthoritativeChecker, CheckReport
 from mxdesk.dns.drift import DriftWatch, bounded_each
@@ -125,7 +125,9 @@ class DomainLifecycle(StateTask):
     async def _advance(self, conn: sqlite3.Connection, name: str) -> None:
         assert self._checker is not None
         domain = state.get_domain(conn, name)
-        if domain is None:
+        if domain is None or not dkimkeys.keys_of(conn, name):
+            # `domain add` writes the row, then makes the keys: a plan without them would be
+            # published and checked incomplete.
             return
         try:
             if domain.status in ("pending", "publishing"):
