@@ -4,12 +4,12 @@ and again (`tick`), a failing pass logged and tried again at the next one."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 
 from mxdesk import state
 from mxdesk.config import Config
+from mxdesk.tasks import cancel_and_wait
 
 TICK_SECONDS = 2.0
 
@@ -26,9 +26,7 @@ class StateTask:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         if self._conn is not None:
             self._conn.close()
 

@@ -1,4 +1,5 @@
-"""DKIM signing (RFC 6376, RFC 8463): dkimpy canonicalises and hashes, OpenSSL signs."""
+"""DKIM signing (RFC 6376, RFC 8463): relaxed/relaxed canonicalisation and SHA-256 here, the
+signature by OpenSSL; dkimpy verifies (inbound verdicts, tests)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import re
 import time
 from collections.abc import Sequence
 
-import dkim
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
 
@@ -25,7 +25,7 @@ OVERSIGNED = (
 )  # fmt: skip
 # Signed as often as they occur.
 SIGNED = (b"mime-version", b"content-type", b"content-transfer-encoding", b"auto-submitted")
-RELAXED = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+_WSP = re.compile(rb"[ \t]+")
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
@@ -38,8 +38,35 @@ def normalise_line_endings(message: bytes) -> bytes:
     return b"\r\n".join(lines) + b"\r\n"
 
 
-def _include(headers: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
-    present = [name.lower() for name, _ in headers]
+def _fields(head: bytes) -> list[tuple[bytes, bytes]]:
+    """(name, value) of each header field, value with its folding (RFC 5322 §2.2.3)."""
+    fields: list[tuple[bytes, bytes]] = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            name, value = fields[-1]
+            fields[-1] = (name, value + b"\r\n" + line)
+        elif line:
+            name, _, value = line.partition(b":")
+            fields.append((name, value))
+    return fields
+
+
+def _relaxed_header(name: bytes, value: bytes) -> bytes:
+    """RFC 6376 §3.4.2: name lowered, value unfolded, runs of WSP one SP, no WSP at the ends."""
+    value = _WSP.sub(b" ", value.replace(b"\r\n", b"")).strip(b" ")
+    return name.rstrip(b" \t").lower() + b":" + value
+
+
+def relaxed_body(body: bytes) -> bytes:
+    """RFC 6376 §3.4.4 on a CRLF body: runs of WSP one SP, none at line ends, no empty lines at
+    the end, a final CRLF unless empty."""
+    body = _WSP.sub(b" ", body).replace(b" \r\n", b"\r\n")
+    body = body.rstrip(b"\r\n") if body.endswith(b"\r\n") else body.rstrip(b" ")
+    return body + b"\r\n" if body else b""
+
+
+def _include(fields: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+    present = [name.rstrip(b" \t").lower() for name, _ in fields]
     include: list[bytes] = []
     for name in SIGNED:
         include += [name] * present.count(name)
@@ -48,12 +75,33 @@ def _include(headers: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
     return include
 
 
+def _fold(tags: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """The tag list folded between tags (and inside h= at its spaces) so that no line exceeds 78
+    characters; relaxed canonicalisation reads the folds as the spaces they replace."""
+    lines, line = [], b"DKIM-Signature:"
+    for i, (tag, value) in enumerate(tags):
+        words = (tag + b"=" + value + (b";" if i < len(tags) - 1 else b"")).split(b" ")
+        for word in words:
+            if len(line) + 1 + len(word) > 78 and line.strip():
+                lines.append(line)
+                line = b"\t" + word
+            else:
+                line += b" " + word
+    lines.append(line)
+    return b"\r\n".join(lines)
+
+
 def signature_header(message: bytes, key: DkimKey, now: float | None = None) -> bytes:
-    """The DKIM-Signature header line (with CRLF) for a CRLF-normalised message."""
-    parsed = dkim.DKIM(message, signature_algorithm=key.algorithm)
-    include = _include(parsed.headers)
-    body_hash = base64.b64encode(hashlib.sha256(RELAXED.canonicalize_body(parsed.body)).digest())
-    fields = [
+    """The DKIM-Signature header line (with CRLF) for a CRLF-normalised message: relaxed/relaxed
+    canonicalisation and SHA-256 here (a few regular expressions over the message), the
+    signature by OpenSSL through cryptography."""
+    head, _, body = message.partition(b"\r\n\r\n")
+    if not _ and head.endswith(b"\r\n"):
+        head = head[:-2]
+    fields = _fields(head)
+    include = _include(fields)
+    body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
+    tags = [
         (b"v", b"1"),
         (b"a", key.algorithm),
         (b"c", b"relaxed/relaxed"),
@@ -62,31 +110,33 @@ def signature_header(message: bytes, key: DkimKey, now: float | None = None) -> 
         (b"t", str(int(now if now is not None else time.time())).encode()),
         (b"h", b" : ".join(include)),
         (b"bh", body_hash),
-        # A placeholder as long as a line, so that b= starts a line of its own and filling it
-        # in does not refold the tags before it; hash_headers() hashes b= empty.
-        (b"b", b"0" * 60),
+        (b"b", b""),
     ]
-    unsigned = dkim.fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(b"DKIM-Signature"))
-    hasher = hashlib.sha256()
-    dkim.hash_headers(
-        hasher,
-        RELAXED,
-        RELAXED.canonicalize_headers(parsed.headers),
-        include,
-        (b"DKIM-Signature", b" " + unsigned),
-        dict(fields),
-    )
-    digest = hasher.digest()
+    unsigned = _fold(tags)  # ends in "b=": the signature is appended after hashing
+    # RFC 6376 §5.4.2: each named field from the bottom up; a name listed once more than the
+    # fields it has (over-signing) adds nothing.
+    remaining: dict[bytes, list[tuple[bytes, bytes]]] = {}
+    for name, value in fields:
+        remaining.setdefault(name.rstrip(b" \t").lower(), []).append((name, value))
+    hashed = []
+    for name in include:
+        found = remaining.get(name)
+        if found:
+            hashed.append(_relaxed_header(*found.pop()) + b"\r\n")
+    sig_name, _, sig_value = unsigned.partition(b":")
+    hashed.append(_relaxed_header(sig_name, sig_value))
+    digest = hashlib.sha256(b"".join(hashed)).digest()
     if isinstance(key.private_key, rsa.RSAPrivateKey):
         raw = key.private_key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
     else:
         # RFC 8463 §3: Ed25519 signs the SHA-256 hash of the canonicalised header data.
         raw = key.private_key.sign(digest)
-    fields[-1] = (b"b", base64.b64encode(raw))
-    value: bytes = dkim.fold(
-        b"; ".join(b"=".join(f) for f in fields), namelen=len(b"DKIM-Signature")
-    )
-    return b"DKIM-Signature: " + value + b"\r\n"
+    signature = base64.b64encode(raw)
+    # b= folded anywhere: whitespace in its value is ignored (RFC 6376 §3.5).
+    last = len(unsigned) - unsigned.rfind(b"\n") - 1
+    first = max(0, 76 - last)
+    chunks = [signature[:first]] + [signature[k : k + 72] for k in range(first, len(signature), 72)]
+    return unsigned + b"\r\n\t".join(c for c in chunks if c) + b"\r\n"
 
 
 def sign(message: bytes, keys: Sequence[DkimKey], now: float | None = None) -> bytes:

@@ -29,6 +29,7 @@ from mxdesk.state import transaction
 from mxdesk.store import db as tickets_db
 from mxdesk.store.db import FAILED, NEW, PENDING, QUEUED, SUBMITTING
 from mxdesk.store.queries import Outgoing, get_outgoing
+from mxdesk.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
@@ -225,8 +226,7 @@ class Submitter:
     async def close(self) -> None:
         """Stops the loop, waits for its database work, and puts claimed messages back."""
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait(self._task)
         while self._db_work:
             await asyncio.gather(*self._db_work, return_exceptions=True)
         await asyncio.to_thread(self.outbox.recover)

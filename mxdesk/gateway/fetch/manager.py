@@ -21,6 +21,7 @@ from mxdesk.gateway.inboundauth import InboundVerifier
 from mxdesk.gateway.spool import Spool
 from mxdesk.metrics import GatewayMetrics
 from mxdesk.secrets import SecretsError, secrets_key
+from mxdesk.tasks import cancel_and_wait
 
 RESCAN = 3.0  # seconds between two looks at state.db for changed channels
 PRUNE_EVERY = 3600.0
@@ -80,9 +81,7 @@ class ChannelManager:
         tasks = [t for _, _, t in self._tasks.values()]
         if self._task is not None:
             tasks.append(self._task)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
         self._tasks.clear()
         if self._conn is not None:
             self._conn.close()
@@ -104,8 +103,7 @@ class ChannelManager:
         for name, (updated, paused, task) in list(self._tasks.items()):
             view = views.get(name)
             if view is None or view.updated != updated or view.paused != paused or task.done():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+                await cancel_and_wait(task)
                 del self._tasks[name]
         for name, view in views.items():
             if name in self._tasks:
