@@ -169,6 +169,7 @@ class Replies:
     def stop(self) -> int:
         self._stop.set()
         self._thread.join(60)
+        time.sleep(0.2)  # the last reply's trip to smtp-sink is seen by the served log
         return self.sent
 
 
