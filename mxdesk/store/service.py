@@ -23,9 +23,11 @@ from mxdesk.store.submitter import (
     Outbox,
     Submitter,
 )
-from mxdesk.store.tickets import Filed, TicketStore
+from mxdesk.store.tickets import Delivery, Filed, TicketStore
 
 log = logging.getLogger("mxdesk.store")
+# Deliveries filed in one transaction at most: one batch stays well under a second.
+MAX_BATCH = 64
 # The gateway adds its own header lines to a message it accepted at its size limit.
 HEADER_HEADROOM = 1024 * 1024
 
@@ -53,22 +55,41 @@ class StateMailboxes:
 
 
 class ThreadedFiler:
-    """Runs the ticket store in a worker thread and remembers the work still running."""
+    """Runs the ticket store in a worker thread with group commit: the deliveries that arrive
+    while one batch is being committed are filed together in the next (one transaction, one
+    fsync), so the store keeps up with a gateway delivering on many connections at once. A
+    delivery is answered only after the commit that holds it."""
 
-    def __init__(self, store: TicketStore) -> None:
+    def __init__(self, store: TicketStore, max_batch: int = MAX_BATCH) -> None:
         self.store = store
-        self.running: set[asyncio.Future[list[Filed | None]]] = set()
+        self.max_batch = max_batch
+        self.running: set[asyncio.Future[None]] = set()
+        self._waiting: list[tuple[Delivery, asyncio.Future[list[Filed | None]]]] = []
 
     async def file(
         self, raw: bytes, envelope_from: str, mailboxes: Sequence[Mailbox]
     ) -> list[Filed | None]:
-        work = asyncio.ensure_future(
-            asyncio.to_thread(self.store.file_all, raw, envelope_from, list(mailboxes))
-        )
-        self.running.add(work)
-        work.add_done_callback(self.running.discard)
+        answer: asyncio.Future[list[Filed | None]] = asyncio.get_running_loop().create_future()
+        self._waiting.append(((raw, envelope_from, list(mailboxes)), answer))
+        if not self.running:
+            batches = asyncio.ensure_future(self._commit_batches())
+            self.running.add(batches)
+            batches.add_done_callback(self.running.discard)
         # A client that hangs up does not stop a commit half-way; its retry finds it stored.
-        return await asyncio.shield(work)
+        return await asyncio.shield(answer)
+
+    async def _commit_batches(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
+            deliveries = [d for d, _ in batch]
+            try:
+                results = await asyncio.to_thread(self.store.file_many, deliveries)
+            except Exception:  # file_many answers None itself: this guards against its bugs
+                log.exception("filing %d messages failed", len(batch))
+                results = [[None] * len(d[2]) for d in deliveries]
+            for (_, answer), filed in zip(batch, results, strict=True):
+                if not answer.done():
+                    answer.set_result(filed)
 
     async def drain(self) -> None:
         while self.running:

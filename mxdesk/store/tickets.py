@@ -71,6 +71,9 @@ class Arrival:
     notice: Notice | None
 
 
+Delivery = tuple[bytes, str, Sequence[Mailbox]]  # raw message, envelope sender, recipients
+
+
 def delivery_id(raw: bytes) -> tuple[str, str]:
     """(queue id for replies and logs, idempotency key prefix): the gateway's queue id from the
     first header line, else the SHA-256 of the bytes (another LMTP client)."""
@@ -107,31 +110,55 @@ class TicketStore:
         self, raw: bytes, envelope_from: str, mailboxes: Sequence[Mailbox]
     ) -> list[Filed | None]:
         """Files one copy per recipient mailbox; None where a temporary error stopped it."""
-        arrival: Arrival | None = None
-        results: list[Filed | None] = []
-        queue_id, prefix = delivery_id(raw)
-        for mailbox in mailboxes:
-            key = f"{prefix}:{mailbox.address}"
+        return self.file_many([(raw, envelope_from, mailboxes)])[0]
+
+    def file_many(self, deliveries: Sequence[Delivery]) -> list[list[Filed | None]]:
+        """Files several deliveries in ONE transaction, so one commit (one fsync) makes all of
+        them durable: the store's group commit. Each copy is filed in a savepoint of its own:
+        an error loses only that copy (None: its client is answered 451 and sends it again);
+        a failed commit loses the batch (all None). Parsing happens before the transaction."""
+        arrivals: list[Arrival | None] = []
+        for raw, envelope_from, _ in deliveries:
+            queue_id = delivery_id(raw)[0]
             try:
-                with self._lock:
-                    ticket = tickets_db.delivered_ticket(self.db, key)
-                if ticket is None:
-                    arrival = arrival or self._arrival(raw, envelope_from, queue_id)
-                    filed = self._file(arrival, mailbox, key)
-                else:
-                    filed = Filed(queue_id, ticket, duplicate=True)
-                    log.info(
-                        "queue_id=%s rcpt=%s ticket=%d duplicate delivery, not stored again",
-                        queue_id,
-                        mailbox.address,
-                        ticket,
-                    )
+                arrivals.append(self._arrival(raw, envelope_from, queue_id))
             except Exception:
-                log.exception(
-                    "queue_id=%s rcpt=%s: could not file the message", queue_id, mailbox.address
-                )
-                filed = None
-            results.append(filed)
+                log.exception("queue_id=%s: could not read the message", queue_id)
+                arrivals.append(None)
+        results: list[list[Filed | None]] = [[None] * len(d[2]) for d in deliveries]
+        done: list[Callable[[], None]] = []
+        conn = self.db.conn
+        try:
+            with self._lock, transaction(conn):
+                for i, ((raw, _, mailboxes), arrival) in enumerate(
+                    zip(deliveries, arrivals, strict=True)
+                ):
+                    queue_id, prefix = delivery_id(raw)
+                    for j, mailbox in enumerate(mailboxes):
+                        conn.execute("SAVEPOINT copy")
+                        try:
+                            if arrival is None:
+                                raise ValueError("the message could not be read")
+                            filed, said = self._file(
+                                arrival, mailbox, f"{prefix}:{mailbox.address}"
+                            )
+                            conn.execute("RELEASE copy")
+                        except Exception:
+                            conn.execute("ROLLBACK TO copy")
+                            conn.execute("RELEASE copy")
+                            log.exception(
+                                "queue_id=%s rcpt=%s: could not file the message",
+                                queue_id,
+                                mailbox.address,
+                            )
+                            continue
+                        results[i][j] = filed
+                        done.append(said)
+        except Exception:
+            log.exception("filing %d messages: the commit failed, none is stored", len(deliveries))
+            return [[None] * len(d[2]) for d in deliveries]
+        for said in done:
+            said()
         return results
 
     def _arrival(self, raw: bytes, envelope_from: str, queue_id: str) -> Arrival:
@@ -147,53 +174,66 @@ class TicketStore:
         msg = parse_message(raw)
         return Arrival(raw, msg, envelope_from, queue_id, verdicts, fingerprint(raw), notice)
 
-    def _file(self, arrival: Arrival, mailbox: Mailbox, key: str) -> Filed:
+    def _file(
+        self, arrival: Arrival, mailbox: Mailbox, key: str
+    ) -> tuple[Filed, Callable[[], None]]:
+        """One copy, inside the caller's transaction; with what to log once it is committed."""
         now = self.clock()
         msg, queue_id, notice = arrival.msg, arrival.queue_id, arrival.notice
-        with self._lock, transaction(self.db.conn):
-            ticket = tickets_db.delivered_ticket(self.db, key)
-            if ticket is not None:
-                return Filed(queue_id, ticket, duplicate=True)
-            # A digest-based key means the message came without the gateway's queue id.
-            gateway_id = queue_id if key == f"{queue_id}:{mailbox.address}" else None
-            seen = self._seen(arrival, mailbox.tenant, now)
-            if seen is not None and seen.kind == DUPLICATE:
-                record_duplicate(self.db, key, gateway_id, seen, mailbox.address, now)
-                _log_duplicate(arrival, mailbox, seen)
-                return Filed(queue_id, seen.ticket, duplicate=True)
-            applied = apply_notice(self.db, notice, mailbox.tenant, now) if notice else None
-            if notice is not None and applied is not None:
-                _log_notice(queue_id, mailbox, notice, applied)
-                if not notice.failed:
-                    # Delivered and delayed only change statuses, which the ticket shows.
-                    return Filed(queue_id, applied.ticket, duplicate=False)
-                placement = Placement(applied.ticket, "notice", automatic=True)
-            else:
-                placement = self._place(arrival, mailbox)
-            ticket = self._store(arrival, mailbox, (key, gateway_id), placement, seen, now)
-            # The customer wrote again: a closed ticket needs someone again. An automatic
-            # message (an out-of-office reply, a delivery notice) leaves it closed.
-            reopened = (
-                placement.ticket is not None
-                and not placement.automatic
-                and reopen_on_message(self.db, ticket)
+        ticket = tickets_db.delivered_ticket(self.db, key)
+        if ticket is not None:
+            return Filed(queue_id, ticket, duplicate=True), lambda: log.info(
+                "queue_id=%s rcpt=%s ticket=%d duplicate delivery, not stored again",
+                queue_id,
+                mailbox.address,
+                ticket,
             )
-        if reopened:
-            log.info("queue_id=%s ticket=%d reopened by a new message", queue_id, ticket)
-        log.info(
-            "queue_id=%s rcpt=%s ticket=%d message_id=%s rule=%s%s%s%s",
-            queue_id,
-            mailbox.address,
-            ticket,
-            msg.message_id or "-",
-            placement.rule,
-            " automatic" if placement.automatic else "",
-            f" claims=#{placement.claim.ticket} ({placement.claim.reason})"
-            if placement.claim
-            else "",
-            f" message-id {seen.kind} (message {seen.message})" if seen else "",
+        # A digest-based key means the message came without the gateway's queue id.
+        gateway_id = queue_id if key == f"{queue_id}:{mailbox.address}" else None
+        seen = self._seen(arrival, mailbox.tenant, now)
+        if seen is not None and seen.kind == DUPLICATE:
+            record_duplicate(self.db, key, gateway_id, seen, mailbox.address, now)
+            return Filed(queue_id, seen.ticket, duplicate=True), lambda: _log_duplicate(
+                arrival, mailbox, seen
+            )
+        applied = apply_notice(self.db, notice, mailbox.tenant, now) if notice else None
+        if notice is not None and applied is not None:
+            if not notice.failed:
+                # Delivered and delayed only change statuses, which the ticket shows.
+                filed = Filed(queue_id, applied.ticket, duplicate=False)
+                return filed, lambda: _log_notice(queue_id, mailbox, notice, applied)
+            placement = Placement(applied.ticket, "notice", automatic=True)
+        else:
+            placement = self._place(arrival, mailbox)
+        ticket = self._store(arrival, mailbox, (key, gateway_id), placement, seen, now)
+        # The customer wrote again: a closed ticket needs someone again. An automatic message
+        # (an out-of-office reply, a delivery notice) leaves it closed.
+        reopened = (
+            placement.ticket is not None
+            and not placement.automatic
+            and reopen_on_message(self.db, ticket)
         )
-        return Filed(queue_id, ticket, duplicate=False)
+
+        def said() -> None:
+            if applied is not None and notice is not None:
+                _log_notice(queue_id, mailbox, notice, applied)
+            if reopened:
+                log.info("queue_id=%s ticket=%d reopened by a new message", queue_id, ticket)
+            log.info(
+                "queue_id=%s rcpt=%s ticket=%d message_id=%s rule=%s%s%s%s",
+                queue_id,
+                mailbox.address,
+                ticket,
+                msg.message_id or "-",
+                placement.rule,
+                " automatic" if placement.automatic else "",
+                f" claims=#{placement.claim.ticket} ({placement.claim.reason})"
+                if placement.claim
+                else "",
+                f" message-id {seen.kind} (message {seen.message})" if seen else "",
+            )
+
+        return Filed(queue_id, ticket, duplicate=False), said
 
     def _seen(self, arrival: Arrival, tenant: str, now: float) -> Seen | None:
         if arrival.msg.message_id is None:

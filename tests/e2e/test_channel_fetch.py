@@ -177,7 +177,7 @@ def test_pop3_long_line_oversize_skipped_once_and_delete(site: Site, mail: MailS
     mail.deliver(name, message(3, "depois"))
     wait_for_sync(lambda: "depois" in subjects(site), 30, "the POP3 tickets")
     assert sorted(subjects(site)) == ["depois", "linha longa"]
-    wait_for_sync(lambda: mail.status(name)["messages"] == 1, 20, "the fetched ones deleted")
+    wait_for_sync(lambda: mail.status(name)["messages"] == 1, 60, "the fetched ones deleted")
     shown = channel(site, name)
     assert shown["skipped"] == 1 and "larger than the limit" in shown["note"]
     wait_for_sync(site.sink.messages, 30, "the oversize alert")

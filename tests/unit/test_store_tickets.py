@@ -7,6 +7,7 @@ import json
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -16,7 +17,7 @@ from mxdesk.state import Mailbox
 from mxdesk.store import queries
 from mxdesk.store.db import open_readonly, open_tickets
 from mxdesk.store.service import ThreadedFiler
-from mxdesk.store.tickets import Filed, TicketStore
+from mxdesk.store.tickets import Delivery, Filed, TicketStore
 
 SUPORTE = Mailbox("suporte@marca.example", "marca", "Suporte Marca", False, True, 0.0)
 VENDAS = Mailbox("vendas@marca.example", "marca", "Vendas", False, True, 0.0)
@@ -118,12 +119,16 @@ def test_a_failing_recipient_does_not_stop_the_others(store: TicketStore) -> Non
 
 
 class SlowStore:
+    """A store whose commits wait until released; it records each batch it was given."""
+
     def __init__(self) -> None:
         self.release = threading.Event()
+        self.batches: list[int] = []
 
-    def file_all(self, raw: bytes, sender: str, boxes: Sequence[Mailbox]) -> list[Filed | None]:
+    def file_many(self, deliveries: Sequence[Delivery]) -> list[list[Filed | None]]:
+        self.batches.append(len(deliveries))
         assert self.release.wait(10)
-        return [Filed("Q1", 1, False)]
+        return [[Filed(f"Q{len(self.batches)}", 1, False)] for _ in deliveries]
 
 
 async def test_filing_outlives_a_client_that_hangs_up_and_drain_waits_for_it() -> None:
@@ -131,9 +136,9 @@ async def test_filing_outlives_a_client_that_hangs_up_and_drain_waits_for_it() -
     filer = ThreadedFiler(slow)  # type: ignore[arg-type]
     caller = asyncio.create_task(filer.file(b"x", "", [SUPORTE]))
     for _ in range(100):
-        if filer.running:
+        if slow.batches:
             break
-        await asyncio.sleep(0)
+        await asyncio.sleep(0.01)
     (work,) = filer.running
     caller.cancel()  # the LMTP client went away mid-commit
     drained = asyncio.create_task(filer.drain())
@@ -142,8 +147,25 @@ async def test_filing_outlives_a_client_that_hangs_up_and_drain_waits_for_it() -
     assert not drained.done() and not work.done()
     slow.release.set()
     await asyncio.wait_for(drained, 10)
-    assert work.result() == [Filed("Q1", 1, False)]
-    assert not filer.running
+    assert slow.batches == [1] and work.done() and not filer.running
+
+
+async def test_deliveries_that_arrive_during_a_commit_are_committed_together() -> None:
+    slow = SlowStore()
+    filer = ThreadedFiler(slow)  # type: ignore[arg-type]
+    first = asyncio.create_task(filer.file(b"x", "", [SUPORTE]))
+    for _ in range(100):
+        if slow.batches:
+            break
+        await asyncio.sleep(0.01)
+    # While the first commit runs, ten more arrive: they wait, then share one commit.
+    others = [asyncio.create_task(filer.file(b"y", "", [SUPORTE])) for _ in range(10)]
+    await asyncio.sleep(0.05)
+    assert slow.batches == [1] and not first.done()
+    slow.release.set()
+    assert await first == [Filed("Q1", 1, False)]
+    assert [await o for o in others] == [[Filed("Q2", 1, False)]] * 10
+    assert slow.batches == [1, 10]
 
 
 def cli(tmp_path: Path, *args: str) -> tuple[int, str]:
@@ -217,3 +239,29 @@ def test_a_reply_naming_only_our_message_id_joins_through_its_mac(db_path: Path)
         assert other is not None and other.ticket != first.ticket
     finally:
         s.close()
+
+
+def test_one_copy_that_fails_in_a_batch_loses_only_itself(
+    store: TicketStore, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    place = store._place
+
+    def fussy(arrival: Any, mailbox: Mailbox) -> Any:
+        if b"quebra" in arrival.raw:
+            raise RuntimeError("a bug in threading")
+        return place(arrival, mailbox)
+
+    monkeypatch.setattr(store, "_place", fussy)
+    batch = [
+        (mail(f"Q{i}", f"Subject: {word} {i}", f"Message-ID: <m{i}@example.com>"), "", [SUPORTE])
+        for i, word in enumerate(["um", "quebra", "tres"])
+    ]
+    ok, broken, last = store.file_many(batch)
+    assert broken == [None]  # answered 451: the gateway sends it again
+    assert ok[0] is not None and last[0] is not None and ok[0].ticket != last[0].ticket
+    db = open_readonly(db_path)
+    try:
+        subjects = [t.subject for t in queries.list_tickets(db)]
+    finally:
+        db.close()
+    assert sorted(subjects) == ["tres 2", "um 0"]
