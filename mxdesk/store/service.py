@@ -65,16 +65,19 @@ class ThreadedFiler:
         self.max_batch = max_batch
         self.running: set[asyncio.Future[None]] = set()
         self._waiting: list[tuple[Delivery, asyncio.Future[list[Filed | None]]]] = []
+        self._batches: asyncio.Future[None] | None = None
 
     async def file(
         self, raw: bytes, envelope_from: str, mailboxes: Sequence[Mailbox]
     ) -> list[Filed | None]:
         answer: asyncio.Future[list[Filed | None]] = asyncio.get_running_loop().create_future()
         self._waiting.append(((raw, envelope_from, list(mailboxes)), answer))
-        if not self.running:
-            batches = asyncio.ensure_future(self._commit_batches())
-            self.running.add(batches)
-            batches.add_done_callback(self.running.discard)
+        # done(), not membership of running: a task that has just returned leaves running
+        # only at a later turn of the loop, and this delivery would wait for nobody.
+        if self._batches is None or self._batches.done():
+            self._batches = asyncio.ensure_future(self._commit_batches())
+            self.running.add(self._batches)
+            self._batches.add_done_callback(self.running.discard)
         # A client that hangs up does not stop a commit half-way; its retry finds it stored.
         return await asyncio.shield(answer)
 

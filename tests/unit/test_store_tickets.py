@@ -265,3 +265,18 @@ def test_one_copy_that_fails_in_a_batch_loses_only_itself(
     finally:
         db.close()
     assert sorted(subjects) == ["tres 2", "um 0"]
+
+
+async def test_a_delivery_right_after_a_batch_ends_is_filed() -> None:
+    """A batch task that has returned stays in `running` until a later turn of the loop (its
+    done callbacks): a delivery in that window must start a new batch, not wait for it."""
+    slow = SlowStore()
+    slow.release.set()
+    filer = ThreadedFiler(slow)  # type: ignore[arg-type]
+    assert await filer.file(b"x", "", [SUPORTE]) == [Filed("Q1", 1, False)]
+    finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    finished.set_result(None)
+    filer.running.add(finished)  # the window: done, not yet discarded
+    second = await asyncio.wait_for(filer.file(b"y", "", [SUPORTE]), 5)
+    assert second == [Filed("Q2", 1, False)]
+    filer.running.discard(finished)
