@@ -91,7 +91,7 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _names(conn: sqlite3.Connection, config: Config, name: str | None) -> list[str]:
+def _names(conn: sqlite3.Connection, name: str | None) -> list[str]:
     if name:
         name = name.lower().rstrip(".")
         if not dkimkeys.keys_of(conn, name):
@@ -109,7 +109,7 @@ def _names(conn: sqlite3.Connection, config: Config, name: str | None) -> list[s
 def status(ctx: Context, name: str | None, as_json: bool) -> None:
     """Each domain's keys (or NAME's): phase, dates and what happens next."""
     conn = need_state(ctx)
-    shown = [status_of(conn, ctx.config, n) for n in _names(conn, ctx.config, name)]
+    shown = [status_of(conn, ctx.config, n) for n in _names(conn, name)]
     if as_json:
         emit_json(shown)
         return

@@ -19,11 +19,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mxdesk import dkimkeys, state
+from mxdesk import dkimkeys, domains, state
 from mxdesk.config import Config
 from mxdesk.dkimkeys import ACTIVE, PENDING, REMOVING, RETIRING, REVOKED, KeyRecord
 from mxdesk.dns.check import MISSING, AuthoritativeChecker
 from mxdesk.dns.drift import bounded_each
+from mxdesk.dns.drift import publishable as drift_publishable
 from mxdesk.dns.providers import ProviderError
 from mxdesk.dns.publish import publish, withdraw
 from mxdesk.dns.records import Record
@@ -78,28 +79,21 @@ def domains_with_keys(conn: sqlite3.Connection, config: Config) -> list[str]:
     return [r["domain"] for r in rows]
 
 
-def delegated(conn: sqlite3.Connection, config: Config, name: str) -> bool:
+def keys_under(conn: sqlite3.Connection, config: Config, name: str) -> str:
+    """The name under which the domain's key records live: its label in [dns] dkim_zone when
+    it is delegated, else the domain itself (the base domain included)."""
     domain = state.get_domain(conn, name)
-    return bool(domain and domain.dkim_delegated and config.dns.dkim_zone)
+    return (domain and domains.delegation_zone(config, domain)) or name
 
 
-def key_records(conn: sqlite3.Connection, config: Config, name: str) -> dict[str, Record]:
-    """selector -> the TXT record the plan publishes for it."""
-    plan = domain_plan(conn, config, name)
-    by_name = {r.name: r for r in plan.records if r.purpose == "dkim"}
-    found = {}
-    for key in dkimkeys.keys_of(conn, name, dkimkeys.PUBLISHED):
-        for record_name, record in by_name.items():
-            if record_name.startswith(f"{key.selector}._domainkey."):
-                found[key.selector] = record
-    return found
+def key_record_name(under: str, selector: str) -> str:
+    return f"{selector}._domainkey.{under}"
 
 
 def publishable(conn: sqlite3.Connection, config: Config, name: str) -> bool:
     """Whether mxdesk publishes every DKIM record of the domain itself."""
     plan = domain_plan(conn, config, name)
-    names = [r.name for r in plan.records if r.purpose == "dkim"]
-    return bool(names) and all(config.dns.zone_of(n)[1] is not None for n in names)
+    return drift_publishable([r.name for r in plan.records if r.purpose == "dkim"], config.dns)
 
 
 def start(conn: sqlite3.Connection, config: Config, name: str) -> list[KeyRecord]:
@@ -110,7 +104,8 @@ def start(conn: sqlite3.Connection, config: Config, name: str) -> list[KeyRecord
             raise state.StateError(f"no domain {name!r}: see 'mxdesk domain list'")
         if domain.status != "active":
             raise state.StateError(f"{name} is {domain.status}: its keys rotate once it is active")
-    keys = dkimkeys.add_pending(conn, config.dkim, name, delegated=delegated(conn, config, name))
+    delegated = keys_under(conn, config, name) != name
+    keys = dkimkeys.add_pending(conn, config.dkim, name, delegated=delegated)
     log.info("domain=%s rotation started: %s", name, ", ".join(k.selector for k in keys))
     return keys
 
@@ -201,13 +196,14 @@ async def _publish_pending(
 ) -> None:
     try:
         plan = domain_plan(conn, config, name)
-        records = key_records(conn, config, name)
     except (DkimKeyError, OSError, state.StateError) as exc:
         log.error("domain=%s rotation cannot go on: %s", name, exc)
         for key in pending:
             dkimkeys.set_key(conn, name, key.selector, note=str(exc))
         return
-    wanted = [records[k.selector] for k in pending if k.selector in records]
+    under = keys_under(conn, config, name)
+    by_name = {r.name: r for r in plan.records if r.purpose == "dkim"}
+    wanted = [by_name[n] for k in pending if (n := key_record_name(under, k.selector)) in by_name]
     if any(config.dns.zone_of(r.name)[1] is not None for r in wanted):
         try:
             await publish(plan, config.dns, retry_delays=())
@@ -241,13 +237,10 @@ async def _remove(
     name: str,
     removing: list[KeyRecord],
 ) -> None:
-    domain = state.get_domain(conn, name)
-    under = ""
-    if domain is not None and domain.dkim_delegated and config.dns.dkim_zone:
-        under = f"{dkimkeys.delegation_label(name)}.{config.dns.dkim_zone}"
-    ttl = config.dns.ttl
+    under = keys_under(conn, config, name)
     records = [
-        Record(f"{k.selector}._domainkey.{under or name}", "TXT", "", "dkim", ttl) for k in removing
+        Record(key_record_name(under, k.selector), "TXT", "", "dkim", config.dns.ttl)
+        for k in removing
     ]
     try:
         await withdraw(records, config.dns)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from conftest import wait_for
 
 from mxdesk.cli import main
 from mxdesk.state import Mailbox
@@ -135,10 +136,7 @@ async def test_filing_outlives_a_client_that_hangs_up_and_drain_waits_for_it() -
     slow = SlowStore()
     filer = ThreadedFiler(slow)  # type: ignore[arg-type]
     caller = asyncio.create_task(filer.file(b"x", "", [SUPORTE]))
-    for _ in range(100):
-        if slow.batches:
-            break
-        await asyncio.sleep(0.01)
+    await wait_for(lambda: slow.batches, what="the first commit to start")
     (work,) = filer.running
     caller.cancel()  # the LMTP client went away mid-commit
     drained = asyncio.create_task(filer.drain())
@@ -154,10 +152,7 @@ async def test_deliveries_that_arrive_during_a_commit_are_committed_together() -
     slow = SlowStore()
     filer = ThreadedFiler(slow)  # type: ignore[arg-type]
     first = asyncio.create_task(filer.file(b"x", "", [SUPORTE]))
-    for _ in range(100):
-        if slow.batches:
-            break
-        await asyncio.sleep(0.01)
+    await wait_for(lambda: slow.batches, what="the first commit to start")
     # While the first commit runs, ten more arrive: they wait, then share one commit.
     others = [asyncio.create_task(filer.file(b"y", "", [SUPORTE])) for _ in range(10)]
     await asyncio.sleep(0.05)
