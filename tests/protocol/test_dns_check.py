@@ -159,7 +159,8 @@ async def test_a_closed_server_is_unreachable(
     knot: tuple[Knot, Knot], key_file: str, dkim_2048: str
 ) -> None:
     closed = free_port()
-    # 1 s: the closed port must time out, the live primary must not (at 0.3 s the primary timed out once in a full run).
+    # 1 s: the closed port must time out, the live primary must not (at 0.3 s the primary
+    # timed out once in a full run).
     config = dns_config(knot, key_file, 1.0, ns2_helpdesk_example=f"127.0.0.1:{closed}")
     p = await published(f"marca3.{BASE}", config, dkim_2048)
 
