@@ -17,7 +17,7 @@ behind the fetcher's back goes through ``doveadm``::
         srv.status(user)                 # {"messages": 1, "uidnext": 2, "uidvalidity": ...}
         srv.uids(user)                   # [1]
         srv.change_uidvalidity(user, 4242)
-        srv.kick(user)                   # open sessions get BYE; returns once they are gone
+        srv.kick(user)                   # open sessions get BYE; returns once those are gone
         srv.set_password(user, "nova")   # applies at the next login
 
 Behaviour a fetcher meets:
@@ -311,10 +311,15 @@ class MailServer:
         self._doveadm("flags", "add", "-u", user, flags, "mailbox", folder, *which)
 
     def kick(self, user: str, timeout: float = 10.0) -> None:
-        """Ends the user's IMAP and POP3 sessions (they get BYE); returns once they are gone."""
+        """Ends the user's IMAP and POP3 sessions (they get BYE); returns once the sessions
+        open at the kick are gone. A fetcher may already have logged in again by then: each
+        session's line (it carries the process id) tells an old session from a new one."""
+        before = set(self._sessions(user))
         # Exit code 68 (EX_NOUSER) only says nobody was connected.
         self._doveadm("kick", user, ok_codes=(0, 68))
-        self._wait(lambda: not self._sessions(user), timeout, f"{user}'s sessions to end")
+        self._wait(
+            lambda: not before & set(self._sessions(user)), timeout, f"{user}'s sessions to end"
+        )
 
     def _sessions(self, user: str) -> list[str]:
         lines = self._doveadm("-f", "tab", "who", "-1", user).splitlines()[1:]
