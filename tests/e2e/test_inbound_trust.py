@@ -214,11 +214,16 @@ async def test_kill_9_with_clients_resending_files_each_message_once(site: Site)
                 raise AssertionError(f"message {i}: no 250 after 2000 attempts")
 
     async def killer() -> None:
-        while not done.is_set():
-            await asyncio.sleep(rng.uniform(0.1, 0.6))
+        # Kills follow the load's progress, not the clock, so that a fast machine cannot
+        # finish between two of them: one after each eighth of the messages has its 250, at
+        # a random moment within it; the third and the sixth kill the store instead.
+        for n in range(1, 8):
+            mark = n * MESSAGES // 8 + rng.randrange(MESSAGES // 16)
+            while len(accepted) < mark and not done.is_set():
+                await asyncio.sleep(0.005)
             if done.is_set():
                 break
-            daemon = site.store if rng.random() < 0.25 else site.gateway
+            daemon = site.store if n % 3 == 0 else site.gateway
             await asyncio.to_thread(daemon.kill9)
             kills[daemon.command] += 1
             await asyncio.to_thread(daemon.start)
