@@ -10,8 +10,8 @@ import click
 from mxdesk.cli.context import Context, pass_context
 from mxdesk.cli.output import emit_json, emit_table, errors_to_exit, json_option
 from mxdesk.gateway import queuectl
-from mxdesk.gateway.entries import QUEUED, SpoolEntry
-from mxdesk.gateway.queuectl import QueueControlError, list_entries
+from mxdesk.gateway.entries import QUEUED, SHOWN_STATES, SpoolEntry
+from mxdesk.gateway.queuectl import QueueControlError, page_entries
 from mxdesk.store.decode import without_controls
 
 
@@ -29,37 +29,83 @@ def _next_try(e: SpoolEntry) -> str:
     return _when(e.next_attempt) if e.state == QUEUED else ""
 
 
+PAGE = 100  # entries `queue list` shows at a time
+
+
 @queue_group.command("list")
+@click.option("--dir", "kind", type=click.Choice(["in", "out"]), help="Only this direction.")
+@click.option(
+    "--state",
+    "shown_state",
+    type=click.Choice(SHOWN_STATES),
+    help="Only entries in this state.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=PAGE,
+    show_default=True,
+    help="Entries per page.",
+)
+@click.option("--page", type=click.IntRange(min=1), default=1, help="Which page, from 1.")
+@click.option("--all", "everything", is_flag=True, help="Every entry, not a page.")
 @json_option
 @pass_context
-def list_(ctx: Context, as_json: bool) -> None:
-    """List spool entries, inbound (in) and outbound (out): queued (waiting its send delay or
-    its first try), deferred (tried, waiting its next try), delivering (being delivered now)
-    and held (needs a person)."""
-    entries = list_entries(ctx.config.gateway.spool_path)
+def list_(
+    ctx: Context,
+    kind: str | None,
+    shown_state: str | None,
+    limit: int,
+    page: int,
+    everything: bool,
+    as_json: bool,
+) -> None:
+    """List spool entries, oldest first, inbound (in) and outbound (out): queued (waiting its
+    send delay or its first try), deferred (tried, waiting its next try), delivering (being
+    delivered now) and held (needs a person). A page at a time (--limit, --page, or --all):
+    the count of all matching entries is printed on stderr."""
+    entries, total = page_entries(
+        ctx.config.gateway.spool_path,
+        kind=kind,
+        shown_state=shown_state,
+        limit=None if everything else limit,
+        offset=0 if everything else (page - 1) * limit,
+    )
     if as_json:
         emit_json([{**asdict(e), "state": e.shown_state} for e in entries])
-        return
-    rows = []
-    for e in entries:
-        rcpts = ",".join(f"{r.mailbox}({r.status})" for r in e.recipients)
-        rows.append(
-            (
-                e.id,
-                e.kind,
-                e.shown_state,
-                _when(e.created),
-                e.size,
-                e.attempts,
-                _next_try(e),
-                e.mail_from or "<>",
-                rcpts,
-                e.last_error[:80],
-            )
-        )
-    headers = ["id", "dir", "state", "created", "size", "tries", "next try", "from", "to", "error"]
-    emit_table(rows, headers)
-    click.echo(f"{len(entries)} {'entry' if len(entries) == 1 else 'entries'}", err=True)
+    else:
+        emit_table([_row(e) for e in entries], HEADERS)
+    click.echo(_summary(len(entries), total, 0 if everything else (page - 1) * limit), err=True)
+
+
+HEADERS = ["id", "dir", "state", "created", "size", "tries", "next try", "from", "to", "error"]
+
+
+def _row(e: SpoolEntry) -> tuple[object, ...]:
+    rcpts = ",".join(f"{r.mailbox}({r.status})" for r in e.recipients)
+    return (
+        e.id,
+        e.kind,
+        e.shown_state,
+        _when(e.created),
+        e.size,
+        e.attempts,
+        _next_try(e),
+        e.mail_from or "<>",
+        rcpts,
+        e.last_error[:80],
+    )
+
+
+def _summary(shown: int, total: int, offset: int) -> str:
+    """ "3 entries", or "entries 101-200 of 100,000 (--page 3 for more)"."""
+    noun = "entry" if total == 1 else "entries"
+    if shown == total:
+        return f"{total:,} {noun}"
+    if shown == 0:
+        return f"no entries on this page; {total:,} {noun} in all"
+    more = f"; --page {offset // shown + 2} for more" if offset + shown < total else ""
+    return f"entries {offset + 1:,}-{offset + shown:,} of {total:,}{more}"
 
 
 @queue_group.command("show")

@@ -103,6 +103,9 @@ CREATE TABLE IF NOT EXISTS fetch_owed (
     PRIMARY KEY (channel, uidvalidity, uid)
 );
 """,
+    # `mxdesk queue list` pages through the spool oldest first, and status asks for the oldest
+    # entry: with 100,000 entries queued that must not sort or scan them all.
+    "CREATE INDEX IF NOT EXISTS entries_created ON entries(created);",
 ]
 
 # queued: waiting for its next attempt; delivering: claimed by the outbound runner (so it can no
@@ -274,12 +277,16 @@ def apply_results(
         history.record(conn, entry_id, history.HELD, error)
 
 
+# The state a person is shown (SpoolEntry.shown_state), in SQL.
+SHOWN_STATE = f"CASE WHEN state='{QUEUED}' AND attempts>0 THEN '{DEFERRED}' ELSE state END"
+SHOWN_STATES = (QUEUED, DEFERRED, DELIVERING, HELD)
+
+
 def spool_counts(conn: sqlite3.Connection) -> tuple[list[tuple[str, str, int]], float | None]:
     """(kind, shown state, entries) for every pair present, and the oldest entry's creation."""
     rows = conn.execute(
-        "SELECT kind, CASE WHEN state=? AND attempts>0 THEN ? ELSE state END AS shown,"
-        " count(*) FROM entries GROUP BY kind, shown ORDER BY kind, shown",
-        (QUEUED, DEFERRED),
+        f"SELECT kind, {SHOWN_STATE} AS shown, count(*) FROM entries"
+        " GROUP BY kind, shown ORDER BY kind, shown"
     ).fetchall()
     oldest = conn.execute("SELECT min(created) FROM entries").fetchone()[0]
     return [(kind, state, n) for kind, state, n in rows], oldest

@@ -17,7 +17,15 @@ from pathlib import Path
 
 from mxdesk import state
 from mxdesk.gateway import history
-from mxdesk.gateway.entries import DELIVERING, HELD, QUEUED, SCHEMA, SpoolEntry, read_entry
+from mxdesk.gateway.entries import (
+    DELIVERING,
+    HELD,
+    QUEUED,
+    SCHEMA,
+    SHOWN_STATE,
+    SpoolEntry,
+    read_entry,
+)
 
 OUTBOUND = "out"
 
@@ -183,16 +191,54 @@ def entry_history(path: Path, queue_id: str) -> list[history.HistoryEvent]:
     return past
 
 
-def list_entries(path: Path) -> list[SpoolEntry]:
-    """All entries without their data, for `mxdesk queue list`; opens the spool read-only."""
+def list_entries(
+    path: Path,
+    *,
+    kind: str | None = None,
+    shown_state: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[SpoolEntry]:
+    """Entries without their data, oldest first, for `mxdesk queue list`: all of them, or the
+    page of limit entries after offset, of one kind (in/out) and one shown state (queued,
+    deferred, delivering, held) when given.
+    Opens the spool read-only."""
+    return page_entries(path, kind=kind, shown_state=shown_state, limit=limit, offset=offset)[0]
+
+
+def page_entries(
+    path: Path,
+    *,
+    kind: str | None = None,
+    shown_state: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> tuple[list[SpoolEntry], int]:
+    """list_entries' page, and how many entries match in all. A page costs the same whatever
+    the spool holds: the entries are read in the order of an index on their creation, and
+    their recipients only for the page."""
     if not path.exists():
-        return []
+        return [], 0
+    where, params = ["1"], []
+    if kind is not None:
+        where.append("kind=?")
+        params.append(kind)
+    if shown_state is not None:
+        where.append(f"{SHOWN_STATE}=?")
+        params.append(shown_state)
+    condition = " AND ".join(where)
     conn = state.connect(path, readonly=True)
     try:
         rows = conn.execute(
             "SELECT id, kind, created, client, mail_from, size, state, attempts, next_attempt,"
-            " last_error, envid, ret FROM entries ORDER BY created"
+            f" last_error, envid, ret FROM entries WHERE {condition} ORDER BY created"
+            " LIMIT ? OFFSET ?",
+            (*params, -1 if limit is None else limit, offset),
         ).fetchall()
-        return [read_entry(conn, row, with_data=False) for row in rows]
+        entries = [read_entry(conn, row, with_data=False) for row in rows]
+        if limit is None and offset == 0:
+            return entries, len(entries)
+        total = conn.execute(f"SELECT count(*) FROM entries WHERE {condition}", params)
+        return entries, int(total.fetchone()[0])
     finally:
         conn.close()

@@ -16,6 +16,7 @@ import aiosmtplib
 import pytest
 from conftest import wait_for_sync
 from daemons import Daemon, cli, provision, write_config
+from spoolseed import seed_spool
 from wire import send_message
 
 MAILBOX = "suporte@marca.helpdesk.example"
@@ -163,3 +164,27 @@ def test_cancel_is_in_the_history_with_the_unix_user(short_tmp: Path) -> None:
         assert gone.returncode == 1
         assert f"has left the spool: it was cancelled by {user}" in gone.stderr
         assert len(gone.stderr.splitlines()) == 1
+
+
+def test_queue_list_pages_a_large_spool_oldest_first(short_tmp: Path) -> None:
+    conf = write_config(short_tmp)
+    provision(conf)
+    ids = seed_spool(short_tmp / "state" / "spool.db", 250, MAILBOX)
+
+    first = cli(conf, "queue", "list")
+    rows = first.stdout.splitlines()[1:]
+    assert [r.split()[0] for r in rows] == ids[:100]
+    assert first.stderr.strip() == "entries 1-100 of 250; --page 2 for more"
+    last = cli(conf, "queue", "list", "--page", "3", "--json")
+    assert [e["id"] for e in json.loads(last.stdout)] == ids[200:]
+    assert last.stderr.strip() == "entries 201-250 of 250"
+    assert "no entries on this page" in cli(conf, "queue", "list", "--page", "4").stderr
+
+    held = as_json(conf, "queue", "list", "--state", "held", "--limit", "500")
+    assert [e["id"] for e in held] == ids[::10]
+    out = as_json(conf, "queue", "list", "--dir", "out", "--state", "deferred")
+    assert [e["id"] for e in out] == ids[5::50]
+    everything = cli(conf, "queue", "list", "--all", "--json")
+    assert len(json.loads(everything.stdout)) == 250 and everything.stderr.strip() == "250 entries"
+    refused = cli(conf, "queue", "list", "--state", "waiting", check=False)
+    assert refused.returncode == 2 and "'deferred'" in refused.stderr
