@@ -6,7 +6,7 @@ import asyncio
 import re
 import types
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import AnyStr, Generic, TypeVar
 
 from aiosmtpd.smtp import SMTP
 
@@ -39,9 +39,30 @@ def _encodable(text: str | None) -> bool:
 
 
 class BlockDataSMTP(SMTP):
-    """aiosmtpd's SMTP (and, as a base of LMTP, LMTP) with DATA read in blocks."""
+    """aiosmtpd's SMTP (and, as a base of LMTP, LMTP) with DATA read in blocks, and the replies
+    to pipelined commands sent together."""
 
     in_data = False
+    _held = b""  # 250 replies not sent yet: the client pipelined more commands behind them
+
+    async def push(self, status: AnyStr) -> None:
+        """aiosmtpd's push, except that a 250 to a command with another complete command
+        already waiting behind it is held and sent with the next reply (RFC 2920 §3.2: a
+        server may group the replies of pipelined commands; Postfix flushes only when its
+        input is empty). One write instead of three for MAIL, RCPT, DATA. Never anything
+        else: a 220 to STARTTLS, a 354 or an error goes out at once, with what was held."""
+        if isinstance(status, str):
+            line = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+        else:
+            line = status
+        response = line + b"\r\n"
+        if line[:3] == b"250" and not self.in_data and b"\n" in self._reader._buffer:  # type: ignore[attr-defined]
+            self._held += response
+            return
+        if self._held:
+            response, self._held = self._held + response, b""
+        self._writer.write(response)
+        await self._writer.drain()
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's address parser (email's header parser) costs a quarter of a millisecond

@@ -54,6 +54,7 @@ class LmtpConnection:
         self._writer = writer
         self._timeout = timeout
         self.eight_bit = False
+        self.pipelining = False  # RFC 2920, offered in the LHLO reply
         self.reused = False
         self.data_sent = False
         self.idle_since = 0.0
@@ -62,7 +63,8 @@ class LmtpConnection:
         lines: list[bytes] = []
         while True:
             try:
-                line = await asyncio.wait_for(self._reader.readline(), self._timeout)
+                async with asyncio.timeout(self._timeout):
+                    line = await self._reader.readline()
             except (TimeoutError, ValueError) as exc:
                 raise LmtpError(f"no reply from the LMTP server ({exc!r})") from exc
             if not line:
@@ -78,6 +80,12 @@ class LmtpConnection:
         self._writer.write(line.encode("utf-8") + b"\r\n")
         await self._writer.drain()
         return await self.read_reply()
+
+    async def commands(self, lines: Sequence[str]) -> list[Reply]:
+        """Sends lines in one write and reads their replies, in order (RFC 2920 PIPELINING)."""
+        self._writer.write("".join(f"{line}\r\n" for line in lines).encode("utf-8"))
+        await self._writer.drain()
+        return [await self.read_reply() for _ in lines]
 
     async def send_data(self, data: bytes) -> None:
         self._writer.write(dot_stuff(data))
@@ -126,6 +134,7 @@ class LmtpClient:
             await conn.close()
             raise
         conn.eight_bit = "8BITMIME" in lhlo.text.upper()
+        conn.pipelining = "PIPELINING" in lhlo.text.upper().split()
         return conn
 
     async def deliver(self, mail_from: str, recipients: Sequence[str], data: bytes) -> list[Reply]:
@@ -170,22 +179,35 @@ class LmtpClient:
         self, conn: LmtpConnection, mail_from: str, recipients: Sequence[str], data: bytes
     ) -> list[Reply]:
         body = " BODY=8BITMIME" if conn.eight_bit else ""
-        mail = await conn.command(f"MAIL FROM:<{mail_from}>{body}")
-        if not mail.ok:
+        mail_line = f"MAIL FROM:<{mail_from}>{body}"
+        rcpt_lines = [f"RCPT TO:<{rcpt}>" for rcpt in recipients]
+        if conn.pipelining:
+            # MAIL, every RCPT and DATA in one write, their replies read in order: one round
+            # trip instead of two or more per message.
+            *envelope, start = await conn.commands([mail_line, *rcpt_lines, "DATA"])
+            mail, rcpt_replies = envelope[0], envelope[1:]
+        else:
+            mail = await conn.command(mail_line)
+            if not mail.ok:
+                await conn.command("RSET")
+                return [mail] * len(recipients)
+            rcpt_replies = [await conn.command(line) for line in rcpt_lines]
+            start = None
+        results: list[Reply | None] = [None if r.ok else r for r in rcpt_replies]
+        accepted = sum(r is None for r in results)
+        if mail.ok and accepted and start is None:
+            start = await conn.command("DATA")
+        if not (mail.ok and accepted) or start is None or start.code != 354:
+            if start is not None and start.code == 354:
+                # A pipelined DATA the server took without a recipient (RFC 2920 §3.1):
+                # an empty message ends it.
+                await conn.commands(["."])
             await conn.command("RSET")
-            return [mail] * len(recipients)
-        results: list[Reply | None] = []
-        accepted = 0
-        for rcpt in recipients:
-            reply = await conn.command(f"RCPT TO:<{rcpt}>")
-            results.append(None if reply.ok else reply)
-            accepted += reply.ok
-        if not accepted:
-            await conn.command("RSET")
-            return [r for r in results if r is not None]
-        start = await conn.command("DATA")
-        if start.code != 354:
-            await conn.command("RSET")
+            if not mail.ok:
+                return [mail] * len(recipients)
+            if not accepted:
+                return [r for r in results if r is not None]
+            assert start is not None
             return [start if r is None else r for r in results]
         conn.data_sent = True
         await conn.send_data(data)

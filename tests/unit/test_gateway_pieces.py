@@ -1,8 +1,11 @@
+import asyncio
+
 import pytest
 
 from mxdesk.gateway.lmtp import dot_stuff
 from mxdesk.gateway.retry import RetryPolicy
 from mxdesk.gateway.smtp import with_enhanced_code
+from mxdesk.smtpfast import BlockDataSMTP
 
 
 def test_dot_stuffing_and_line_endings() -> None:
@@ -58,3 +61,53 @@ def test_fast_address_parser_agrees_with_aiosmtpd(arg: str) -> None:
     fast = BlockDataSMTP(object())
     slow = SMTP(object())
     assert fast._getaddr(arg) == slow._getaddr(arg)
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    async def drain(self) -> None:
+        pass
+
+
+def _session(pending: bytes) -> tuple[BlockDataSMTP, _Writer]:
+    """A session object with only what push() uses: a reader holding pending, a writer."""
+    session = BlockDataSMTP.__new__(BlockDataSMTP)
+    session.enable_SMTPUTF8 = True
+    reader = asyncio.StreamReader()
+    reader.feed_data(pending)
+    writer = _Writer()
+    session._reader, session._writer = reader, writer  # type: ignore[assignment]
+    return session, writer
+
+
+async def test_replies_to_pipelined_commands_leave_in_one_write() -> None:
+    session, writer = _session(b"RCPT TO:<a@marca.example>\r\nDATA\r\n")
+    await session.push("250 2.1.0 Ok")  # MAIL's: RCPT and DATA are waiting
+    await session._reader.readline()
+    await session.push("250 2.1.5 Ok")  # RCPT's: DATA is waiting
+    await session._reader.readline()
+    assert writer.writes == []
+    await session.push("354 End data with <CR><LF>.<CR><LF>")
+    assert writer.writes == [
+        b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("reply", "pending"),
+    [
+        ("250 2.0.0 Ok", b""),  # nothing behind it
+        ("250 2.0.0 Ok", b"RCPT TO:<a@marca.exa"),  # only part of a command behind it
+        ("220 2.0.0 Ready to start TLS", b"MAIL FROM:<x@y>\r\n"),  # STARTTLS: never held
+        ("550 5.1.1 no such mailbox", b"DATA\r\n"),
+    ],
+)
+async def test_other_replies_leave_at_once(reply: str, pending: bytes) -> None:
+    session, writer = _session(pending)
+    await session.push(reply)
+    assert writer.writes == [reply.encode() + b"\r\n"]

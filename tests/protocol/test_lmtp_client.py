@@ -1,0 +1,126 @@
+"""The gateway's LMTP client against a scripted LMTP server on a Unix socket, with and without
+PIPELINING (RFC 2920): the same replies per recipient either way, and what went over the wire."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from mxdesk.gateway.lmtp import LmtpClient
+
+BAD = "mau@marca.example"
+
+
+@dataclass
+class Script:
+    """An LMTP server: refuses RCPT for BAD, MAIL from <refused@…>, and counts its reads."""
+
+    pipelining: bool
+    lines: list[str] = field(default_factory=list)
+    reads: int = 0  # how many times the server found new bytes from the client
+
+    async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        def say(*replies: str) -> None:
+            writer.write("".join(f"{r}\r\n" for r in replies).encode())
+
+        say("220 loja LMTP")
+        mail_ok, rcpts = False, 0
+        while line := (await self._line(reader)):
+            self.lines.append(line)
+            verb = line.split(" ", 1)[0].upper()
+            if verb == "LHLO":
+                extra = ["250-PIPELINING"] if self.pipelining else []
+                say("250-loja", *extra, "250 8BITMIME")
+            elif verb == "MAIL":
+                mail_ok = "refused@" not in line
+                say("250 2.1.0 Ok" if mail_ok else "550 5.7.1 not from you")
+            elif verb == "RCPT":
+                if not mail_ok:
+                    say("503 5.5.1 need MAIL")
+                elif BAD in line:
+                    say("550 5.1.1 no such mailbox")
+                else:
+                    rcpts += 1
+                    say("250 2.1.5 Ok")
+            elif verb == "DATA":
+                if not rcpts:
+                    say("503 5.5.1 need RCPT")
+                    continue
+                say("354 end with .")
+                body = []
+                while (data := await reader.readline()) != b".\r\n":
+                    body.append(data)
+                self.lines.append(f"<{len(body)} lines>")
+                say(*(f"250 2.0.0 filed {n}" for n in range(rcpts)))
+                mail_ok, rcpts = False, 0
+            elif verb == "RSET":
+                mail_ok, rcpts = False, 0
+                say("250 2.0.0 Ok")
+            elif verb == "QUIT":
+                say("221 Bye")
+                break
+            else:
+                say("500 5.5.2 what")
+        writer.close()
+
+    async def _line(self, reader: asyncio.StreamReader) -> str:
+        if not reader._buffer:  # type: ignore[attr-defined]  # nothing pipelined behind
+            self.reads += 1
+        return (await reader.readline()).decode().rstrip("\r\n")
+
+
+@pytest.fixture(params=[True, False], ids=["pipelining", "one-by-one"])
+async def server(short_tmp: Path, request: pytest.FixtureRequest) -> AsyncIterator[Script]:
+    script = Script(pipelining=request.param)
+    srv = await asyncio.start_unix_server(script.session, str(short_tmp / "lmtp"))
+    async with srv:
+        yield script
+
+
+def client(short_tmp: Path) -> LmtpClient:
+    return LmtpClient(short_tmp / "lmtp", "mx.helpdesk.example", timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("sender", "recipients", "codes"),
+    [
+        ("c@example.com", ["a@marca.example", "b@marca.example"], [250, 250]),
+        ("c@example.com", ["a@marca.example", BAD, "b@marca.example"], [250, 550, 250]),
+        ("c@example.com", [BAD], [550]),
+        ("refused@example.com", ["a@marca.example", "b@marca.example"], [550, 550]),
+    ],
+    ids=["all", "one-refused", "none-accepted", "mail-refused"],
+)
+async def test_replies_per_recipient_with_and_without_pipelining(
+    short_tmp: Path, server: Script, sender: str, recipients: list[str], codes: list[int]
+) -> None:
+    lmtp = client(short_tmp)
+    try:
+        replies = await lmtp.deliver(sender, recipients, b"Subject: x\r\n\r\n.linha\r\n")
+        assert [r.code for r in replies] == codes
+        # The kept connection is clean for the next message (RSET after a refusal).
+        again = await lmtp.deliver("c@example.com", ["a@marca.example"], b"Subject: y\r\n\r\n")
+        assert [r.code for r in again] == [250]
+    finally:
+        await lmtp.close()
+    assert server.lines[0].startswith("LHLO")
+    if codes == [250, 250]:
+        assert "<3 lines>" in server.lines  # the header, the blank line, the stuffed dot line
+
+
+async def test_pipelining_sends_the_envelope_in_one_write(short_tmp: Path, server: Script) -> None:
+    lmtp = client(short_tmp)
+    try:
+        for i in range(5):
+            replies = await lmtp.deliver("c@example.com", ["a@marca.example"], b"x\r\n")
+            assert [r.code for r in replies] == [250], i
+    finally:
+        await lmtp.close()
+    # The envelope (MAIL, RCPT, DATA) of each message arrives in one read with PIPELINING,
+    # in three without (the body is read apart). Plus LHLO and QUIT.
+    per_message = 1 if server.pipelining else 3
+    assert server.reads == 2 + 5 * per_message
