@@ -106,6 +106,29 @@ def test_disabled_mailbox_answers_550_5_1_1_and_enabled_again_accepts(conn) -> N
     assert isinstance(policy.check(MAILBOX), Accept)
 
 
+def test_the_policy_remembers_answers_until_another_process_changes_the_state(  # type: ignore[no-untyped-def]
+    conn, config: cfg.Config
+) -> None:
+    gateway_conn = state.connect(config.general.state_db, readonly=True)
+    statements: list[str] = []
+    gateway_conn.set_trace_callback(statements.append)
+    policy = RecipientPolicy(gateway_conn, BASE, "")
+    try:
+        assert isinstance(policy.check(MAILBOX), Accept)
+        first = len(statements)
+        for _ in range(5):
+            assert isinstance(policy.check(MAILBOX), Accept)
+        # Five answers from memory: only the version is asked.
+        assert statements[first:] == ["PRAGMA data_version"] * 5
+        changes.set_mailbox_status(conn, MAILBOX, active=False)  # as the CLI does
+        reply = policy.check(MAILBOX)
+        assert isinstance(reply, Reject) and reply.reply.startswith("550 5.1.1")
+        changes.set_mailbox_status(conn, MAILBOX, active=True)
+        assert isinstance(policy.check(MAILBOX), Accept)
+    finally:
+        gateway_conn.close()
+
+
 def test_disabled_tenant_refuses_mail_and_sending_others_unaffected(conn) -> None:  # type: ignore[no-untyped-def]
     policy = RecipientPolicy(conn, BASE, "")
     senders = SenderPolicy(conn, BASE, {})

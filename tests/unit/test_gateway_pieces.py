@@ -111,3 +111,16 @@ async def test_other_replies_leave_at_once(reply: str, pending: bytes) -> None:
     session, writer = _session(pending)
     await session.push(reply)
     assert writer.writes == [reply.encode() + b"\r\n"]
+
+
+async def test_the_lines_of_a_reply_leave_in_one_write() -> None:
+    session, writer = _session(b"")
+    for line in ("250-mx.helpdesk.example", "250-SIZE 1000", "250-8BITMIME"):
+        await session.push(line)
+    assert writer.writes == []
+    await session.push("250 HELP")
+    assert writer.writes == [
+        b"250-mx.helpdesk.example\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250 HELP\r\n"
+    ]
+    await session.push("250-a\r\n250 b")  # a whole reply at once
+    assert writer.writes[1:] == [b"250-a\r\n250 b\r\n"]
