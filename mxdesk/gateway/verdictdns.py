@@ -27,6 +27,21 @@ class TempDnsError(Exception):
     """A lookup that may succeed later: no answer in time, SERVFAIL, the deadline passed."""
 
 
+class NotCached(BaseException):
+    """A lookup of an offline resolver (cached_only) whose answer is not in the cache: the
+    message is checked again where the network may be asked. A BaseException, so that no
+    `except Exception` on the way (pyspf's, dkimpy's, the verdicts') makes a verdict of it."""
+
+
+def cached_only(resolver: dns.resolver.Resolver) -> dns.resolver.Resolver:
+    """A resolver that answers from resolver's cache (answers and NXDOMAIN alike, within
+    their TTL) and asks no server: a miss raises NoNameservers at once."""
+    offline = dns.resolver.Resolver(configure=False)
+    offline.nameservers = []
+    offline.cache = resolver.cache
+    return offline
+
+
 def build_resolver(nameservers: Sequence[Listen]) -> dns.resolver.Resolver:
     """A resolver asking the configured servers (those of /etc/resolv.conf when none are),
     with a TTL-respecting cache shared by every lookup of every message."""
@@ -51,8 +66,13 @@ class Lookups:
     """The DNS of one message: every query through the shared resolver, none after deadline
     (a time.monotonic() value). Thread-safe enough for one worker thread at a time."""
 
-    def __init__(self, resolver: dns.resolver.Resolver, deadline: float) -> None:
+    def __init__(
+        self, resolver: dns.resolver.Resolver, deadline: float, *, offline: bool = False
+    ) -> None:
+        """offline: resolver is a cached_only() one, and a miss raises NotCached."""
         self._resolver = resolver
+        self._offline = offline
+        self.missed = False  # an offline lookup found no answer in the cache
         self.deadline = deadline
         # The record found at each DKIM key name asked for (None: none), to tell "no key for
         # signature" and a key record that cannot be used from a signature that does not verify.
@@ -76,6 +96,11 @@ class Lookups:
             return None
         except dns.name.NameTooLong:
             return None  # a name no one can publish has no record
+        except dns.resolver.NoNameservers:
+            if self._offline:
+                self.missed = True  # said even where a bare `except:` swallows the raise
+                raise NotCached(f"{name}/{rdtype}") from None
+            raise TempDnsError(f"{name}/{rdtype}: no server answered") from None
         except dns.exception.DNSException as exc:  # timeout, SERVFAIL from every server …
             raise TempDnsError(f"{name}/{rdtype}: {type(exc).__name__}") from None
         return answer if answer.rrset is not None else None

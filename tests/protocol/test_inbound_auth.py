@@ -415,6 +415,33 @@ async def test_verdict_for_fetched_mail(site: Running, keys: dict[str, Key]) -> 
     assert b"Authentication-Results" not in verifier.without_ours(raw)
 
 
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+async def test_a_message_whose_answers_are_cached_is_checked_on_the_loop(
+    dns: DnsServer, keys: dict[str, Key], signed: bool
+) -> None:
+    config = InboundAuthConfig(nameservers=(Listen(dns.host, dns.port),))
+    verifier = InboundVerifier(config, HOST)
+    handed: list[object] = []
+    submit = verifier._pool.submit
+    verifier._pool.submit = lambda *a, **k: handed.append(a) or submit(*a, **k)  # type: ignore[method-assign]
+    try:
+        for sender in ("ana@pass.example", "ana@none.example"):
+            data = message(sender)
+            data = keys["rsa"].sign(data) if signed else data
+            envelope = Envelope("127.0.0.1", sender, "mta.pass.example")
+            first = await verifier.check(data, envelope)
+            assert len(handed) == 1, "the first asks the DNS server, in a worker"
+            again = await verifier.check(data, envelope)
+            assert len(handed) == 1, "the second is answered from the cache, on the loop"
+            assert again.header == first.header and again.verdicts == first.verdicts
+            handed.clear()
+        big = message("ana@pass.example", extra=b"x" * inboundauth.ON_LOOP_BYTES)
+        await verifier.check(big, Envelope("127.0.0.1", "ana@pass.example", "mta.pass.example"))
+        assert len(handed) == 1, "a large message is hashed in a worker, cached or not"
+    finally:
+        verifier.close()
+
+
 async def test_checks_that_overrun_or_break_are_temperror(
     dns: DnsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -423,6 +450,7 @@ async def test_checks_that_overrun_or_break_are_temperror(
     envelope = Envelope("127.0.0.1", "ana@pass.example", "mta.pass.example")
     release = threading.Event()
     monkeypatch.setattr(inboundauth, "GRACE", 0.1)
+    monkeypatch.setattr(inboundauth, "ON_LOOP_BYTES", 0)  # what a worker does
     monkeypatch.setattr(inboundauth, "compute", lambda *args: release.wait(10))
     try:
         started = time.monotonic()
