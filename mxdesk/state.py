@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from mxdesk.names import InvalidName, check_label, parse_address
 from mxdesk.stateschema import SCHEMA
+
+T = TypeVar("T")
 
 PLANS = ("basic", "plus", "premium")
 DOMAIN_STATES = ("pending", "publishing", "propagating", "active", "disabled")
@@ -300,3 +303,29 @@ def receiving_mailbox(conn: sqlite3.Connection, address: str) -> Mailbox | None:
     """The mailbox at address when it and its tenant are enabled, else None."""
     box = get_mailbox(conn, address)
     return box if box is not None and box.active and tenant_active(conn, box.tenant) else None
+
+
+class Remembered:
+    """Answers computed from the state database, kept until it changes: SQLite's data_version
+    moves whenever another connection commits (the CLI, another daemon), total_changes when
+    conn itself does. Asking for both is one statement, where an answer takes two or three
+    lookups; the gateway's policies ask per message. At most `size` answers are kept (a
+    dictionary attack asks for many addresses)."""
+
+    def __init__(self, conn: sqlite3.Connection, size: int = 10_000) -> None:
+        self._conn = conn
+        self._size = size
+        self._answers: dict[Hashable, Any] = {}
+        self._version = (-1, -1)
+
+    def get(self, key: Hashable, compute: Callable[[], T]) -> T:
+        data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        version = (int(data_version), self._conn.total_changes)
+        if version != self._version or len(self._answers) >= self._size:
+            self._answers.clear()
+            self._version = version
+        try:
+            answer: T = self._answers[key]
+        except KeyError:
+            answer = self._answers[key] = compute()
+        return answer

@@ -40,32 +40,17 @@ def _relay_form(local: str) -> bool:
 
 
 class RecipientPolicy:
-    """Answers RCPT from the state database, which the CLI may change while the daemon runs.
-
-    Answers are remembered until the database changes: SQLite's data_version moves whenever
-    another connection commits (the CLI, the store), total_changes when this one does, and
-    asking for both costs one statement instead of the two or three lookups of an answer.
-    """
-
-    CACHE_SIZE = 10_000  # addresses remembered at most (a dictionary attack tries many)
+    """Answers RCPT from the state database, which the CLI may change while the daemon runs;
+    an answer is remembered until the database changes."""
 
     def __init__(self, conn: sqlite3.Connection, base_domain: str, postmaster_tenant: str) -> None:
         self._conn = conn
         self._base = base_domain
         self._postmaster_tenant = postmaster_tenant
-        self._answers: dict[str, Accept | Reject] = {}
-        self._version: tuple[int, int] = (-1, -1)
+        self._answers = state.Remembered(conn)
 
     def check(self, address: str) -> Accept | Reject:
-        data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
-        version = (int(data_version), self._conn.total_changes)
-        if version != self._version or len(self._answers) >= self.CACHE_SIZE:
-            self._answers.clear()
-            self._version = version
-        answer = self._answers.get(address)
-        if answer is None:
-            answer = self._answers[address] = self._check(address)
-        return answer
+        return self._answers.get(address, lambda: self._check(address))
 
     def _check(self, address: str) -> Accept | Reject:
         if address.lower() == "postmaster":

@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import sqlite3
+from functools import partial
 
 from mxdesk import dkimkeys, state
 from mxdesk.channels import channel_of_address
@@ -55,6 +56,7 @@ class SenderPolicy:
         self._base = base_domain
         self._senders = senders
         self._own_uid = os.getuid() if own_uid is None else own_uid
+        self._answers = state.Remembered(conn)
         # Parsed keys by file: the rows are read for every message (a revoked key stops
         # signing at once), a key file only when a new key starts to sign.
         self._parsed: dict[tuple[str, float], DkimKey] = {}
@@ -68,6 +70,9 @@ class SenderPolicy:
     def tenant_of_address(self, address: str) -> str | None:
         """The tenant an address belongs to: a domain of it (active or on its way, not
         disabled), or its default inbox (enabled); None for the addresses of a disabled tenant."""
+        return self._answers.get(("tenant", address), lambda: self._tenant_of_address(address))
+
+    def _tenant_of_address(self, address: str) -> str | None:
         local, at, domain = address.rpartition("@")
         domain = domain.lower().rstrip(".")
         if not at or not local:
@@ -140,13 +145,18 @@ class SenderPolicy:
             match = _SIGNING_DOMAIN.search(value)
             if match is None:
                 continue
-            found = state.get_domain(self._conn, match[1].lower())
+            name = match[1].lower()
+            found = self._answers.get(("domain", name), partial(state.get_domain, self._conn, name))
             if found is not None and found.status != "active":
                 return waiting_reason(found.name)
         return ""
 
     def _load(self, domain: str) -> list[DkimKey]:
-        """The domain's active keys, as state.db lists them now."""
+        """The domain's active keys, as state.db lists them now (remembered until it changes:
+        a revocation or a rotation's switch applies to the next message)."""
+        return self._answers.get(("keys", domain), lambda: self._read_keys(domain))
+
+    def _read_keys(self, domain: str) -> list[DkimKey]:
         keys = []
         for record in dkimkeys.keys_of(self._conn, domain, (dkimkeys.ACTIVE,)):
             # A delegated domain's slots reuse a file name for a new key: keyed by its time.
