@@ -44,15 +44,25 @@ _NOTIFY_WORDS = {"SUCCESS", "FAILURE", "DELAY"}
 _DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")
 
 
+_USER_NAMES: dict[int, tuple[str, float]] = {}  # uid: (name, until when it is believed)
+USER_NAME_SECONDS = 60.0  # getpwuid reads the password database: once a minute per uid
+
+
 def peer_user(transport: asyncio.BaseTransport) -> tuple[int, str]:
     """The connecting process's uid and user name, from the kernel (SO_PEERCRED)."""
     sock = transport.get_extra_info("socket")
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _, uid, _ = struct.unpack("3i", creds)
+    now = time.monotonic()
+    known = _USER_NAMES.get(uid)
+    if known is not None and known[1] > now:
+        return uid, known[0]
     try:
-        return uid, pwd.getpwuid(uid).pw_name
+        name = pwd.getpwuid(uid).pw_name
     except KeyError:
-        return uid, str(uid)
+        name = str(uid)
+    _USER_NAMES[uid] = (name, now + USER_NAME_SECONDS)
+    return uid, name
 
 
 def _split_params(arg: str) -> tuple[str, dict[str, str]] | None:

@@ -99,3 +99,18 @@ def test_rsa_keys_under_2048_bits_are_refused() -> None:
         mxdkim.load_key(weak, DOMAIN, "weak")
     with pytest.raises(mxdkim.DkimKeyError, match="not a PEM private key"):
         mxdkim.load_key(b"garbage", DOMAIN, "bad")
+
+
+@pytest.mark.parametrize(
+    ("raw", "normal"),
+    [
+        (b"A: b\r\n\r\nbody\r\n", b"A: b\r\n\r\nbody\r\n"),
+        (b"A: b\r\n\r\nbody\r\n\r\n", b"A: b\r\n\r\nbody\r\n\r\n"),
+        (b"A: b\n\nbody\n", b"A: b\r\n\r\nbody\r\n"),
+        (b"A: b\r\n\r\nbo\rdy\r\n", b"A: b\r\n\r\nbo\r\ndy\r\n"),
+        (b"A: b\r\n\r\nbo\n\rdy", b"A: b\r\n\r\nbo\r\n\r\ndy\r\n"),
+        (b"A: b\r\n\r\nbody", b"A: b\r\n\r\nbody\r\n"),
+    ],
+)
+def test_line_endings_become_crlf(raw: bytes, normal: bytes) -> None:
+    assert mxdkim.normalise_line_endings(raw) == normal
