@@ -91,7 +91,7 @@ class RetryConfig:
     maximum: float = 1800.0
     factor: float = 2.0
     hold_after: float = 5 * 24 * 3600.0
-    concurrency: int = 8
+    concurrency: int = 32
 
 
 @dataclass(frozen=True)
