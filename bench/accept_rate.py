@@ -89,15 +89,30 @@ def smtp_source(port: int, args: argparse.Namespace) -> list[str]:
     ]
 
 
-def drive(port: int, args: argparse.Namespace) -> float:
-    """Runs smtp-source against port; returns the wall-clock seconds it took."""
-    command = smtp_source(port, args)
+def drive(port: int, args: argparse.Namespace, rate: float = 0.0) -> float:
+    """Runs smtp-source against port; returns the wall-clock seconds it took. With a rate
+    (messages per second), paced: every tenth of a second one smtp-source run sends a tenth of
+    the rate's messages (smtp-source has no pacing of its own)."""
     start = time.perf_counter()
+    if not rate:
+        _smtp_source(smtp_source(port, args))
+        return time.perf_counter() - start
+    per_tick = max(1, round(rate / 10))
+    sent = ticks = 0
+    while sent < args.messages:
+        batch = min(per_tick, args.messages - sent)
+        part = argparse.Namespace(**{**vars(args), "messages": batch})
+        part.sessions = min(args.sessions, batch)
+        _smtp_source(smtp_source(port, part))
+        sent, ticks = sent + batch, ticks + 1
+        time.sleep(max(0.0, start + ticks / 10 - time.perf_counter()))
+    return time.perf_counter() - start
+
+
+def _smtp_source(command: list[str]) -> None:
     proc = subprocess.run(command, capture_output=True, text=True, timeout=3600)
-    elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{shlex.join(command)} exited {proc.returncode}: {proc.stderr[-500:]}")
-    return elapsed
 
 
 def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
@@ -161,7 +176,7 @@ def sender_dns() -> DnsServer:
     return server
 
 
-def run_gateway(args: argparse.Namespace) -> Run:
+def run_gateway(args: argparse.Namespace, rate: float = 0.0) -> Run:
     root = new_dir(args, "mx")
     dns = sender_dns() if args.verdicts == "on" else None
     if dns is None:
@@ -180,7 +195,7 @@ def run_gateway(args: argparse.Namespace) -> Run:
         assert gateway.proc is not None and store.proc is not None
         pids = (gateway.proc.pid, store.proc.pid)
         cpu_before = [cpu_seconds(p) for p in pids]
-        seconds = drive(port, args)
+        seconds = drive(port, args, rate)
         wait_until(
             lambda: len(filed(database)) >= args.messages,
             args.timeout,
@@ -305,6 +320,8 @@ def print_reproduce(script: str, args: argparse.Namespace) -> None:
     for name in ("messages", "sessions", "size", "repeat", "verdicts"):
         if hasattr(args, name):  # --verdicts is this script's own
             command += [f"--{name}", str(getattr(args, name))]
+    if getattr(args, "half_load", False):
+        command.append("--half-load")
     print("reproduce:")
     print("  " + shlex.join(command))
 
@@ -371,8 +388,30 @@ def main() -> None:
         default="on",
         help="the gateway's inbound SPF/DKIM/DMARC/ARC verdicts",
     )
+    parser.add_argument(
+        "--half-load",
+        action="store_true",
+        help="pace the gateway's load at half of Postfix's best accept rate so far (the"
+        " latency of a steady load, not of a burst)",
+    )
     args = parser.parse_args()
-    report(args, run_interleaved(args, run_postfix, run_gateway))
+    if not args.half_load:
+        report(args, run_interleaved(args, run_postfix, run_gateway))
+        return
+    postfix_runs: list[Run] = []
+
+    def postfix(a: argparse.Namespace) -> Run:
+        postfix_runs.append(run_postfix(a))
+        return postfix_runs[-1]
+
+    def paced(a: argparse.Namespace) -> Run:
+        rate = max(r.rate for r in postfix_runs) / 2
+        print(f"  paced at {rate:.0f} msg/s", flush=True)
+        return run_gateway(a, rate)
+
+    report(args, run_interleaved(args, postfix, paced))
+    print("half load: each gateway run was paced at half of Postfix's best rate before it;")
+    print("its accepted/s is that pace, the ratio above is not a comparison of speed")
 
 
 if __name__ == "__main__":
