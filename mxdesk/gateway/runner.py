@@ -178,7 +178,8 @@ class QueueRunner:
                 if nxt is not None and nxt > time.time():
                     timeout = min(timeout, nxt - time.time())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     async def stop(self) -> None:
         """Stops taking entries and waits for the deliveries in flight."""

@@ -254,12 +254,21 @@ class Spool:
         if claim:
             conn.execute("BEGIN IMMEDIATE")
         try:
-            rows = conn.execute(
-                "SELECT * FROM entries WHERE state=? AND kind=? AND next_attempt<=?"
-                " ORDER BY next_attempt LIMIT ?",
-                (QUEUED, kind, time.time(), limit + len(exclude)),
-            ).fetchall()
-            entries = [read_entry(conn, r) for r in rows if r["id"] not in exclude][:limit]
+            # Ids first: the entries in flight (exclude) are due too, and reading their data
+            # again each time one delivery ends cost more than the rest of this.
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM entries WHERE state=? AND kind=? AND next_attempt<=?"
+                    " ORDER BY next_attempt LIMIT ?",
+                    (QUEUED, kind, time.time(), limit + len(exclude)),
+                )
+                if r[0] not in exclude
+            ][:limit]
+            marks = ",".join("?" * len(ids))
+            rows = conn.execute(f"SELECT * FROM entries WHERE id IN ({marks})", ids).fetchall()
+            by_id = {r["id"]: r for r in rows}
+            entries = [read_entry(conn, by_id[i]) for i in ids if i in by_id]
             # Held at start-up already; checked again in case a person released one.
             damaged = {
                 e.id: why
