@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import aiosmtplib
 
 from mxdesk.config import OutboundConfig
+from mxdesk.gateway import pipelining
 from mxdesk.gateway.lmtp import Reply
 from mxdesk.gateway.mxroute import Target
 from mxdesk.gateway.spool import SpoolEntry
@@ -285,36 +286,63 @@ class Connector:
 
 
 async def transaction(job: Job, session: SmtpSession, results: Replies) -> None:
-    """MAIL, RCPT for each recipient, DATA: the replies go into results as they come."""
+    """MAIL, RCPT for each recipient, DATA (in one write when the server offers PIPELINING):
+    the replies go into results as they come."""
     smtp, remote, data = session.smtp, session.remote, job.entry.data
     refusal = _refusal(job, session)
     if refusal is not None:
         results.update(dict.fromkeys(job.rcpts, refusal))
         return
-    mail = await smtp.execute_command(b"MAIL", b"FROM:" + _angle(job.sender), *_options(job, smtp))
+    mail_line = b" ".join([b"MAIL FROM:" + _angle(job.sender), *_options(job, smtp)])
+    rcpt_lines = [b"RCPT TO:" + _angle(rcpt) for rcpt in job.rcpts]
+    start: aiosmtplib.SMTPResponse | None = None
+    if pipelining.can_pipeline(smtp):
+        mail, *answers, start = await pipelining.commands(
+            smtp, [mail_line, *rcpt_lines, b"DATA"], smtp.timeout
+        )
+    else:
+        mail = await smtp.execute_command(mail_line)
+        answers = []
     if mail.code == 421:  # RFC 5321 §3.8: the server is going away; another host may do
         raise Unusable(_server_reply(mail.code, mail.message, remote))
     if mail.code != 250:
+        await _end_data(smtp, start)
         reply = _server_reply(mail.code, mail.message, remote)
         if job.label:
             what = f"{job.label} refused the sender <{job.sender}>"
             reply = _explain(mail.code, mail.code, mail.message, what, remote)
         results.update(dict.fromkeys(job.rcpts, reply))
         return
+    if start is None:
+        answers = [await smtp.execute_command(line) for line in rcpt_lines]
     accepted: list[str] = []
-    for rcpt in job.rcpts:
-        answer = await smtp.execute_command(b"RCPT", b"TO:" + _angle(rcpt))
+    for rcpt, answer in zip(job.rcpts, answers, strict=True):
         if answer.code in (250, 251):
             accepted.append(rcpt)
         else:
             results[rcpt] = _server_reply(answer.code, answer.message, remote)
-    if accepted:
+    if not accepted:
+        await _end_data(smtp, start)
+        return
+    if start is None:
         try:
             final = await smtp.data(data)
             reply = _server_reply(final.code, final.message, remote)
         except aiosmtplib.SMTPDataError as exc:  # a refusal of DATA or of the message
             reply = _server_reply(exc.code, exc.message, remote)
-        results.update(dict.fromkeys(accepted, reply))
+    elif start.code != 354:
+        reply = _server_reply(start.code, start.message, remote)
+    else:
+        final = await pipelining.message(smtp, data, smtp.timeout)
+        reply = _server_reply(final.code, final.message, remote)
+    results.update(dict.fromkeys(accepted, reply))
+
+
+async def _end_data(smtp: aiosmtplib.SMTP, start: aiosmtplib.SMTPResponse | None) -> None:
+    """A pipelined DATA that the server took although no recipient was (RFC 2920 §3.1): an
+    empty message ends it, and its reply is of no use."""
+    if start is not None and start.code == 354:
+        await pipelining.message(smtp, b"", smtp.timeout)
 
 
 def _refusal(job: Job, session: SmtpSession) -> RemoteReply | None:

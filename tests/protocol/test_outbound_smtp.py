@@ -169,6 +169,15 @@ class Recorder:
         self.messages: list[Received] = []
         self.gate: asyncio.Event | None = None
         self.in_data = 0
+        self.pipelining = False  # offer PIPELINING (aiosmtpd takes pipelined commands anyway)
+
+    async def handle_EHLO(
+        self, server: SMTP, sess: Any, env: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        sess.host_name = hostname
+        if self.pipelining:
+            return [*responses[:-1], "250-PIPELINING", responses[-1]]
+        return responses
 
     async def handle_MAIL(self, server: SMTP, sess: Any, env: Any, address: str, _: Any) -> str:
         if address == REFUSED_SENDER:
@@ -202,6 +211,7 @@ class Server:
         self.handler = Recorder()
         self.smtp = smtp
         self.open = self.peak = self.total = 0
+        self.chunks: list[bytes] = []  # what each read from a client brought
         self.transports: list[asyncio.BaseTransport] = []
         self.server: asyncio.Server | None = None
 
@@ -219,6 +229,10 @@ class Server:
             def connection_lost(self, error: Exception | None) -> None:
                 owner.open -= 1
                 super().connection_lost(error)
+
+            def data_received(self, data: bytes) -> None:
+                owner.chunks.append(data)
+                super().data_received(data)
 
         loop = asyncio.get_running_loop()
         factory = lambda: Counting(self.handler, **self.smtp)  # noqa: E731
@@ -258,14 +272,31 @@ def server_tls(tls_files: tuple[Path, Path, Path]) -> ssl.SSLContext:
     return context
 
 
-async def test_replies_per_recipient(dns: DnsServer, servers: Any) -> None:
+@pytest.mark.parametrize("pipelining", [False, True], ids=["one-by-one", "pipelining"])
+async def test_replies_per_recipient(dns: DnsServer, servers: Any, pipelining: bool) -> None:
     s = await servers()
+    s.handler.pipelining = pipelining
+    d = deliverer(dns, s.port)
     rcpts = ("ok@a.example", "busy@a.example", "nobody@a.example")
-    replies = await deliverer(dns, s.port).deliver(make_entry(*rcpts))
+    replies = await d.deliver(make_entry(*rcpts))
     assert [replies[a].code for a in rcpts] == [250, 450, 550]
     assert replies["nobody@a.example"].text == "5.1.1 No such user"
     (m,) = s.handler.messages
     assert m.rcpts == ["ok@a.example"] and m.content == BODY and m.mail_from == SENDER
+    # With PIPELINING the envelope arrives in one read, without it one command per read.
+    envelope = [c for c in s.chunks if b"MAIL FROM" in c or b"RCPT TO" in c]
+    assert len(envelope) == (1 if pipelining else 4)
+    if pipelining:
+        assert envelope[0].count(b"RCPT TO") == 3 and envelope[0].endswith(b"DATA\r\n")
+    # Refused sender, and no recipient taken: the connection is left clean for the next one.
+    replies = await d.deliver(make_entry("ok@a.example", sender=REFUSED_SENDER))
+    assert replies["ok@a.example"].code == 553
+    replies = await d.deliver(make_entry("nobody@a.example", "busy@b.example"))
+    assert [r.code for r in replies.values()] == [550, 450]
+    replies = await d.deliver(make_entry("ok@a.example"))
+    assert replies["ok@a.example"].code == 250 and len(s.handler.messages) == 2
+    assert s.total == 2  # a.example's connection kept throughout, b.example's its own
+    await d.close()
 
 
 async def test_message_over_the_announced_size_is_refused(dns: DnsServer, servers: Any) -> None:
