@@ -3,13 +3,11 @@ signature by OpenSSL; dkimpy verifies (inbound verdicts, tests)."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import re
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
@@ -100,12 +98,6 @@ def signature_header(message: bytes, key: DkimKey, now: float | None = None) -> 
     """The DKIM-Signature header line (with CRLF) for a CRLF-normalised message: relaxed/relaxed
     canonicalisation and SHA-256 here (a few regular expressions over the message), the
     signature by OpenSSL through cryptography."""
-    unsigned, digest = _prepare(message, key, now)
-    return _finish(unsigned, _raw_signature(key, digest))
-
-
-def _prepare(message: bytes, key: DkimKey, now: float | None) -> tuple[bytes, bytes]:
-    """The header up to "b=" and the SHA-256 digest that the private key signs."""
     head, _, body = message.partition(b"\r\n\r\n")
     if not _ and head.endswith(b"\r\n"):
         head = head[:-2]
@@ -136,17 +128,12 @@ def _prepare(message: bytes, key: DkimKey, now: float | None) -> tuple[bytes, by
             hashed.append(_relaxed_header(*found.pop()) + b"\r\n")
     sig_name, _, sig_value = unsigned.partition(b":")
     hashed.append(_relaxed_header(sig_name, sig_value))
-    return unsigned, hashlib.sha256(b"".join(hashed)).digest()
-
-
-def _raw_signature(key: DkimKey, digest: bytes) -> bytes:
+    digest = hashlib.sha256(b"".join(hashed)).digest()
     if isinstance(key.private_key, rsa.RSAPrivateKey):
-        return key.private_key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
-    # RFC 8463 §3: Ed25519 signs the SHA-256 hash of the canonicalised header data.
-    return key.private_key.sign(digest)
-
-
-def _finish(unsigned: bytes, raw: bytes) -> bytes:
+        raw = key.private_key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+    else:
+        # RFC 8463 §3: Ed25519 signs the SHA-256 hash of the canonicalised header data.
+        raw = key.private_key.sign(digest)
     signature = base64.b64encode(raw)
     # b= folded anywhere: whitespace in its value is ignored (RFC 6376 §3.5).
     last = len(unsigned) - unsigned.rfind(b"\n") - 1
@@ -159,24 +146,3 @@ def sign(message: bytes, keys: Sequence[DkimKey], now: float | None = None) -> b
     """The message with line endings normalised and one DKIM-Signature per key prepended."""
     message = normalise_line_endings(message)
     return b"".join(signature_header(message, k, now) for k in keys) + message
-
-
-# RSA operations off the event loop: OpenSSL signs without holding the GIL, so a signature
-# (a third of a millisecond for RSA-2048) runs on another core while the loop serves sessions.
-_SIGNERS = ThreadPoolExecutor(2, thread_name_prefix="mxdesk-dkim")
-
-
-async def sign_off_loop(message: bytes, keys: Sequence[DkimKey], now: float | None = None) -> bytes:
-    """sign(), with the canonicalisation and hashing on the loop and each RSA operation in a
-    worker thread (Ed25519 takes a few microseconds and stays)."""
-    message = normalise_line_endings(message)
-    loop = asyncio.get_running_loop()
-    headers = []
-    for key in keys:
-        unsigned, digest = _prepare(message, key, now)
-        if isinstance(key.private_key, rsa.RSAPrivateKey):
-            raw = await loop.run_in_executor(_SIGNERS, _raw_signature, key, digest)
-        else:
-            raw = _raw_signature(key, digest)
-        headers.append(_finish(unsigned, raw))
-    return b"".join(headers) + message

@@ -22,7 +22,7 @@ from typing import Any
 
 from aiosmtpd.smtp import Session
 
-from mxdesk.gateway.dkim import normalise_line_endings, sign_off_loop
+from mxdesk.gateway.dkim import normalise_line_endings, sign
 from mxdesk.gateway.mx import R250_MAIL_OK, R250_RCPT_OK, R451_LOCAL_ERROR, R452_TOO_MANY_RCPTS
 from mxdesk.gateway.senders import SenderPolicy
 from mxdesk.gateway.smtp import GatewayEnvelope, GatewaySMTP
@@ -235,7 +235,7 @@ class SubmissionHandler:
         keys = self._senders.signing_keys(message, envelope.tenant, envelope.mail_from or "")
         if not keys:
             return R550_NO_SIGNING_KEY
-        signed = await sign_off_loop(message, keys)
+        signed = sign(message, keys)
         self._metrics.signed(keys)
         held = self._senders.waiting_for(signed)
         entry = NewEntry(

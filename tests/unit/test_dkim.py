@@ -114,11 +114,3 @@ def test_rsa_keys_under_2048_bits_are_refused() -> None:
 )
 def test_line_endings_become_crlf(raw: bytes, normal: bytes) -> None:
     assert mxdkim.normalise_line_endings(raw) == normal
-
-
-async def test_signing_off_the_loop_gives_the_same_signatures(
-    dkim_keys: list[mxdkim.DkimKey],
-) -> None:
-    signed = await mxdkim.sign_off_loop(MESSAGE, dkim_keys, now=1_790_000_000)
-    assert signed == mxdkim.sign(MESSAGE, dkim_keys, now=1_790_000_000)
-    assert _verify(signed, dkim_keys, 0) and _verify(signed, dkim_keys, 1)
