@@ -57,8 +57,8 @@ class SenderPolicy:
         self._senders = senders
         self._own_uid = os.getuid() if own_uid is None else own_uid
         self._answers = state.Remembered(conn)
-        # Parsed keys by file: the rows are read for every message (a revoked key stops
-        # signing at once), a key file only when a new key starts to sign.
+        # Parsed keys by file: the rows are read again whenever state.db has changed (a revoked
+        # key stops signing at the next message), a key file only when a new key starts to sign.
         self._parsed: dict[tuple[str, float], DkimKey] = {}
 
     def may_send_for(self, uid: int, user: str, tenant: str) -> bool:
