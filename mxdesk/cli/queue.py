@@ -63,18 +63,20 @@ def list_(
     send delay or its first try), deferred (tried, waiting its next try), delivering (being
     delivered now) and held (needs a person). A page at a time (--limit, --page, or --all):
     the count of all matching entries is printed on stderr."""
+    if everything:
+        page, limit = 1, 0
     entries, total = page_entries(
         ctx.config.gateway.spool_path,
         kind=kind,
         shown_state=shown_state,
-        limit=None if everything else limit,
-        offset=0 if everything else (page - 1) * limit,
+        limit=limit or None,
+        offset=(page - 1) * limit,
     )
     if as_json:
         emit_json([_entry_json(e) for e in entries])
     else:
         emit_table([_row(e) for e in entries], HEADERS)
-    click.echo(_summary(len(entries), total, 0 if everything else (page - 1) * limit), err=True)
+    click.echo(_summary(len(entries), total, page, limit), err=True)
 
 
 def _entry_json(e: SpoolEntry) -> dict[str, object]:
@@ -103,15 +105,17 @@ def _row(e: SpoolEntry) -> tuple[object, ...]:
     )
 
 
-def _summary(shown: int, total: int, offset: int) -> str:
-    """ "3 entries", or "entries 101-200 of 100,000 (--page 3 for more)"."""
+def _summary(shown: int, total: int, page: int, limit: int) -> str:
+    """ "3 entries", or "entries 101-200 of 100,000; --page 3 for more"."""
     noun = "entry" if total == 1 else "entries"
     if shown == total:
         return f"{total:,} {noun}"
     if shown == 0:
         return f"no entries on this page; {total:,} {noun} in all"
-    more = f"; --page {offset // shown + 2} for more" if offset + shown < total else ""
-    return f"entries {offset + 1:,}-{offset + shown:,} of {total:,}{more}"
+    first = (page - 1) * limit + 1
+    last = first + shown - 1
+    more = f"; --page {page + 1} for more" if last < total else ""
+    return f"entries {first:,}-{last:,} of {total:,}{more}"
 
 
 @queue_group.command("show")

@@ -32,7 +32,7 @@ _LINE_END = re.compile(rb"\r\n|\r|\n")
 def normalise_line_endings(message: bytes) -> bytes:
     """CRLF everywhere: a bare CR or LF would be rewritten by the SMTP client after signing and
     break the signature."""
-    crlf = message.count(b"\r\n")
+    crlf = message.count(b"\r\n")  # every CR and every LF in a CRLF pair: nothing to do
     if crlf == message.count(b"\n") == message.count(b"\r") and message.endswith(b"\r\n"):
         return message  # already so (what the store submits): counting is cheaper than split
     lines = _LINE_END.split(message)

@@ -181,33 +181,26 @@ class LmtpClient:
         body = " BODY=8BITMIME" if conn.eight_bit else ""
         mail_line = f"MAIL FROM:<{mail_from}>{body}"
         rcpt_lines = [f"RCPT TO:<{rcpt}>" for rcpt in recipients]
+        start: Reply | None = None
         if conn.pipelining:
             # MAIL, every RCPT and DATA in one write, their replies read in order: one round
             # trip instead of two or more per message.
-            *envelope, start = await conn.commands([mail_line, *rcpt_lines, "DATA"])
-            mail, rcpt_replies = envelope[0], envelope[1:]
+            mail, *rcpt_replies, start = await conn.commands([mail_line, *rcpt_lines, "DATA"])
         else:
             mail = await conn.command(mail_line)
-            if not mail.ok:
-                await conn.command("RSET")
-                return [mail] * len(recipients)
+        if not mail.ok:
+            await _abandon(conn, start)
+            return [mail] * len(recipients)
+        if start is None:
             rcpt_replies = [await conn.command(line) for line in rcpt_lines]
-            start = None
         results: list[Reply | None] = [None if r.ok else r for r in rcpt_replies]
-        accepted = sum(r is None for r in results)
-        if mail.ok and accepted and start is None:
+        if all(r is not None for r in results):
+            await _abandon(conn, start)
+            return [r for r in results if r is not None]
+        if start is None:
             start = await conn.command("DATA")
-        if not (mail.ok and accepted) or start is None or start.code != 354:
-            if start is not None and start.code == 354:
-                # A pipelined DATA the server took without a recipient (RFC 2920 §3.1):
-                # an empty message ends it.
-                await conn.commands(["."])
-            await conn.command("RSET")
-            if not mail.ok:
-                return [mail] * len(recipients)
-            if not accepted:
-                return [r for r in results if r is not None]
-            assert start is not None
+        if start.code != 354:
+            await _abandon(conn, start)
             return [start if r is None else r for r in results]
         conn.data_sent = True
         await conn.send_data(data)
@@ -216,6 +209,15 @@ class LmtpClient:
         for r in results:
             final.append(await conn.read_reply() if r is None else r)
         return final
+
+
+async def _abandon(conn: LmtpConnection, start: Reply | None) -> None:
+    """Ends a transaction that will carry no message, so the connection can be kept: a
+    pipelined DATA the server took without a recipient (RFC 2920 §3.1) gets an empty message,
+    then RSET."""
+    if start is not None and start.code == 354:
+        await conn.commands(["."])
+    await conn.command("RSET")
 
 
 class _Stale(Exception):

@@ -191,19 +191,9 @@ def entry_history(path: Path, queue_id: str) -> list[history.HistoryEvent]:
     return past
 
 
-def list_entries(
-    path: Path,
-    *,
-    kind: str | None = None,
-    shown_state: str | None = None,
-    limit: int | None = None,
-    offset: int = 0,
-) -> list[SpoolEntry]:
-    """Entries without their data, oldest first, for `mxdesk queue list`: all of them, or the
-    page of limit entries after offset, of one kind (in/out) and one shown state (queued,
-    deferred, delivering, held) when given.
-    Opens the spool read-only."""
-    return page_entries(path, kind=kind, shown_state=shown_state, limit=limit, offset=offset)[0]
+def list_entries(path: Path) -> list[SpoolEntry]:
+    """Every entry without its data, oldest first; opens the spool read-only."""
+    return page_entries(path)[0]
 
 
 def page_entries(
@@ -214,9 +204,11 @@ def page_entries(
     limit: int | None = None,
     offset: int = 0,
 ) -> tuple[list[SpoolEntry], int]:
-    """list_entries' page, and how many entries match in all. A page costs the same whatever
-    the spool holds: the entries are read in the order of an index on their creation, and
-    their recipients only for the page."""
+    """For `mxdesk queue list`: the entries without their data, oldest first, all of them or
+    the page of limit entries after offset, of one kind (in/out) and one shown state (queued,
+    deferred, delivering, held) when given; and how many entries match in all. A page costs the
+    same whatever the spool holds: the entries are read in the order of an index on their
+    creation, and their recipients only for the page. Opens the spool read-only."""
     if not path.exists():
         return [], 0
     where, params = ["1"], []

@@ -266,7 +266,11 @@ class Spool:
                 if r[0] not in exclude
             ][:limit]
             marks = ",".join("?" * len(ids))
-            rows = conn.execute(f"SELECT * FROM entries WHERE id IN ({marks})", ids).fetchall()
+            rows = (
+                conn.execute(f"SELECT * FROM entries WHERE id IN ({marks})", ids).fetchall()
+                if ids
+                else []
+            )
             by_id = {r["id"]: r for r in rows}
             entries = [read_entry(conn, by_id[i]) for i in ids if i in by_id]
             # Held at start-up already; checked again in case a person released one.

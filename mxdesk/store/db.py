@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -251,16 +250,11 @@ def _insert(db: Database, table: str, rows: list[dict[str, Any]], ignore: bool =
         f'INSERT {"OR IGNORE " if ignore else ""}INTO "{table}" ({names})'
         f" VALUES ({', '.join('?' * len(columns))})"
     )
-    values = [[_column_value(row[c]) for c in columns] for row in rows]
+    values = [[row[c] for c in columns] for row in rows]
     if len(values) == 1:
         return db.conn.execute(sql, values[0]).lastrowid or 0
     db.conn.executemany(sql, values)
     return 0
-
-
-def _column_value(value: Any) -> Any:
-    """As sqlite_utils stores it: lists and dicts as JSON text."""
-    return json.dumps(value, default=repr) if isinstance(value, (dict, list, tuple)) else value
 
 
 def insert_row(db: Database, table: str, row: dict[str, Any]) -> int:
