@@ -11,6 +11,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dns_server import DnsServer
 
 MXDESK = [sys.executable, "-m", "mxdesk"]
 
@@ -157,3 +161,16 @@ class Daemon:
         self._sock.close()
         os.unlink(self._sock_path)
         os.rmdir(self._dir)
+
+
+def config_with_remote_mx(root: Path, smtp_port: int, dns: DnsServer) -> Path:
+    """A provisioned config whose replies to example.com go to 127.0.0.1:smtp_port, its MX
+    as dns serves it."""
+    dns.add("example.com", "MX", "10 mx.example.com.").add("mx.example.com", "A", "127.0.0.1")
+    config = write_config(root)
+    config.write_text(
+        config.read_text() + f"\n[gateway.outbound]\nsend_delay = 0.0\nsmtp_port = {smtp_port}\n"
+        f'nameservers = ["127.0.0.1:{dns.port}"]\n'
+    )
+    provision(config)
+    return config

@@ -16,6 +16,9 @@ from mxdesk.gateway.spool import DELIVERED, FAILED, Spool, SpoolEntry, SpoolErro
 from mxdesk.metrics import GatewayMetrics
 
 POLL_SECONDS = 5.0
+# How long a stop waits for the deliveries in flight before it interrupts them: a store or a
+# remote server that stopped answering must not hold the gateway past systemd's stop timeout.
+STOP_GRACE = 10.0
 
 
 class DeliveryError(Exception):
@@ -181,11 +184,27 @@ class QueueRunner:
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
 
-    async def stop(self) -> None:
-        """Stops taking entries and waits for the deliveries in flight."""
+    async def stop(self, grace: float = STOP_GRACE) -> None:
+        """Stops taking entries and waits for the deliveries in flight, for grace seconds;
+        then interrupts those still waiting for their peer. An interrupted entry keeps its
+        place in the spool and is delivered after the next start: the store files a
+        re-delivered message once (its queue id); a remote server may get a reply twice if
+        it had accepted it just before."""
         self._stopping = True
         self._wake.set()
         if self._task is not None:
             await self._task
-        if self._inflight:
-            await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+        if not self._inflight:
+            return
+        _, late = await asyncio.wait(list(self._inflight.values()), timeout=grace)
+        if late:
+            self._log.warning(
+                "stopping: %d %s still waiting for its peer after %.0fs interrupted; left in"
+                " the queue for the next start",
+                len(late),
+                "delivery" if len(late) == 1 else "deliveries",
+                grace,
+            )
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)

@@ -303,10 +303,10 @@ class GatewayService:
             await self.lifecycle.stop()
         if self.channels is not None:
             await self.channels.stop()
-        if self.runner is not None:
-            await self.runner.stop()
-        if self.outbound_runner is not None:
-            await self.outbound_runner.stop()
+        # Both at once: each waits at most STOP_GRACE for a peer that does not answer.
+        await asyncio.gather(
+            *(r.stop() for r in (self.runner, self.outbound_runner) if r is not None)
+        )
         close = getattr(self.outbound, "close", None)
         if close is not None:
             await close()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require_real, wait_for
-from daemons import Daemon, cli, free_port, provision, write_config
+from daemons import Daemon, cli, config_with_remote_mx, free_port, provision, write_config
 from dns_server import DnsServer
 from fiu_control import FailureInjection
 from sink import Sink
@@ -302,19 +302,6 @@ def _message(subject: str, to: str) -> bytes:
         f"From: {SENDER}\r\nTo: {to}\r\nSubject: {subject}\r\n"
         f"Message-ID: <{subject.replace(' ', '-')}@marca.helpdesk.example>\r\n\r\nOi\r\n"
     ).encode()
-
-
-def config_with_remote_mx(root: Path, smtp_port: int, dns: DnsServer) -> Path:
-    """A provisioned config whose replies to example.com go to 127.0.0.1:smtp_port, its MX
-    as dns serves it."""
-    dns.add("example.com", "MX", "10 mx.example.com.").add("mx.example.com", "A", "127.0.0.1")
-    config = write_config(root)
-    config.write_text(
-        config.read_text() + f"\n[gateway.outbound]\nsend_delay = 0.0\nsmtp_port = {smtp_port}\n"
-        f'nameservers = ["127.0.0.1:{dns.port}"]\n'
-    )
-    provision(config)
-    return config
 
 
 async def test_spool_left_by_a_crash_and_a_bad_disk(short_tmp: Path) -> None:
