@@ -13,6 +13,7 @@ from mxdesk.channelconfig import ChannelsConfig, parse_channels
 from mxdesk.configlines import locate, toml_error
 from mxdesk.configread import Listen, Problem, Reader, did_you_mean, host_ports
 from mxdesk.dns.settings import DnsConfig, parse_dns
+from mxdesk.inboundauthconfig import InboundAuthConfig, parse_inbound_auth
 
 DEFAULT_CONFIG_PATH = Path("/etc/mxdesk/mxdesk.toml")
 CONFIG_ENV = "MXDESK_CONFIG"
@@ -71,18 +72,6 @@ class GatewayConfig:
     history_days: int = 30
     # MAIL FROM is answered 452 4.3.1 while the spool's filesystem has less free space (MiB).
     min_free_mb: int = 100
-
-
-@dataclass(frozen=True)
-class InboundAuthConfig:
-    """[gateway.inbound_auth]: SPF, DKIM, DMARC and ARC verdicts on inbound mail."""
-
-    enabled: bool = True
-    dmarc_reject: bool = True  # 550 5.7.1 to a DMARC failure from a domain with p=reject
-    spf_fail: str = "flag"  # "flag" or "reject" (550 5.7.23) an SPF fail
-    temperror: str = "accept"  # a temporary DNS error: "accept" (and flag) or "defer" (451)
-    dns_timeout: float = 5.0  # seconds for all the lookups of one message
-    nameservers: tuple[Listen, ...] = ()  # () = the system's resolvers
 
 
 @dataclass(frozen=True)
@@ -195,28 +184,6 @@ def _senders(raw: Any, key: str, errors: list[str]) -> tuple[tuple[str, tuple[st
     return tuple(result)
 
 
-def _inbound_auth(table: Any, errors: list[str]) -> InboundAuthConfig:
-    r = Reader(table if isinstance(table, dict) else {}, "gateway.inbound_auth", errors)
-    r.seen.add("nameservers")
-    d = InboundAuthConfig()
-    found = InboundAuthConfig(
-        enabled=r.get("enabled", bool, d.enabled),
-        dmarc_reject=r.get("dmarc_reject", bool, d.dmarc_reject),
-        spf_fail=r.get("spf_fail", str, d.spf_fail),
-        temperror=r.get("temperror", str, d.temperror),
-        dns_timeout=r.positive("dns_timeout", float, d.dns_timeout),
-        nameservers=host_ports(
-            r.table.get("nameservers", []), "gateway.inbound_auth.nameservers", errors
-        ),
-    )
-    if found.spf_fail not in ("flag", "reject"):
-        errors.append(f"gateway.inbound_auth.spf_fail: {found.spf_fail!r} is not flag or reject")
-    if found.temperror not in ("accept", "defer"):
-        errors.append(f"gateway.inbound_auth.temperror: {found.temperror!r} is not accept or defer")
-    r.finish()
-    return found
-
-
 def _label_ok(name: str) -> bool:
     return 0 < len(name) <= 63 and all(c.isalnum() or c == "-" for c in name)
 
@@ -304,7 +271,7 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
     if gateway.min_free_mb < 0:
         errors.append("gateway.min_free_mb: must be 0 or more MiB")
     w.finish()
-    inbound_auth = _inbound_auth(auth_table, errors)
+    inbound_auth = parse_inbound_auth(auth_table, errors)
 
     retry = _retry(retry_table, "gateway.inbound_retry", RetryConfig(), errors)
     outbound_retry = _retry(out_retry_table, "gateway.outbound_retry", OUTBOUND_RETRY, errors)

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import dns.resolver
 
-from mxdesk.config import InboundAuthConfig
 from mxdesk.gateway import authresults
 from mxdesk.gateway.verdictdns import Lookups, NotCached, build_resolver, cached_only
 from mxdesk.gateway.verdicts import Envelope, Verdicts, compute, unverified
+from mxdesk.inboundauthconfig import InboundAuthConfig
 
 log = logging.getLogger("mxdesk.gateway.verdicts")
 

@@ -21,13 +21,13 @@ from cryptography.hazmat.primitives import serialization
 from dns_server import DnsServer
 from wire import Wire, stored_messages
 
-from mxdesk.config import InboundAuthConfig
 from mxdesk.configread import Listen
 from mxdesk.gateway import inboundauth
 from mxdesk.gateway.dkim import generate_key
 from mxdesk.gateway.inboundauth import InboundVerifier
 from mxdesk.gateway.verdictdns import Lookups, build_resolver
 from mxdesk.gateway.verdicts import MAX_SIGNATURES, Envelope
+from mxdesk.inboundauthconfig import InboundAuthConfig
 
 HOST = "mx.helpdesk.example"
 # The client is 127.0.0.1; SPF allows it for these domains, and 127.0.0.2 is "another host".
