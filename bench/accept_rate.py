@@ -59,6 +59,8 @@ class Run:
     problems: int = 0  # warnings and errors in the daemons' logs, deferred deliveries
     cpu_ms: tuple[float, float] = (0.0, 0.0)  # gateway and store CPU time per message
     version: str = ""
+    busy: float = 0.0  # share of both CPUs in use during the load (anyone's work), %
+    loop_busy: float = 0.0  # the gateway's event loop thread on a CPU during the load, %
 
     @property
     def rate(self) -> float:
@@ -128,7 +130,9 @@ def run_postfix(args: argparse.Namespace) -> Run:
     try:
         instance.start()
         version = instance.version()
+        ticks = cpu_ticks()
         seconds = drive(instance.port, args)
+        busy = busy_since(ticks)
         # Every accepted message was queued and then discarded: nothing was lost or refused.
         wait_until(
             lambda: len(instance.deliveries()) >= args.messages,
@@ -139,7 +143,7 @@ def run_postfix(args: argparse.Namespace) -> Run:
     finally:
         instance.stop()
         instance.cleanup()
-    return Run("postfix", args.messages, seconds, [], problems=problems, version=version)
+    return Run("postfix", args.messages, seconds, [], problems=problems, version=version, busy=busy)
 
 
 def filed(database: Path) -> list[tuple[str, float]]:
@@ -160,10 +164,30 @@ def accept_time(queue_id: str) -> float:
     return int(queue_id[:11], 16) / 1000
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far (proc(5): fields 14 and 15 of stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User plus system CPU time of a process so far (proc(5): fields 14 and 15 of stat), or
+    of one of its threads."""
+    stat = Path(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs so far (proc(5): the cpu line of /proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle, iowait
+    return sum(values) - idle, sum(values)
+
+
+def busy_since(before: tuple[int, int]) -> float:
+    """How busy the machine was since before, in %: other jobs on it show here."""
+    busy, total = cpu_ticks()
+    return 100 * (busy - before[0]) / max(total - before[1], 1)
+
+
+def main_thread_seconds(pid: int) -> float:
+    """CPU time of a process's first thread, the one that runs a daemon's event loop."""
+    return cpu_seconds(pid, tid=pid)
 
 
 def sender_dns() -> DnsServer:
@@ -195,7 +219,10 @@ def run_gateway(args: argparse.Namespace, rate: float = 0.0) -> Run:
         assert gateway.proc is not None and store.proc is not None
         pids = (gateway.proc.pid, store.proc.pid)
         cpu_before = [cpu_seconds(p) for p in pids]
+        ticks, loop_before = cpu_ticks(), main_thread_seconds(pids[0])
         seconds = drive(port, args, rate)
+        busy = busy_since(ticks)
+        loop_busy = 100 * (main_thread_seconds(pids[0]) - loop_before) / seconds
         wait_until(
             lambda: len(filed(database)) >= args.messages,
             args.timeout,
@@ -233,6 +260,8 @@ def run_gateway(args: argparse.Namespace, rate: float = 0.0) -> Run:
         filing_rate=len(rows) / (max(created) - min(accepted)),
         problems=problems,
         cpu_ms=(cpu_ms[0], cpu_ms[1]),
+        busy=busy,
+        loop_busy=loop_busy,
     )
 
 
@@ -342,15 +371,16 @@ def report(args: argparse.Namespace, runs: list[Run]) -> None:
     print()
     print(
         f"{'run':<5}{'side':<9}{'seconds':>8}{'accepted/s':>12}{'p50 ms':>8}{'p99 ms':>8}"
-        f"{'filed/s':>9}{'problems':>10}"
+        f"{'filed/s':>9}{'CPUs busy':>11}{'loop busy':>11}{'problems':>10}"
     )
     for i, r in enumerate(runs, start=1):
         p50 = f"{percentile(r.latencies, 50) * 1000:.0f}" if r.latencies else "-"
         p99 = f"{percentile(r.latencies, 99) * 1000:.0f}" if r.latencies else "-"
         filing = f"{r.filing_rate:.0f}" if r.filing_rate else "-"
+        loop = f"{r.loop_busy:.0f}%" if r.loop_busy else "-"
         print(
             f"{i:<5}{r.side:<9}{r.seconds:>8.2f}{r.rate:>12.0f}{p50:>8}{p99:>8}{filing:>9}"
-            f"{r.problems:>10}"
+            f"{r.busy:>10.0f}%{loop:>11}{r.problems:>10}"
         )
     print()
     print(f"Postfix accept rate (best of {len(postfix)}):  {best_p.rate:8.0f} msg/s")
@@ -370,7 +400,9 @@ def report(args: argparse.Namespace, runs: list[Run]) -> None:
     print(f"inbound verdicts: {args.verdicts}")
     print()
     print("problems: warnings/errors in the daemons' logs (gateway), deferred or bounced")
-    print("deliveries (Postfix); filed/s: messages filed per second, first accept to last ticket")
+    print("deliveries (Postfix); filed/s: messages filed per second, first accept to last ticket;")
+    print("CPUs busy: share of both CPUs in use during the load; loop busy: the gateway's event")
+    print("loop thread on a CPU during the load (100% = the loop is the limit)")
     print("smtp-source command (same for both sides, only the port differs):")
     print("  " + shlex.join([*smtp_source(0, args)[:-1], "127.0.0.1:PORT"]))
     print_reproduce("bench/accept_rate.py", args)

@@ -39,7 +39,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from accept_rate import accept_time, cpu_seconds, cpus, filesystem, new_dir, wait_until
+from accept_rate import (
+    accept_time,
+    busy_since,
+    cpu_seconds,
+    cpu_ticks,
+    cpus,
+    filesystem,
+    new_dir,
+    wait_until,
+)
 from daemons import Daemon, cli, provision, write_config
 from dovecot_mail import REQUIRED_PROGRAMS, MailServer
 
@@ -190,19 +199,6 @@ def log_problems(*logs: Path) -> list[str]:
         for line in log.read_text(errors="replace").splitlines()
         if " WARNING " in line or " ERROR " in line or "duplicate delivery" in line
     ]
-
-
-def cpu_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs so far (proc(5): the cpu line of /proc/stat)."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]  # idle, iowait
-    return sum(values) - idle, sum(values)
-
-
-def busy_since(before: tuple[int, int]) -> float:
-    """How busy the machine was since before, in %: other jobs on it show here."""
-    busy, total = cpu_ticks()
-    return 100 * (busy - before[0]) / max(total - before[1], 1)
 
 
 @contextmanager

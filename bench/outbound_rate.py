@@ -33,8 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from accept_rate import (
     add_load_arguments,
+    busy_since,
     cpu_seconds,
+    cpu_ticks,
     machine,
+    main_thread_seconds,
     print_reproduce,
     run_interleaved,
     wait_until,
@@ -57,6 +60,13 @@ class Run:
     problems: int = 0
     cpu_ms: float = 0.0
     version: str = ""
+    load_seconds: float = 0.0  # until smtp-source had every message accepted
+    busy: float = 0.0  # share of both CPUs in use until the last delivery (anyone's work), %
+    loop_busy: float = 0.0  # the gateway's event loop thread on a CPU until then, %
+
+    @property
+    def submit_rate(self) -> float:
+        return self.messages / self.load_seconds
 
     @property
     def rate(self) -> float:
@@ -102,14 +112,16 @@ def run_postfix(args: argparse.Namespace) -> Run:
     instance = PostfixInstance.relaying(DEST, sink.port, root=root / "postfix")
     try:
         instance.start()
-        start = time.perf_counter()
+        ticks, start = cpu_ticks(), time.perf_counter()
         load = subprocess.run(smtp_source(f"127.0.0.1:{instance.port}", args), capture_output=True)
         if load.returncode != 0:
             raise RuntimeError(f"smtp-source: {load.stderr.decode()[-300:]}")
+        load_seconds = time.perf_counter() - start
         wait_until(
             lambda: len(instance.deliveries()) >= args.messages, args.timeout, "Postfix to relay"
         )
         seconds = time.perf_counter() - start
+        busy = busy_since(ticks)
         problems = sum(len(instance.deliveries(s)) for s in ("deferred", "bounced"))
         version = instance.version()
     finally:
@@ -117,7 +129,15 @@ def run_postfix(args: argparse.Namespace) -> Run:
         instance.cleanup()
         sink.close()
         shutil.rmtree(root, ignore_errors=True)
-    return Run("postfix", args.messages, seconds, problems=problems, version=version)
+    return Run(
+        "postfix",
+        args.messages,
+        seconds,
+        problems=problems,
+        version=version,
+        load_seconds=load_seconds,
+        busy=busy,
+    )
 
 
 def outbound_entries(spool: Path) -> int:
@@ -147,14 +167,18 @@ def run_gateway(args: argparse.Namespace) -> Run:
     try:
         gateway.start()
         assert gateway.proc is not None
-        cpu_before = cpu_seconds(gateway.proc.pid)
-        start = time.perf_counter()
+        pid = gateway.proc.pid
+        cpu_before, loop_before = cpu_seconds(pid), main_thread_seconds(pid)
+        ticks, start = cpu_ticks(), time.perf_counter()
         load = subprocess.run(smtp_source(f"unix:{socket_path}", args), capture_output=True)
         if load.returncode != 0:
             raise RuntimeError(f"smtp-source: {load.stderr.decode()[-300:]}")
+        load_seconds = time.perf_counter() - start
         wait_until(lambda: outbound_entries(spool) == 0, args.timeout, "the gateway to deliver")
         seconds = time.perf_counter() - start
-        cpu_ms = 1000 * (cpu_seconds(gateway.proc.pid) - cpu_before) / args.messages
+        busy = busy_since(ticks)
+        loop_busy = 100 * (main_thread_seconds(pid) - loop_before) / seconds
+        cpu_ms = 1000 * (cpu_seconds(pid) - cpu_before) / args.messages
         if gateway.terminate() != 0:
             raise RuntimeError(f"the gateway did not exit cleanly; log in {root}")
         text = gateway.log.read_text(errors="replace")
@@ -167,7 +191,16 @@ def run_gateway(args: argparse.Namespace) -> Run:
         dns.close()
         sink.close()
     shutil.rmtree(root, ignore_errors=True)
-    return Run("gateway", args.messages, seconds, problems=problems, cpu_ms=cpu_ms)
+    return Run(
+        "gateway",
+        args.messages,
+        seconds,
+        problems=problems,
+        cpu_ms=cpu_ms,
+        load_seconds=load_seconds,
+        busy=busy,
+        loop_busy=loop_busy,
+    )
 
 
 def new_dir(args: argparse.Namespace, prefix: str) -> Path:
@@ -186,15 +219,25 @@ def report(args: argparse.Namespace, runs: list[Run]) -> None:
     for line in machine(args, best_p.version):
         print(line)
     print()
-    print(f"{'run':<5}{'side':<9}{'seconds':>8}{'delivered/s':>13}{'problems':>10}")
+    print(
+        f"{'run':<5}{'side':<9}{'seconds':>8}{'delivered/s':>13}{'submitted/s':>13}"
+        f"{'CPUs busy':>11}{'loop busy':>11}{'problems':>10}"
+    )
     for i, r in enumerate(runs, start=1):
-        print(f"{i:<5}{r.side:<9}{r.seconds:>8.2f}{r.rate:>13.0f}{r.problems:>10}")
+        loop = f"{r.loop_busy:.0f}%" if r.loop_busy else "-"
+        print(
+            f"{i:<5}{r.side:<9}{r.seconds:>8.2f}{r.rate:>13.0f}{r.submit_rate:>13.0f}"
+            f"{r.busy:>10.0f}%{loop:>11}{r.problems:>10}"
+        )
     print()
     print(f"Postfix relay rate (best of {len(postfix)}):   {best_p.rate:8.0f} msg/s")
     print(f"gateway delivery rate (best of {len(gateway)}): {best_g.rate:8.0f} msg/s")
     print(f"ratio gateway/Postfix:           {best_g.rate / best_p.rate:8.2f}")
     cpu = sum(r.cpu_ms for r in gateway) / len(gateway)
     print(f"gateway CPU per message (mean): {cpu:.2f} ms (submission, DKIM, spool, SMTP out)")
+    print("submitted/s: until smtp-source had every message accepted; CPUs busy: share of both")
+    print("CPUs in use until the last delivery; loop busy: the gateway's event loop thread on a")
+    print("CPU until then (100% = the loop is the limit)")
     print()
     print("load (only the target differs):")
     print("  " + shlex.join(smtp_source("TARGET", args)))
