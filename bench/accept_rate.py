@@ -185,6 +185,12 @@ def busy_since(before: tuple[int, int]) -> float:
     return 100 * (busy - before[0]) / max(total - before[1], 1)
 
 
+def tree_seconds(pid: int) -> float:
+    """CPU time of a process and its children (the gateway's listener processes)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return cpu_seconds(pid) + sum(cpu_seconds(int(child)) for child in children)
+
+
 def main_thread_seconds(pid: int) -> float:
     """CPU time of a process's first thread, the one that runs a daemon's event loop."""
     return cpu_seconds(pid, tid=pid)
@@ -207,7 +213,8 @@ def run_gateway(args: argparse.Namespace, rate: float = 0.0) -> Run:
         auth = "inbound_auth = { enabled = false }"
     else:
         auth = f'inbound_auth = {{ nameservers = ["{dns.host}:{dns.port}"] }}'
-    config = write_config(root, gateway_extra=auth)
+    processes = f"listener_processes = {args.listener_processes}"
+    config = write_config(root, gateway_extra=f"{auth}\n{processes}")
     provision(config)
     port = int(re.findall(r"127\.0\.0\.1:(\d+)", config.read_text())[0])
     store = Daemon(config, "store", root / "store.log")
@@ -218,7 +225,7 @@ def run_gateway(args: argparse.Namespace, rate: float = 0.0) -> Run:
         gateway.start()
         assert gateway.proc is not None and store.proc is not None
         pids = (gateway.proc.pid, store.proc.pid)
-        cpu_before = [cpu_seconds(p) for p in pids]
+        cpu_before = [tree_seconds(p) for p in pids]
         ticks, loop_before = cpu_ticks(), main_thread_seconds(pids[0])
         seconds = drive(port, args, rate)
         busy = busy_since(ticks)
@@ -229,7 +236,7 @@ def run_gateway(args: argparse.Namespace, rate: float = 0.0) -> Run:
             "every message to be filed on a ticket",
         )
         cpu_ms = tuple(
-            1000 * (cpu_seconds(p) - b) / args.messages
+            1000 * (tree_seconds(p) - b) / args.messages
             for p, b in zip(pids, cpu_before, strict=True)
         )
         rows = filed(database)
@@ -317,6 +324,12 @@ def add_load_arguments(parser: argparse.ArgumentParser, sessions_help: str) -> N
         "--timeout", type=float, default=600.0, help="seconds to wait for delivery after the load"
     )
     parser.add_argument(
+        "--listener-processes",
+        type=int,
+        default=0,
+        help="the gateway's [gateway] listener_processes (0: it serves the sessions itself)",
+    )
+    parser.add_argument(
         "--workdir",
         default="/tmp",
         help="where the instances live (keep the path short: Unix sockets)",
@@ -346,9 +359,9 @@ def run_interleaved(
 def print_reproduce(script: str, args: argparse.Namespace) -> None:
     """The command line that repeats this run."""
     command = [".venv/bin/python", script]
-    for name in ("messages", "sessions", "size", "repeat", "verdicts"):
+    for name in ("messages", "sessions", "size", "repeat", "verdicts", "listener_processes"):
         if hasattr(args, name):  # --verdicts is this script's own
-            command += [f"--{name}", str(getattr(args, name))]
+            command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     if getattr(args, "half_load", False):
         command.append("--half-load")
     print("reproduce:")

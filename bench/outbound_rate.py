@@ -34,12 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from accept_rate import (
     add_load_arguments,
     busy_since,
-    cpu_seconds,
     cpu_ticks,
     machine,
     main_thread_seconds,
     print_reproduce,
     run_interleaved,
+    tree_seconds,
     wait_until,
 )
 from daemons import Daemon, cli, provision, write_config
@@ -157,7 +157,7 @@ def run_gateway(args: argparse.Namespace) -> Run:
         f"per_destination = {args.connections}\n"
         f"\n[gateway.outbound_retry]\nconcurrency = {args.concurrency}\n"
     )
-    config = write_config(root)
+    config = write_config(root, gateway_extra=f"listener_processes = {args.listener_processes}")
     config.write_text(config.read_text() + extra)
     provision(config)
     cli(config, "check-config")
@@ -168,7 +168,7 @@ def run_gateway(args: argparse.Namespace) -> Run:
         gateway.start()
         assert gateway.proc is not None
         pid = gateway.proc.pid
-        cpu_before, loop_before = cpu_seconds(pid), main_thread_seconds(pid)
+        cpu_before, loop_before = tree_seconds(pid), main_thread_seconds(pid)
         ticks, start = cpu_ticks(), time.perf_counter()
         load = subprocess.run(smtp_source(f"unix:{socket_path}", args), capture_output=True)
         if load.returncode != 0:
@@ -178,7 +178,7 @@ def run_gateway(args: argparse.Namespace) -> Run:
         seconds = time.perf_counter() - start
         busy = busy_since(ticks)
         loop_busy = 100 * (main_thread_seconds(pid) - loop_before) / seconds
-        cpu_ms = 1000 * (cpu_seconds(pid) - cpu_before) / args.messages
+        cpu_ms = 1000 * (tree_seconds(pid) - cpu_before) / args.messages
         if gateway.terminate() != 0:
             raise RuntimeError(f"the gateway did not exit cleanly; log in {root}")
         text = gateway.log.read_text(errors="replace")

@@ -72,6 +72,8 @@ class GatewayConfig:
     history_days: int = 30
     # MAIL FROM is answered 452 4.3.1 while the spool's filesystem has less free space (MiB).
     min_free_mb: int = 100
+    # Processes that serve the SMTP sessions (MX and submission); 0: the gateway's own.
+    listener_processes: int = 0
 
 
 @dataclass(frozen=True)
@@ -267,9 +269,12 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
         spool_path=w.path("spool_path", state_dir / "spool.db") or state_dir / "spool.db",
         history_days=w.positive("history_days", int, GatewayConfig.history_days),
         min_free_mb=w.get("min_free_mb", int, GatewayConfig.min_free_mb),
+        listener_processes=w.get("listener_processes", int, GatewayConfig.listener_processes),
     )
     if gateway.min_free_mb < 0:
         errors.append("gateway.min_free_mb: must be 0 or more MiB")
+    if not 0 <= gateway.listener_processes <= 64:
+        errors.append("gateway.listener_processes: must be 0 (none) to 64")
     w.finish()
     inbound_auth = parse_inbound_auth(auth_table, errors)
 

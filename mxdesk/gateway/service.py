@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import ssl
 from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from mxdesk import state
 from mxdesk.config import Config
@@ -15,17 +15,24 @@ from mxdesk.dns.lifecycle import DomainLifecycle
 from mxdesk.gateway.fetch.manager import ChannelManager
 from mxdesk.gateway.fetch.tokens import TokenSource
 from mxdesk.gateway.inboundauth import InboundVerifier
+from mxdesk.gateway.listeners import ListenerProcesses
 from mxdesk.gateway.lmtp import LmtpClient, Reply
-from mxdesk.gateway.mx import INBOUND, MxHandler
+from mxdesk.gateway.mx import INBOUND
 from mxdesk.gateway.outrunner import Notices, OutboundRunner
 from mxdesk.gateway.policy import RecipientPolicy
 from mxdesk.gateway.retry import RetryPolicy
 from mxdesk.gateway.runner import Deliverer, QueueRunner
 from mxdesk.gateway.scrape import MetricsEndpoint
 from mxdesk.gateway.senders import SenderPolicy
+from mxdesk.gateway.sessions import (
+    SessionParts,
+    end_sessions,
+    mx_session,
+    submission_session,
+    tls_context,
+)
 from mxdesk.gateway.smtp import ConnectionLimits, GatewaySMTP
 from mxdesk.gateway.spool import Spool, SpoolEntry
-from mxdesk.gateway.submission import SubmissionHandler, SubmissionSMTP
 from mxdesk.metrics import GatewayMetrics
 from mxdesk.secrets import installation_key, secrets_key
 from mxdesk.smtpfast import SessionFactory
@@ -33,6 +40,7 @@ from mxdesk.sockets import listen_unix
 from mxdesk.startup import StartupError, address, bind_error
 
 log = logging.getLogger("mxdesk.gateway")
+S = TypeVar("S", bound=GatewaySMTP)
 SHUTDOWN_GRACE = 10.0
 
 
@@ -48,24 +56,6 @@ class LmtpDeliverer:
         data = f"X-Mxdesk-Queue-Id: {entry.id}\r\n".encode() + entry.data
         replies = await self._client.deliver(entry.mail_from, mailboxes, data)
         return dict(zip(mailboxes, replies, strict=True))
-
-
-def tls_context(config: Config) -> ssl.SSLContext | None:
-    """The server side of STARTTLS (None without a certificate); raises StartupError naming
-    the files when they cannot be loaded."""
-    gw = config.gateway
-    if gw.tls_cert is None or gw.tls_key is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(gw.tls_cert, gw.tls_key)
-    except OSError as exc:  # ssl.SSLError is one
-        reason = getattr(exc, "reason", None) or exc.strerror or exc
-        raise StartupError(
-            f"gateway.tls_cert: {gw.tls_cert} with {gw.tls_key} cannot be loaded ({reason}):"
-            " check both files, their owner and mode"
-        ) from exc
-    return context
 
 
 class GatewayService:
@@ -97,7 +87,9 @@ class GatewayService:
         self.tokens = TokenSource(
             config.channels, self._writable_state, lambda: secrets_key(self.config.general)
         )
-        self.tls: ssl.SSLContext | None = None
+        self.parts: SessionParts | None = None
+        # The processes that serve the sessions ([gateway] listener_processes; None: here).
+        self.listeners: ListenerProcesses | None = None
         # Remake the session templates of the listeners from self.config (after a reload).
         self._renewals: list[Callable[[], None]] = []
 
@@ -118,47 +110,48 @@ class GatewayService:
             cfg.general.base_domain,
             cfg.gateway.postmaster_tenant,
         )
-        self.tls = tls_context(cfg)
+        verifier = None
         if cfg.inbound_auth.enabled:
-            self.verifier = InboundVerifier(cfg.inbound_auth, cfg.general.host_name)
+            verifier = self.verifier = InboundVerifier(cfg.inbound_auth, cfg.general.host_name)
+        senders = SenderPolicy(self.state, cfg.general.base_domain, dict(cfg.submission.senders))
+        self.parts = SessionParts(
+            cfg, self.spool, self.metrics, policy, senders, verifier, tls_context(cfg)
+        )
+        self.submission_limits = ConnectionLimits(
+            cfg.gateway.max_connections,
+            cfg.gateway.max_connections,
+            on_refusal=lambda reply: self.metrics.refuse("submission", reply),
+        )
+        if cfg.gateway.listener_processes:
+            self.listeners = ListenerProcesses(cfg, self.spool, self.metrics)
+            await self.listeners.start()
+            mx: Callable[[], asyncio.Protocol] = self.listeners.intake("mx", self.limits)
+            submission: Callable[[], asyncio.Protocol] = self.listeners.intake(
+                "submission", self.submission_limits
+            )
+        else:
+            mx = self._sessions(mx_session, self.limits)
+            submission = self._sessions(submission_session, self.submission_limits)
         loop = asyncio.get_running_loop()
-
-        def protocol() -> GatewaySMTP:
-            gw = self.config.gateway  # read at start and on each reload (SIGHUP)
-            handler = MxHandler(
-                policy,
-                self.spool,
-                cfg.general.host_name,
-                gw.max_recipients,
-                self.metrics,
-                min_free_mb=gw.min_free_mb,
-                verifier=self.verifier,
-            )
-            return GatewaySMTP(
-                handler,
-                limits=self.limits,
-                session_timeout=gw.session_timeout,
-                data_size_limit=gw.max_message_size,
-                enable_SMTPUTF8=True,
-                hostname=cfg.general.host_name,
-                ident="mxdesk",
-                tls_context=self.tls,
-                timeout=gw.idle_timeout,
-                loop=loop,
-            )
-
-        factory = SessionFactory(protocol)
-        self._renewals.append(lambda: factory.renew(protocol))
         for listen in cfg.gateway.listen:
             try:
                 server = await loop.create_server(
-                    factory, listen.host, listen.port, reuse_address=True, backlog=512
+                    mx, listen.host, listen.port, reuse_address=True, backlog=512
                 )
             except OSError as exc:
                 raise bind_error(listen.host, listen.port, exc) from exc
             self.servers.append(server)
             for sock in server.sockets:
                 log.info("MX listening on %s", sock.getsockname()[:2])
+        socket_path = cfg.submission.socket
+        self.submission_server = await listen_unix(
+            socket_path,
+            submission,
+            cfg.submission.socket_group,
+            "gateway.submission.socket_group",
+            owner="gateway",
+        )
+        log.info("submission listening on %s", socket_path)
         retry = cfg.inbound_retry
         client = LmtpClient(
             cfg.store.lmtp_socket, cfg.general.host_name, keep_idle=retry.concurrency
@@ -174,53 +167,24 @@ class GatewayService:
             self.metrics,
         )
         self.runner.start()
-        await self._start_outbound(policy, self.state)
+        await self._start_outbound(policy, senders, self.state)
 
-    async def _start_outbound(self, policy: RecipientPolicy, conn: sqlite3.Connection) -> None:
+    def _sessions(
+        self,
+        make: Callable[[SessionParts, ConnectionLimits, asyncio.AbstractEventLoop], S],
+        limits: ConnectionLimits,
+    ) -> SessionFactory[S]:
+        """Sessions served here, made from self.parts (remade after a reload)."""
+        loop, parts = asyncio.get_running_loop(), self.parts
+        assert parts is not None
+        factory = SessionFactory(lambda: make(parts, limits, loop))
+        self._renewals.append(lambda: factory.renew(lambda: make(parts, limits, loop)))
+        return factory
+
+    async def _start_outbound(
+        self, policy: RecipientPolicy, senders: SenderPolicy, conn: sqlite3.Connection
+    ) -> None:
         cfg = self.config
-        senders = SenderPolicy(conn, cfg.general.base_domain, dict(cfg.submission.senders))
-        local = ConnectionLimits(
-            cfg.gateway.max_connections,
-            cfg.gateway.max_connections,
-            on_refusal=lambda reply: self.metrics.refuse("submission", reply),
-        )
-        loop = asyncio.get_running_loop()
-
-        def protocol() -> SubmissionSMTP:
-            gw = self.config.gateway  # read at start and on each reload (SIGHUP)
-            handler = SubmissionHandler(
-                senders,
-                self.spool,
-                cfg.general.host_name,
-                gw.max_recipients,
-                cfg.outbound.send_delay,
-                self.metrics,
-            )
-            return SubmissionSMTP(
-                handler,
-                limits=local,
-                session_timeout=gw.session_timeout,
-                data_size_limit=gw.max_message_size,
-                enable_SMTPUTF8=True,
-                hostname=cfg.general.host_name,
-                ident="mxdesk submission",
-                timeout=gw.idle_timeout,
-                loop=loop,
-            )
-
-        socket_path = cfg.submission.socket
-        factory = SessionFactory(protocol)
-        self._renewals.append(lambda: factory.renew(protocol))
-        server = await listen_unix(
-            socket_path,
-            factory,
-            cfg.submission.socket_group,
-            "gateway.submission.socket_group",
-            owner="gateway",
-        )
-        self.submission_server = server
-        self.submission_limits = local
-        log.info("submission listening on %s", socket_path)
         if self.outbound is None:
             from mxdesk.gateway.smarthosts import smtp_deliverer
 
@@ -268,7 +232,9 @@ class GatewayService:
             raise ReloadError(str(exc)) from exc
 
         def apply() -> None:
-            self.config, self.tls = config, context
+            self.config = config
+            if self.parts is not None:
+                self.parts.config, self.parts.tls = config, context
             self.limits.total = gw.max_connections
             self.limits.per_client = gw.max_connections_per_client
             if self.submission_limits is not None:
@@ -277,6 +243,8 @@ class GatewayService:
                 )
             for renew in self._renewals:
                 renew()
+            if self.listeners is not None:
+                self.listeners.reload()
 
         return apply
 
@@ -284,19 +252,11 @@ class GatewayService:
         """Stops accepting, lets sessions finish (bounded), then stops the runner and spool."""
         for server in [*self.servers, *filter(None, [self.submission_server])]:
             server.close()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + SHUTDOWN_GRACE
-        sessions = [self.limits, *([self.submission_limits] if self.submission_limits else [])]
-        while any(s.sessions for s in sessions) and loop.time() < deadline:
-            # A session between commands ends now; one in DATA may finish its message.
-            for limits in sessions:
-                for session in list(limits.sessions):
-                    if not session.in_data:
-                        session.shut_down()
-            await asyncio.sleep(0.05)
-        for limits in sessions:
-            for session in list(limits.sessions):
-                session.shut_down()
+        if self.listeners is not None:
+            await self.listeners.stop()  # each ends its sessions as below
+        else:
+            limits = [self.limits, *filter(None, [self.submission_limits])]
+            await end_sessions(limits, SHUTDOWN_GRACE)
         if self.metrics_endpoint is not None:
             await self.metrics_endpoint.close()
         if self.lifecycle is not None:

@@ -73,10 +73,11 @@ class ConnectionLimits:
     total: int
     per_client: int
     open: Counter[str] = field(default_factory=Counter)
-    sessions: set[GatewaySMTP] = field(default_factory=set)
+    # The sessions served here; with listener processes, the connections handed to them.
+    sessions: set[Any] = field(default_factory=set)
     on_refusal: Callable[[str], None] | None = None  # told each refusal (the metrics)
 
-    def admit(self, session: GatewaySMTP, client: str) -> str | None:
+    def admit(self, session: object, client: str) -> str | None:
         """Counts the session in, or returns the 421 that refuses it."""
         if len(self.sessions) >= self.total:
             return R421_TOO_MANY
@@ -86,7 +87,7 @@ class ConnectionLimits:
         self.open[client] += 1
         return None
 
-    def release(self, session: GatewaySMTP, client: str) -> None:
+    def release(self, session: object, client: str) -> None:
         if session not in self.sessions:
             return
         self.sessions.discard(session)

@@ -89,9 +89,12 @@ def fsync_dir(path: Path) -> None:
 class Spool:
     """All database work runs on one thread; concurrent commits share one transaction."""
 
-    def __init__(self, path: Path, history_days: float = 30) -> None:
-        """history_days: how long the history of an entry is kept after it left the spool."""
+    def __init__(self, path: Path, history_days: float = 30, *, shared: bool = False) -> None:
+        """history_days: how long the history of an entry is kept after it left the spool;
+        shared: a listener process's spool, which only commits new entries (the gateway holds
+        the lock and recovers the spool)."""
         self.path = path
+        self._shared = shared
         self._history_seconds = history_days * 86400
         self._next_prune = 0.0  # time.monotonic() of the next pruning
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
@@ -110,7 +113,8 @@ class Spool:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = lock_spool(self.path)
+        if not self._shared:
+            self._lock = lock_spool(self.path)
         try:
             conn = self._conn = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False
@@ -123,7 +127,8 @@ class Spool:
             conn.row_factory = sqlite3.Row
             # The WAL and journal files may just have been created: make their names durable.
             fsync_dir(self.path.parent)
-            self._recover()
+            if not self._shared:
+                self._recover()
         except BaseException:
             self._close()
             raise
@@ -180,6 +185,11 @@ class Spool:
     def on_commit(self, listener: Callable[[], None]) -> None:
         """Calls listener after every commit of new entries (runners wake up on it)."""
         self._listeners.append(listener)
+
+    def committed_elsewhere(self) -> None:
+        """A listener process committed new entries: the listeners are called as for ours."""
+        for listener in self._listeners:
+            listener()
 
     # -- group commit ----------------------------------------------------------------------
 

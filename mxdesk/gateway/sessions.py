@@ -1,0 +1,120 @@
+"""The SMTP sessions of the MX and of the submission socket, as the gateway makes them in its
+own process or a listener process makes them in its (mxdesk/gateway/listener.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass
+
+from mxdesk.config import Config
+from mxdesk.gateway.inboundauth import InboundVerifier
+from mxdesk.gateway.mx import MxHandler
+from mxdesk.gateway.policy import RecipientPolicy
+from mxdesk.gateway.senders import SenderPolicy
+from mxdesk.gateway.smtp import ConnectionLimits, GatewaySMTP
+from mxdesk.gateway.spool import Spool
+from mxdesk.gateway.submission import SubmissionHandler, SubmissionSMTP
+from mxdesk.metrics import GatewayMetrics
+from mxdesk.startup import StartupError
+
+
+@dataclass
+class SessionParts:
+    """What a session needs; config and tls are replaced by a reload (SIGHUP)."""
+
+    config: Config
+    spool: Spool
+    metrics: GatewayMetrics
+    policy: RecipientPolicy
+    senders: SenderPolicy
+    verifier: InboundVerifier | None
+    tls: ssl.SSLContext | None
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """The server side of STARTTLS (None without a certificate); raises StartupError naming
+    the files when they cannot be loaded."""
+    gw = config.gateway
+    if gw.tls_cert is None or gw.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(gw.tls_cert, gw.tls_key)
+    except OSError as exc:  # ssl.SSLError is one
+        reason = getattr(exc, "reason", None) or exc.strerror or exc
+        raise StartupError(
+            f"gateway.tls_cert: {gw.tls_cert} with {gw.tls_key} cannot be loaded ({reason}):"
+            " check both files, their owner and mode"
+        ) from exc
+    return context
+
+
+def mx_session(
+    parts: SessionParts, limits: ConnectionLimits, loop: asyncio.AbstractEventLoop
+) -> GatewaySMTP:
+    cfg = parts.config
+    gw = cfg.gateway
+    handler = MxHandler(
+        parts.policy,
+        parts.spool,
+        cfg.general.host_name,
+        gw.max_recipients,
+        parts.metrics,
+        min_free_mb=gw.min_free_mb,
+        verifier=parts.verifier,
+    )
+    return GatewaySMTP(
+        handler,
+        limits=limits,
+        session_timeout=gw.session_timeout,
+        data_size_limit=gw.max_message_size,
+        enable_SMTPUTF8=True,
+        hostname=cfg.general.host_name,
+        ident="mxdesk",
+        tls_context=parts.tls,
+        timeout=gw.idle_timeout,
+        loop=loop,
+    )
+
+
+def submission_session(
+    parts: SessionParts, limits: ConnectionLimits, loop: asyncio.AbstractEventLoop
+) -> SubmissionSMTP:
+    cfg = parts.config
+    gw = cfg.gateway
+    handler = SubmissionHandler(
+        parts.senders,
+        parts.spool,
+        cfg.general.host_name,
+        gw.max_recipients,
+        cfg.outbound.send_delay,
+        parts.metrics,
+    )
+    return SubmissionSMTP(
+        handler,
+        limits=limits,
+        session_timeout=gw.session_timeout,
+        data_size_limit=gw.max_message_size,
+        enable_SMTPUTF8=True,
+        hostname=cfg.general.host_name,
+        ident="mxdesk submission",
+        timeout=gw.idle_timeout,
+        loop=loop,
+    )
+
+
+async def end_sessions(limits: list[ConnectionLimits], grace: float) -> None:
+    """At shutdown: a session between commands ends now, one in DATA may finish its message
+    (for grace seconds at most); then every session ends."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while any(s.sessions for s in limits) and loop.time() < deadline:
+        for each in limits:
+            for session in list(each.sessions):
+                if not session.in_data:
+                    session.shut_down()
+        await asyncio.sleep(0.05)
+    for each in limits:
+        for session in list(each.sessions):
+            session.shut_down()
