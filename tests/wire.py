@@ -49,9 +49,12 @@ class Wire:
             await self.writer.wait_closed()
 
 
-async def send_message(port: int, mail_from: str, rcpts: list[str], body: bytes) -> str:
-    """One whole transaction; returns the final reply to DATA (or the first refusal)."""
-    w = await Wire.open(port)
+async def send_message(
+    port: int, mail_from: str, rcpts: list[str], body: bytes, source: str | None = None
+) -> str:
+    """One whole transaction (from the loopback address source if given); returns the final
+    reply to DATA (or the first refusal)."""
+    w = await Wire.open(port, source)
     try:
         await w.hello()
         r = await w.cmd(f"MAIL FROM:<{mail_from}>")
