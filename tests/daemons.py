@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -38,6 +39,18 @@ maximum = 0.5
 
 
 def free_port() -> int:
+    """A loopback port nothing listens on, below the kernel's ephemeral range. A port bind(0)
+    hands out is in that range, and an outgoing connection of another test running meanwhile
+    may take it as its own before the daemon binds it ("Address already in use")."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        port = random.randint(10000, max(low, 10001) - 1)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

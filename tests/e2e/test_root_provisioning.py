@@ -9,7 +9,6 @@ import json
 import os
 import pwd
 import secrets
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from pathlib import Path
 import dkim
 import pytest
 from conftest import require_real, wait_for_sync
+from daemons import free_port
 from dns_server import DnsServer
 from installed import installed_prefix
 from sink import Sink
@@ -58,9 +58,7 @@ def test_root_provisions_the_daemons_user_signs_and_delivers(
         .add("mx.example.com", "A", "127.0.0.1")
     )
     sink = Sink(root)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     conf = root / "mxdesk.toml"
     conf.write_text(
         f'[mxdesk]\nbase_domain = "helpdesk.example"\nstate_dir = "{root}/state"\n'
