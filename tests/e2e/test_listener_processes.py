@@ -8,7 +8,7 @@ import os
 import random
 import signal
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -63,6 +63,10 @@ def site(short_tmp: Path) -> Iterator[Site]:
     finally:
         s.gateway.close()
         s.store.close()
+
+
+async def sizes_are(sizes: Callable[[], Awaitable[set[int]]], wanted: set[int]) -> bool:
+    return await sizes() == wanted
 
 
 def source(n: int) -> str:
@@ -131,6 +135,25 @@ async def test_listener_processes_serve_the_mx_and_the_submission_socket(site: S
     assert len(out) == 1
     assert site.metric('mxdesk_messages_accepted_total{listener="submission"}') == 1
     assert site.metric('mxdesk_dkim_signatures_total{algorithm="rsa-sha256"}') == 1
+    # SIGHUP reaches the listener processes: the next sessions advertise the new SIZE.
+    limit = "max_connections_per_client = 3"
+    text = site.config.read_text().replace(limit, f"{limit}\nmax_message_size = 12345")
+    site.config.write_text(text)
+    assert site.gateway.proc is not None
+    site.gateway.proc.send_signal(signal.SIGHUP)
+
+    async def sizes() -> set[int]:
+        found = set()
+        for _ in range(4):
+            w = await Wire.open(site.port)
+            try:
+                ehlo = await w.hello()
+                found.add(int(ehlo.split("SIZE ")[1].split()[0]))
+            finally:
+                await w.close()
+        return found
+
+    await wait_for(lambda: sizes_are(sizes, {12345}), what="SIZE 12345 from every session")
     assert site.gateway.terminate() == 0
     assert not any(Path(f"/proc/{c}").exists() for c in children), "listener processes left"
 
