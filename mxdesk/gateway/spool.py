@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import os
 import sqlite3
@@ -34,7 +33,7 @@ from mxdesk.gateway.entries import (
     read_entry,
     spool_counts,
 )
-from mxdesk.startup import StartupError
+from mxdesk.gateway.spoolfile import fsync_dir, lock_spool
 from mxdesk.state import migrate
 
 log = logging.getLogger("mxdesk.gateway.spool")
@@ -61,29 +60,6 @@ __all__ = [
 
 class SpoolError(Exception):
     """The spool could not make a message durable; the client must be told 451."""
-
-
-def lock_spool(path: Path) -> int:
-    """The spool is this process's until it ends, however it ends: claims found at start are
-    dead. An flock, apart from SQLite's POSIX locks on Linux; returns its descriptor."""
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise StartupError(
-            f"the gateway spool {path} is in use by a running gateway: stop it first, or give"
-            " this one its own [gateway] spool_path"
-        ) from None
-    return fd
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:
