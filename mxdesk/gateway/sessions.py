@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from dataclasses import dataclass
+from typing import Any
 
 from mxdesk.config import Config
 from mxdesk.gateway.inboundauth import InboundVerifier
@@ -64,18 +65,7 @@ def mx_session(
         min_free_mb=gw.min_free_mb,
         verifier=parts.verifier,
     )
-    return GatewaySMTP(
-        handler,
-        limits=limits,
-        session_timeout=gw.session_timeout,
-        data_size_limit=gw.max_message_size,
-        enable_SMTPUTF8=True,
-        hostname=cfg.general.host_name,
-        ident="mxdesk",
-        tls_context=parts.tls,
-        timeout=gw.idle_timeout,
-        loop=loop,
-    )
+    return GatewaySMTP(handler, tls_context=parts.tls, **_options(parts, limits, loop, "mxdesk"))
 
 
 def submission_session(
@@ -91,17 +81,24 @@ def submission_session(
         cfg.outbound.send_delay,
         parts.metrics,
     )
-    return SubmissionSMTP(
-        handler,
-        limits=limits,
-        session_timeout=gw.session_timeout,
-        data_size_limit=gw.max_message_size,
-        enable_SMTPUTF8=True,
-        hostname=cfg.general.host_name,
-        ident="mxdesk submission",
-        timeout=gw.idle_timeout,
-        loop=loop,
-    )
+    return SubmissionSMTP(handler, **_options(parts, limits, loop, "mxdesk submission"))
+
+
+def _options(
+    parts: SessionParts, limits: ConnectionLimits, loop: asyncio.AbstractEventLoop, ident: str
+) -> dict[str, Any]:
+    """What every session of both listeners is given: limits, timers, size, names."""
+    gw = parts.config.gateway
+    return {
+        "limits": limits,
+        "session_timeout": gw.session_timeout,
+        "data_size_limit": gw.max_message_size,
+        "enable_SMTPUTF8": True,
+        "hostname": parts.config.general.host_name,
+        "ident": ident,
+        "timeout": gw.idle_timeout,
+        "loop": loop,
+    }
 
 
 async def end_sessions(limits: list[ConnectionLimits], grace: float) -> None:

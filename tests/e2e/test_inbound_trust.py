@@ -183,11 +183,14 @@ async def test_kill_9_with_clients_resending_files_each_message_once(site: Site)
     not_accepted = Counter[str]()
     kills = Counter[str]()
     done = asyncio.Event()
+    running = asyncio.Event()
+    running.set()
     rng = random.Random(int(os.environ.get("MXDESK_CRASH_SEED", "2026")))
     date = formatdate()
 
     async def client(worker: int) -> None:
         for i in range(worker, MESSAGES, PARALLEL):
+            await running.wait()  # no new message while a daemon restarts (resends go on)
             data = (
                 f"From: <c{i}@cliente.example>\r\nTo: {MAILBOX}, {VENDAS}\r\n"
                 f"Subject: carga {i}\r\nDate: {date}\r\nMessage-ID: <m{i}@cliente.example>\r\n"
@@ -224,9 +227,13 @@ async def test_kill_9_with_clients_resending_files_each_message_once(site: Site)
             if done.is_set():
                 break
             daemon = site.store if n % 3 == 0 else site.gateway
+            # The gateway accepts while the store restarts: without a pause the load could
+            # end before the next kill on a fast machine.
+            running.clear()
             await asyncio.to_thread(daemon.kill9)
             kills[daemon.command] += 1
             await asyncio.to_thread(daemon.start)
+            running.set()
 
     killing = asyncio.create_task(killer())
     try:
