@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -18,7 +19,6 @@ from mxdesk import state
 from mxdesk.daemon import setup_logging
 from mxdesk.gateway.dkimkey import DkimKey
 from mxdesk.gateway.inboundauth import InboundVerifier
-from mxdesk.gateway.listeners import inherited_channel
 from mxdesk.gateway.policy import RecipientPolicy
 from mxdesk.gateway.senders import SenderPolicy
 from mxdesk.gateway.sessions import (
@@ -173,7 +173,8 @@ async def serve(config: cfg.Config, sock: socket.socket) -> int:
 
 def main(argv: list[str]) -> int:
     path, fd = argv[1], argv[2]
-    sock = inherited_channel(fd)
+    sock = socket.socket(fileno=int(fd))  # the end of the pair the gateway passed
+    os.set_inheritable(sock.fileno(), False)
     config = cfg.load(Path(path))
     setup_logging(config.general.log_level)
     return asyncio.run(serve(config, sock))

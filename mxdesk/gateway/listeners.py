@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -65,14 +64,9 @@ class Intake(asyncio.Protocol):
         client = str(peer[0]) if isinstance(peer, tuple) else "local"
         handed = Handed(self._listener, client, self._limits)
         refusal = self._limits.admit(handed, client) or self._owner.hand(transport, handed)
-        if refusal is None:
-            return
-        self._limits.release(handed, client)
-        log.warning("client=%s refused: %s", client, refusal)
-        if self._limits.on_refusal is not None:
-            self._limits.on_refusal(refusal)
-        transport.write(refusal.encode() + b"\r\n")
-        transport.close()
+        if refusal is not None:
+            self._limits.release(handed, client)
+            self._limits.refuse(transport, client, refusal)
 
 
 class ListenerProcesses:
@@ -235,14 +229,3 @@ class ListenerProcesses:
             listener.proc.wait()
             if self._listeners[listener.index] is listener:
                 self._ended(listener)
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.proc.pid for p in self._listeners if p is not None]
-
-
-def inherited_channel(fd: str) -> socket.socket:
-    """The listener process's end of the socket pair, from its command line."""
-    channel = socket.socket(fileno=int(fd))
-    os.set_inheritable(channel.fileno(), False)
-    return channel

@@ -87,6 +87,15 @@ class ConnectionLimits:
         self.open[client] += 1
         return None
 
+    def refuse(self, transport: asyncio.BaseTransport, client: str, reply: str) -> None:
+        """Answers a connection that was not admitted (its 421) and closes it."""
+        log.warning("client=%s refused: %s", client, reply)
+        if self.on_refusal is not None:
+            self.on_refusal(reply)
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(reply.encode() + b"\r\n")
+        transport.close()
+
     def release(self, session: object, client: str) -> None:
         if session not in self.sessions:
             return
@@ -121,12 +130,7 @@ class GatewaySMTP(BlockDataSMTP):
         refusal = self._limits.admit(self, self._client)
         if refusal is not None:
             self._refused = True
-            log.warning("client=%s refused: %s", self._client, refusal)
-            if self._limits.on_refusal is not None:
-                self._limits.on_refusal(refusal)
-            assert isinstance(transport, asyncio.WriteTransport)
-            transport.write(refusal.encode() + b"\r\n")
-            transport.close()
+            self._limits.refuse(transport, self._client, refusal)
             return
         self._session_timer = self.loop.call_later(
             self._session_timeout, self._end_session, R421_SESSION

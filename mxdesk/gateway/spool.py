@@ -202,7 +202,7 @@ class Spool:
         try:
             for op in ops:
                 op(conn)
-            if time.monotonic() >= self._next_prune:
+            if not self._shared and time.monotonic() >= self._next_prune:
                 self._next_prune = time.monotonic() + PRUNE_EVERY
                 history.prune(conn, time.time() - self._history_seconds)
             conn.execute("COMMIT")
