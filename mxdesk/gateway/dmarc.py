@@ -85,6 +85,7 @@ def _suffixes() -> Any:
         return PublicSuffixList(text)
 
 
+@functools.lru_cache(maxsize=4096)
 def org_domain(domain: str) -> str:
     """The organizational domain (§3.2): the public suffix and one label more. Under a TLD the
     list does not know, the suffix is that TLD (the list's implicit "*" rule)."""
@@ -139,15 +140,16 @@ def evaluate(
 
 def check(
     from_domains: Sequence[str],
-    txt: Callable[[str], list[bytes]],
+    find: Callable[[str], tuple[DmarcRecord, str] | None],
     spf: Identifier | None,
     dkim: Sequence[Identifier],
 ) -> DmarcResult:
-    """The DMARC result of a message whose From: fields name from_domains (at least one)."""
+    """The DMARC result of a message whose From: fields name from_domains (at least one);
+    find(domain) is discover(domain, txt), or what it said before (the verdicts' memo)."""
     results = []
     for domain in from_domains:
         try:
-            found = discover(domain, txt)
+            found = find(domain)
         except TempDnsError:
             results.append(DmarcResult("temperror", domain))
             continue

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import dns.resolver
 
 from mxdesk.gateway import authresults
-from mxdesk.gateway.verdictdns import Lookups, NotCached, build_resolver, cached_only
+from mxdesk.gateway.verdictdns import Lookups, Memo, NotCached, build_resolver, cached_only
 from mxdesk.gateway.verdicts import Envelope, Verdicts, compute, unverified
 from mxdesk.inboundauthconfig import InboundAuthConfig
 
@@ -68,6 +68,7 @@ class InboundVerifier:
         self.host_name = host_name
         self._resolver = resolver or build_resolver(config.nameservers)
         self._offline = cached_only(self._resolver)
+        self._memo = Memo()
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="mxdesk-verdicts")
 
     async def check(self, message: bytes, envelope: Envelope) -> Checked:
@@ -86,7 +87,7 @@ class InboundVerifier:
     async def _compute(self, message: bytes, envelope: Envelope, timeout: float) -> Verdicts:
         deadline = time.monotonic() + timeout
         if len(message) <= ON_LOOP_BYTES:
-            offline = Lookups(self._offline, deadline, offline=True)
+            offline = Lookups(self._offline, deadline, offline=True, memo=self._memo)
             try:
                 verdicts = compute(message, envelope, offline)
             except NotCached:
@@ -95,7 +96,8 @@ class InboundVerifier:
                 # pyspf swallows any error of an exp= or ptr lookup: a miss there is seen here.
                 if not offline.missed:
                     return verdicts
-        job = functools.partial(compute, message, envelope, Lookups(self._resolver, deadline))
+        lookups = Lookups(self._resolver, deadline, memo=self._memo)
+        job = functools.partial(compute, message, envelope, lookups)
         async with asyncio.timeout(timeout + GRACE):
             return await asyncio.get_running_loop().run_in_executor(self._pool, job)
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import dns.exception
 import dns.name
@@ -21,6 +22,15 @@ from mxdesk.configread import Listen
 CACHE_ENTRIES = 20_000
 # One try at one server: a silent server must leave time to ask the next one.
 PER_TRY_TIMEOUT = 2.0
+# Results remembered (an SPF result per client, sender and HELO; a DMARC record per domain),
+# each until the first DNS answer it was made of expires. An NXDOMAIN counts as expiring after
+# NEGATIVE_SECONDS (its own negative TTL is not at hand), and nothing is kept longer than
+# MEMO_SECONDS.
+MEMO_ENTRIES = 20_000
+MEMO_SECONDS = 300.0
+NEGATIVE_SECONDS = 60.0
+
+T = TypeVar("T")
 
 
 class TempDnsError(Exception):
@@ -62,16 +72,55 @@ def build_resolver(nameservers: Sequence[Listen]) -> dns.resolver.Resolver:
     return resolver
 
 
+class Memo:
+    """Results made of DNS answers, kept as long as those answers: the same inputs and the
+    same answers give the same result, without asking pyspf or parsing a record again.
+    Shared by the event loop and the worker threads."""
+
+    def __init__(self, entries: int = MEMO_ENTRIES) -> None:
+        self._entries = entries
+        self._kept: dict[Hashable, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> tuple[bool, Any]:
+        """(True, value) while a value is kept for key, else (False, None)."""
+        kept = self._kept.get(key)
+        if kept is None:
+            return False, None
+        if kept[0] <= time.time():
+            with self._lock:
+                self._kept.pop(key, None)
+            return False, None
+        return True, kept[1]
+
+    def put(self, key: Hashable, value: Any, expires: float) -> None:
+        """Keeps value for key until expires (a time.time() value, at most MEMO_SECONDS on)."""
+        expires = min(expires, time.time() + MEMO_SECONDS)
+        with self._lock:
+            if len(self._kept) >= self._entries and key not in self._kept:
+                del self._kept[next(iter(self._kept))]  # the oldest kept
+            self._kept[key] = (expires, value)
+
+
 class Lookups:
     """The DNS of one message: every query through the shared resolver, none after deadline
     (a time.monotonic() value). Thread-safe enough for one worker thread at a time."""
 
     def __init__(
-        self, resolver: dns.resolver.Resolver, deadline: float, *, offline: bool = False
+        self,
+        resolver: dns.resolver.Resolver,
+        deadline: float,
+        *,
+        offline: bool = False,
+        memo: Memo | None = None,
     ) -> None:
-        """offline: resolver is a cached_only() one, and a miss raises NotCached."""
+        """offline: resolver is a cached_only() one, and a miss raises NotCached; memo: where
+        results are remembered (see remembered)."""
         self._resolver = resolver
         self._offline = offline
+        self._memo = memo
+        # When the first answer used since remembered() began expires (time.time()).
+        self._expires = math.inf
         self.missed = False  # an offline lookup found no answer in the cache
         self.deadline = deadline
         # The record found at each DKIM key name asked for (None: none), to tell "no key for
@@ -93,6 +142,7 @@ class Lookups:
                 name, rdtype, lifetime=lifetime, search=False, raise_on_no_answer=False
             )
         except (dns.resolver.NXDOMAIN, dns.resolver.YXDOMAIN):
+            self._expires = min(self._expires, time.time() + NEGATIVE_SECONDS)
             return None
         except dns.name.NameTooLong:
             return None  # a name no one can publish has no record
@@ -103,7 +153,29 @@ class Lookups:
             raise TempDnsError(f"{name}/{rdtype}: no server answered") from None
         except dns.exception.DNSException as exc:  # timeout, SERVFAIL from every server …
             raise TempDnsError(f"{name}/{rdtype}: {type(exc).__name__}") from None
+        self._expires = min(self._expires, answer.expiration)  # NODATA has its SOA's TTL
         return answer if answer.rrset is not None else None
+
+    def remembered(
+        self, key: Hashable, compute: Callable[[], T], keep: Callable[[T], bool] | None = None
+    ) -> T:
+        """compute(), or what it gave for key before while the DNS answers it used are still
+        valid. A result is kept only when keep(result) says so (not a temporary error), and
+        never one made while an offline lookup missed; an exception is never kept."""
+        if self._memo is None:
+            return compute()
+        found, value = self._memo.get(key)
+        if found:
+            return value  # type: ignore[no-any-return]
+        outer, self._expires = self._expires, math.inf
+        try:
+            value = compute()
+            expires = self._expires
+        finally:
+            self._expires = min(outer, self._expires)
+        if (keep is None or keep(value)) and not self.missed:
+            self._memo.put(key, value, expires)
+        return value
 
     def txt(self, name: str) -> list[bytes]:
         """Each TXT record at name, its strings joined (RFC 7208 §3.3, RFC 6376 §3.6.2.2)."""

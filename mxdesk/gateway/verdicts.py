@@ -137,6 +137,17 @@ def check_spf(envelope: Envelope, lookups: Lookups) -> SpfVerdict:
     if envelope.client_ip is None or identity is None:
         # No SMTP client (fetched mail), or no domain to check (RFC 7208 §4.3: "none").
         return SpfVerdict("none", identity, mailfrom, helo)
+    # The same client, sender and HELO give the same result while the same DNS answers do.
+    return lookups.remembered(
+        ("spf", envelope.client_ip, envelope.mail_from, envelope.helo),
+        lambda: _check_spf(envelope, identity, mailfrom, helo, lookups),
+        keep=lambda verdict: verdict.result != "temperror",
+    )
+
+
+def _check_spf(
+    envelope: Envelope, identity: str, mailfrom: str | None, helo: str | None, lookups: Lookups
+) -> SpfVerdict:
     remaining = lookups.remaining()
     if remaining <= 0:
         return SpfVerdict("temperror", identity, mailfrom, helo, detail="spf: no time left")
@@ -289,7 +300,14 @@ def check_dmarc(
         return DmarcResult("permerror"), problem
     spf_id = Identifier(spf_verdict.result, spf_verdict.domain) if spf_verdict.domain else None
     dkim_ids = [Identifier(d.result, d.domain) for d in dkim_verdicts if d.domain]
-    result = dmarc.check(domains[:MAX_FROM_DOMAINS], lookups.txt, spf_id, dkim_ids)
+    result = dmarc.check(
+        domains[:MAX_FROM_DOMAINS],
+        lambda domain: lookups.remembered(
+            ("dmarc", domain), lambda: dmarc.discover(domain, lookups.txt)
+        ),
+        spf_id,
+        dkim_ids,
+    )
     if len(domains) > MAX_FROM_DOMAINS:
         return dmarc.worst([result, DmarcResult("permerror")]), "too many From domains"
     return result, None

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import functools
 import sqlite3
 import threading
 import time
@@ -22,10 +24,10 @@ from dns_server import DnsServer
 from wire import Wire, stored_messages
 
 from mxdesk.configread import Listen
-from mxdesk.gateway import inboundauth
+from mxdesk.gateway import inboundauth, verdictdns
 from mxdesk.gateway.dkim import generate_key
 from mxdesk.gateway.inboundauth import InboundVerifier
-from mxdesk.gateway.verdictdns import Lookups, build_resolver
+from mxdesk.gateway.verdictdns import Lookups, Memo, NotCached, build_resolver, cached_only
 from mxdesk.gateway.verdicts import MAX_SIGNATURES, Envelope
 from mxdesk.inboundauthconfig import InboundAuthConfig
 
@@ -367,6 +369,75 @@ def test_the_cache_keeps_an_answer_for_its_ttl(ttl: int, queries: int) -> None:
             assert lookups.txt("c.example") == [b"v=spf1 ip4:127.0.0.1 -all"]
         assert server.questions.count(("c.example.", "TXT")) == queries
     finally:
+        server.close()
+
+
+@pytest.mark.parametrize(("ttl", "made"), [(0, 2), (60, 1)])
+def test_a_result_is_remembered_while_its_answers_are_valid(ttl: int, made: int) -> None:
+    server = DnsServer([("c.example", "TXT", SPF_OK)], ttl=ttl)
+    try:
+        resolver, memo = build_resolver([Listen(server.host, server.port)]), Memo()
+        calls: list[str] = []
+
+        def look(name: str) -> list[bytes]:
+            calls.append(name)
+            return lookups.txt(name)
+
+        for _ in range(2):
+            lookups = Lookups(resolver, time.monotonic() + 2, memo=memo)
+            assert lookups.remembered("c", lambda: look("c.example")) == [SPF_OK[1:-1].encode()]
+        assert calls.count("c.example") == made
+    finally:
+        server.close()
+
+
+def test_what_is_not_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = DnsServer([("c.example", "TXT", SPF_OK)])
+    try:
+        resolver, memo = build_resolver([Listen(server.host, server.port)]), Memo()
+        calls: list[str] = []
+
+        def swallowed(cached: Lookups) -> str:
+            calls.append("miss")
+            with contextlib.suppress(NotCached):
+                cached.txt("x.example")
+            return "made"
+
+        def look(name: str) -> list[bytes]:
+            calls.append(name)
+            return lookups.txt(name)
+
+        monkeypatch.setattr(verdictdns, "NEGATIVE_SECONDS", 0.0)
+        for _ in range(2):
+            lookups = Lookups(resolver, time.monotonic() + 2, memo=memo)
+            # An NXDOMAIN lives NEGATIVE_SECONDS; a result keep() refuses is made again.
+            assert lookups.remembered("nx", lambda: look("nx.example")) == []
+            assert lookups.remembered("tmp", lambda: look("c.example"), keep=lambda v: False)
+            with pytest.raises(ZeroDivisionError):  # an exception is never kept
+                lookups.remembered("err", lambda: [calls.append("err"), 1 / 0])
+            # Made while an offline lookup missed the cache (pyspf swallows some errors of
+            # its lookups): made again, where the network may be asked.
+            cached = Lookups(cached_only(resolver), time.monotonic() + 2, offline=True, memo=memo)
+            assert cached.remembered("miss", functools.partial(swallowed, cached)) == "made"
+        assert [calls.count(n) for n in ("nx.example", "c.example", "err", "miss")] == [2, 2, 2, 2]
+    finally:
+        server.close()
+
+
+async def test_an_spf_result_follows_its_record_once_the_ttl_has_passed() -> None:
+    server = DnsServer([("c.example", "TXT", SPF_OK)], ttl=0)
+    config = InboundAuthConfig(nameservers=(Listen(server.host, server.port),))
+    verifier = InboundVerifier(config, HOST)
+    envelope = Envelope("127.0.0.1", "ana@c.example", "mta.c.example")
+    try:
+        assert (await verifier.check(message("ana@c.example"), envelope)).verdicts.spf.result == (
+            "pass"
+        )
+        server.zone["c.example."]["TXT"] = ['"v=spf1 -all"']
+        checked = await verifier.check(message("ana@c.example"), envelope)
+        assert checked.verdicts.spf.result == "fail"
+    finally:
+        verifier.close()
         server.close()
 
 

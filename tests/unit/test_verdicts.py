@@ -4,6 +4,7 @@ and the DMARC and policy decisions with plain values."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from authres import AuthenticationResultsHeader, all_features
@@ -237,6 +238,12 @@ def _txt(records: dict[str, list[str]]) -> Callable[[str], list[bytes]]:
     return txt
 
 
+def finder(
+    txt: Callable[[str], list[bytes]],
+) -> Callable[[str], tuple[DmarcRecord, str] | None]:
+    return lambda domain: dmarc.discover(domain, txt)
+
+
 def test_policy_discovery_falls_back_to_the_organizational_domain() -> None:
     txt = _txt({"_dmarc.cliente.example": ["v=DMARC1; p=none; sp=reject", "unrelated"]})
     assert dmarc.discover("news.cliente.example", txt) == (
@@ -244,7 +251,7 @@ def test_policy_discovery_falls_back_to_the_organizational_domain() -> None:
         "cliente.example",
     )
     spf = Identifier("fail", "news.cliente.example")
-    result = dmarc.check(["news.cliente.example"], txt, spf, [])
+    result = dmarc.check(["news.cliente.example"], finder(txt), spf, [])
     assert result == DmarcResult("fail", "news.cliente.example", "reject")  # sp= applies
     # Two DMARC records: no policy (RFC 7489 §6.6.3 step 5).
     two = _txt({"_dmarc.cliente.example": ["v=DMARC1; p=reject", "v=DMARC1; p=none"]})
@@ -289,7 +296,8 @@ def test_dmarc_passes_with_one_aligned_pass_and_never_fails_on_a_temporary_error
 
 def test_dmarc_lookup_failing_for_now_is_temperror() -> None:
     txt = _txt({"_dmarc.c.example": ["TEMP"]})
-    assert dmarc.check(["c.example"], txt, None, []) == DmarcResult("temperror", "c.example")
+    result = dmarc.check(["c.example"], finder(txt), None, [])
+    assert result == DmarcResult("temperror", "c.example")
 
 
 def test_several_from_domains_give_the_worst_result() -> None:
@@ -297,7 +305,7 @@ def test_several_from_domains_give_the_worst_result() -> None:
         {"_dmarc.good.example": ["v=DMARC1; p=none"], "_dmarc.bank.example": ["v=DMARC1; p=reject"]}
     )
     spf = Identifier("pass", "good.example")
-    result = dmarc.check(["good.example", "bank.example"], txt, spf, [])
+    result = dmarc.check(["good.example", "bank.example"], finder(txt), spf, [])
     assert result == DmarcResult("fail", "bank.example", "reject")
 
 
@@ -328,6 +336,9 @@ def test_from_domains() -> None:
 class _Lookups:
     def __init__(self, records: dict[str, list[str]]) -> None:
         self.txt = _txt(records)
+
+    def remembered(self, key: object, compute: Callable[[], Any], keep: object = None) -> Any:
+        return compute()
 
 
 def test_from_domains_at_the_bound() -> None:
