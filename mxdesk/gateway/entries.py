@@ -203,9 +203,54 @@ def read_entry(conn: sqlite3.Connection, row: sqlite3.Row, with_data: bool = Tru
     return SpoolEntry(**fields, recipients=recipients, data=data if with_data else b"")
 
 
-def insert_entry(conn: sqlite3.Connection, e: NewEntry) -> None:
-    """Adds a new entry with its recipients, and its `accepted` event to the history."""
-    now = time.time()
+def read_due(
+    conn: sqlite3.Connection, kind: str, limit: int, exclude: frozenset[str]
+) -> list[SpoolEntry]:
+    """Up to limit queued entries of kind whose next attempt has come, oldest first, with
+    their data; those in exclude (in flight) left out."""
+    # Ids first: the entries in flight are due too, and reading their data again each time one
+    # delivery ends cost more than the rest of this.
+    ids = [
+        r[0]
+        for r in conn.execute(
+            "SELECT id FROM entries WHERE state=? AND kind=? AND next_attempt<=?"
+            " ORDER BY next_attempt LIMIT ?",
+            (QUEUED, kind, time.time(), limit + len(exclude)),
+        )
+        if r[0] not in exclude
+    ][:limit]
+    if not ids:
+        return []
+    marks = ",".join("?" * len(ids))
+    rows = conn.execute(f"SELECT * FROM entries WHERE id IN ({marks})", ids).fetchall()
+    by_id = {r["id"]: r for r in rows}
+    return [read_entry(conn, by_id[i]) for i in ids if i in by_id]
+
+
+def spooled(e: NewEntry, created: float) -> SpoolEntry:
+    """The entry insert_entry(conn, e, created) wrote, as due() would read it back."""
+    return SpoolEntry(
+        e.id,
+        e.kind,
+        created,
+        e.client,
+        e.mail_from,
+        len(e.data),
+        HELD if e.held else QUEUED,
+        0,
+        max(created, e.not_before),
+        e.held,
+        tuple(e.recipients),
+        e.data,
+        e.envid,
+        e.ret,
+    )
+
+
+def insert_entry(conn: sqlite3.Connection, e: NewEntry, now: float | None = None) -> None:
+    """Adds a new entry with its recipients, and its `accepted` event to the history; now:
+    its creation time (default: the time of the call)."""
+    now = time.time() if now is None else now
     conn.execute(
         "INSERT INTO entries (id, kind, created, client, mail_from, size, data, next_attempt,"
         " envid, ret, state, last_error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",

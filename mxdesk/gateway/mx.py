@@ -123,32 +123,34 @@ class MxHandler:
 
     async def _authenticate(
         self, session: Any, content: bytes, mail_from: str, queue_id: str
-    ) -> tuple[bytes, str | None]:
-        """Our Authentication-Results header for the message as received, and the reply that
-        refuses it ([gateway.inbound_auth]; None: accept)."""
+    ) -> tuple[bytes, str | None, str]:
+        """Our Authentication-Results header for the message as received, the reply that
+        refuses it ([gateway.inbound_auth]; None: accept) and the verdicts for the log line."""
         if self._verifier is None:
-            return b"", None
+            return b"", None, ""
         peer = session.peer
         client_ip = str(peer[0]) if isinstance(peer, tuple) else None
         envelope = Envelope(client_ip, mail_from, session.host_name or "")
         checked = await self._verifier.check(content, envelope)
         reply = self._verifier.refusal(checked.verdicts)
-        log.info(
-            "queue_id=%s client=%s from=<%s> %s%s",
-            queue_id,
-            _client(session),
-            _clean(mail_from),
-            f"result=rejected reply={reply[:3]} " if reply else "",
-            checked.verdicts.summary(),
-        )
-        return checked.header, reply
+        summary = checked.verdicts.summary()
+        if reply:
+            log.info(
+                "queue_id=%s client=%s from=<%s> result=rejected reply=%s %s",
+                queue_id,
+                _client(session),
+                _clean(mail_from),
+                reply[:3],
+                summary,
+            )
+        return checked.header, reply, summary
 
     async def handle_DATA(self, server: Any, session: Any, envelope: GatewayEnvelope) -> str:
         queue_id = new_queue_id()
         content = envelope.original_content or b""
         # aiosmtpd keeps the null reverse-path (bounces, RFC 5321 §4.5.5) as "<>".
         mail_from = "" if envelope.mail_from == "<>" else envelope.mail_from or ""
-        auth, refused = await self._authenticate(session, content, mail_from, queue_id)
+        auth, refused, verdicts = await self._authenticate(session, content, mail_from, queue_id)
         if refused is not None:
             return refused
         # Ours above our Received: every Authentication-Results field above it is ours, each
@@ -176,13 +178,15 @@ class MxHandler:
             )
             return R451_LOCAL_ERROR
         self._metrics.accept("mx")
+        # One line per accepted message: the envelope, the verdicts, the queue id.
         log.info(
-            "queue_id=%s client=%s from=<%s> to=%s size=%d result=accepted",
+            "queue_id=%s client=%s from=<%s> to=%s size=%d %sresult=accepted",
             queue_id,
             entry.client,
             _clean(entry.mail_from),
             ",".join(f"<{_clean(r)}>" for r in envelope.rcpt_tos),
             len(data),
+            f"{verdicts} " if verdicts else "",
         )
         return f"250 2.0.0 Ok: queued as {queue_id}"
 

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from mxdesk.gateway.lmtp import LmtpError, Reply
 from mxdesk.gateway.retry import RetryPolicy
-from mxdesk.gateway.spool import DELIVERED, FAILED, Spool, SpoolEntry, SpoolError
+from mxdesk.gateway.spool import CLAIMED_KINDS, DELIVERED, FAILED, Spool, SpoolEntry, SpoolError
 from mxdesk.metrics import GatewayMetrics
 
 POLL_SECONDS = 5.0
@@ -72,9 +72,28 @@ class QueueRunner:
         self._log = logger
         self._inflight: dict[str, asyncio.Task[Outcome]] = {}
         self._wake = asyncio.Event()
+        # The spool may hold due entries that are not in flight: read it when there is room.
+        self._backlog = True
+        self._next_read = 0.0  # time.time() at which to read it anyway (retries, the CLI)
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
-        spool.on_commit(self._wake.set)
+        spool.on_commit(self._more)
+        if kind not in CLAIMED_KINDS:
+            spool.on_new_entry(self._take)
+
+    def _more(self) -> None:
+        self._backlog = True
+        self._wake.set()
+
+    def _take(self, entry: SpoolEntry) -> None:
+        """A new entry this process committed: delivered at once when there is room (no need
+        to read it back), else left for the next read of the spool."""
+        if entry.kind != self._kind or entry.id in self._inflight:
+            return
+        if self._task is None or self._stopping or len(self._inflight) >= self._concurrency:
+            self._more()
+            return
+        self._inflight[entry.id] = asyncio.create_task(self._dispose_logged(entry))
 
     async def attempt(self, entry: SpoolEntry) -> dict[str, Reply]:
         """One delivery attempt: a reply for every pending recipient, whatever happens."""
@@ -135,8 +154,9 @@ class QueueRunner:
         return Delivered()
 
     async def _dispose_logged(self, entry: SpoolEntry) -> Outcome:
+        outcome: Outcome = RetryLater(POLL_SECONDS, "the attempt did not end")
         try:
-            return await self.dispose(entry)
+            outcome = await self.dispose(entry)
         except Exception as exc:
             # The entry stays queued as it was; it is tried again at the next poll. A storage
             # error is the disk's (one line, not a traceback per attempt); anything else a bug.
@@ -145,10 +165,13 @@ class QueueRunner:
             else:
                 self._log.exception("queue_id=%s delivery attempt crashed: %s", entry.id, exc)
             await self.crashed(entry)
-            return RetryLater(POLL_SECONDS, str(exc))
+            outcome = RetryLater(POLL_SECONDS, str(exc))
         finally:
             self._inflight.pop(entry.id, None)
+            if not isinstance(outcome, Delivered):
+                self._backlog = True  # it is queued again: when, the spool says
             self._wake.set()
+        return outcome
 
     async def crashed(self, entry: SpoolEntry) -> None:
         """Called after an attempt raised; the entry must become due again."""
@@ -160,28 +183,38 @@ class QueueRunner:
         while not self._stopping:
             self._wake.clear()
             free = self._concurrency - len(self._inflight)
-            entries: list[SpoolEntry] = []
-            if free > 0:
+            if time.time() >= self._next_read:
+                self._backlog = True
+            if free > 0 and self._backlog:
+                self._backlog = False  # until a commit, an attempt that did not deliver …
+                entries: list[SpoolEntry] = []
                 try:
                     entries = await self._spool.due(self._kind, free, set(self._inflight))
                 except Exception as exc:
+                    self._backlog = True
                     self._log.error("cannot read the spool: %s", exc)
-            if self._stopping:
-                break
-            for entry in entries:
-                self._inflight[entry.id] = asyncio.create_task(self._dispose_logged(entry))
-            if entries and len(entries) == free:
-                continue
-            timeout = POLL_SECONDS
-            if not entries:
-                try:
-                    nxt = await self._spool.next_due_time(self._kind)
-                except Exception:
-                    nxt = None
-                if nxt is not None and nxt > time.time():
-                    timeout = min(timeout, nxt - time.time())
+                if self._stopping:
+                    break
+                for entry in entries:
+                    # One taken from a commit while the spool was read is in flight already.
+                    if entry.id not in self._inflight:
+                        self._inflight[entry.id] = asyncio.create_task(self._dispose_logged(entry))
+                if entries and len(entries) == free:
+                    self._backlog = True  # there may be more
+                    continue
+                timeout = POLL_SECONDS
+                if not entries:
+                    try:
+                        nxt = await self._spool.next_due_time(self._kind)
+                    except Exception:
+                        nxt = None
+                    if nxt is not None and nxt > time.time():
+                        timeout = min(timeout, nxt - time.time())
+                self._next_read = time.time() + timeout
+            # No room: the end of an attempt wakes the loop.
+            wait = POLL_SECONDS if free <= 0 else max(0.0, self._next_read - time.time())
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(wait):
                     await self._wake.wait()
 
     async def stop(self, grace: float = STOP_GRACE) -> None:

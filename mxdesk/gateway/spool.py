@@ -30,8 +30,9 @@ from mxdesk.gateway.entries import (
     damage,
     insert_entry,
     new_queue_id,
-    read_entry,
+    read_due,
     spool_counts,
+    spooled,
 )
 from mxdesk.gateway.spoolfile import fsync_dir, lock_spool
 from mxdesk.state import migrate
@@ -81,6 +82,7 @@ class Spool:
         ] = []
         self._committer: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[], None]] = []
+        self._takers: list[Callable[[SpoolEntry], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -162,6 +164,12 @@ class Spool:
         """Calls listener after every commit of new entries (runners wake up on it)."""
         self._listeners.append(listener)
 
+    def on_new_entry(self, taker: Callable[[SpoolEntry], None]) -> None:
+        """Hands taker every entry commit() made durable whose delivery needs no claim and may
+        start now, instead of calling the commit listeners for it: a runner delivers it from
+        memory rather than reading it back (and wakes itself when it has no room for it)."""
+        self._takers.append(taker)
+
     def committed_elsewhere(self) -> None:
         """A listener process committed new entries: the listeners are called as for ours."""
         for listener in self._listeners:
@@ -217,7 +225,13 @@ class Spool:
         Callers shield this so that a client hanging up cannot interrupt the commit: the
         transaction either happens whole or not at all.
         """
-        await self._transact(lambda conn: insert_entry(conn, entry), new=True)
+        created = time.time()
+        taken = bool(self._takers) and entry.kind not in CLAIMED_KINDS and not entry.held
+        taken = taken and entry.not_before <= created
+        await self._transact(lambda conn: insert_entry(conn, entry, created), new=not taken)
+        if taken:
+            for taker in self._takers:
+                taker(spooled(entry, created))
 
     async def transact(self, op: Callable[[sqlite3.Connection], None], *, new: bool) -> None:
         """Runs op in the next group commit (a fetcher's entries with its own state: both or
@@ -240,25 +254,7 @@ class Spool:
         if claim:
             conn.execute("BEGIN IMMEDIATE")
         try:
-            # Ids first: the entries in flight (exclude) are due too, and reading their data
-            # again each time one delivery ends cost more than the rest of this.
-            ids = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT id FROM entries WHERE state=? AND kind=? AND next_attempt<=?"
-                    " ORDER BY next_attempt LIMIT ?",
-                    (QUEUED, kind, time.time(), limit + len(exclude)),
-                )
-                if r[0] not in exclude
-            ][:limit]
-            marks = ",".join("?" * len(ids))
-            rows = (
-                conn.execute(f"SELECT * FROM entries WHERE id IN ({marks})", ids).fetchall()
-                if ids
-                else []
-            )
-            by_id = {r["id"]: r for r in rows}
-            entries = [read_entry(conn, by_id[i]) for i in ids if i in by_id]
+            entries = read_due(conn, kind, limit, exclude)
             # Held at start-up already; checked again in case a person released one.
             damaged = {
                 e.id: why

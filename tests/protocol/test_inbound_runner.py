@@ -13,8 +13,9 @@ from wire import send_message, stored_messages
 
 from mxdesk import config as cfg
 from mxdesk import state
+from mxdesk.gateway.entries import INBOUND
 from mxdesk.gateway.queuectl import list_entries
-from mxdesk.gateway.spool import HELD, QUEUED
+from mxdesk.gateway.spool import HELD, QUEUED, SpoolEntry
 
 
 async def test_store_down_200_accepted_then_all_delivered_once(short_tmp: Path) -> None:
@@ -131,5 +132,46 @@ async def test_kept_lmtp_connection_to_a_restarted_store_is_replaced(
         # Delivered at the first attempt: the stale connection was replaced, not counted.
         assert not list_entries(config.gateway.spool_path)
         assert not [m for m in caplog.messages if "deferred" in m]
+    finally:
+        await r.close()
+
+
+async def test_new_mail_goes_to_the_store_from_memory_the_rest_from_the_spool(
+    short_tmp: Path,
+) -> None:
+    """The runner delivers what the MX just committed without reading it back while it has
+    room; what finds it full waits in the spool and is read from there: each message once."""
+    config = make_config(short_tmp, inbound_retry={"concurrency": 2})
+    provision(config)
+    r = Running(config)
+    await r.start_store()
+    gateway = await r.start_gateway()
+    read: list[str] = []
+    due = gateway.spool.due
+
+    async def counted(kind: str, limit: int, exclude: set[str]) -> list[SpoolEntry]:
+        entries = await due(kind, limit, exclude)
+        read.extend(e.id for e in entries if e.kind == INBOUND)
+        return entries
+
+    gateway.spool.due = counted  # type: ignore[method-assign]
+    try:
+        one = await send_message(r.port, "a@example.org", [MAILBOX], b"Subject: 1\r\n\r\nx\r\n")
+        await wait_for(lambda: len(stored_messages(config.store.database)) == 1, what="filed")
+        assert read == [], "a message the runner had room for is not read back from the spool"
+        sem = asyncio.Semaphore(10)
+
+        async def send(i: int) -> str:
+            async with sem:
+                body = f"Subject: {i}\r\n\r\nx\r\n".encode()
+                return await send_message(r.port, f"c{i}@example.org", [MAILBOX], body)
+
+        replies = [one, *await asyncio.gather(*(send(i) for i in range(60)))]
+        ids = [x.split()[-1] for x in replies]
+        await wait_for(lambda: not list_entries(config.gateway.spool_path), what="drained")
+        rows = stored_messages(config.store.database)
+        assert Counter(row["queue_id"] for row in rows) == Counter(ids)
+        assert len(set(read)) == len(read), "no entry was read for a second attempt"
+        assert 0 < len(read) < len(ids)  # some found the runner full, most did not
     finally:
         await r.close()
