@@ -15,6 +15,7 @@ from mxdesk.store.parse import (
     MAX_SUBJECT,
     message_ids,
     parse_message,
+    parsed_whole,
     queue_id_of,
 )
 
@@ -260,3 +261,22 @@ def test_read_report_original_message_id() -> None:
     # A forwarded message outside a report names nothing.
     forward = multipart(b"Content-Type: message/rfc822\r\n\r\nMessage-ID: <f@x>\r\n\r\nb")
     assert parse_message(forward).report_refs == ()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"From: a@b.example\r\nSubject: Ol\xc3\xa1\r\n\r\nCorpo com acento: \xc3\xa1\r\n.\r\n",
+        b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        b"T2zDoSwgbXVuZG8K\r\n",
+        b"Content-Type: text/html\r\n\r\n<p>x</p>\r\n\r\n\r\n",
+        b"Subject: x\r\nnot a header\r\n\r\nbody\r\n",  # no empty line where the headers end
+        b"Subject: x\n\nLF only\r\n\r\nthen CRLF\r\n",
+        b"Subject: x\r\r\n\r\nbare CR\r\n",
+        b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nparte\r\n--b--\r\n",
+        b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\ncorpo\r\n",
+        b"Subject: headers only\r\n\r\n",
+    ],
+)
+def test_a_body_taken_whole_reads_as_the_feed_parser_reads_it(raw: bytes) -> None:
+    assert parse_message(raw) == parsed_whole(raw)
