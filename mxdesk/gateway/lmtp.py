@@ -39,6 +39,19 @@ class Reply:
 def dot_stuff(data: bytes) -> bytes:
     """Normalises line endings to CRLF, doubles leading dots and adds the final dot (RFC 5321
     §4.5.2). Bare CR and LF become CRLF so no line ending can be read as the end of data."""
+    crlf = data.count(b"\r\n")
+    if data.count(b"\r") == crlf and data.count(b"\n") == crlf:
+        # CRLF throughout (what the spool holds): the same, without splitting every line.
+        out = data.replace(b"\r\n.", b"\r\n..")
+        if out.startswith(b"."):
+            out = b"." + out
+        if out and not out.endswith(b"\r\n"):
+            out += b"\r\n"
+        return out + b".\r\n"
+    return _dot_stuff_lines(data)
+
+
+def _dot_stuff_lines(data: bytes) -> bytes:
     lines = re.split(rb"\r\n|\r|\n", data)
     if lines and lines[-1] == b"":
         lines.pop()

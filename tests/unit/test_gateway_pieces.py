@@ -1,8 +1,10 @@
 import asyncio
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from mxdesk.gateway.lmtp import dot_stuff
+from mxdesk.gateway.lmtp import _dot_stuff_lines, dot_stuff
 from mxdesk.gateway.retry import RetryPolicy
 from mxdesk.gateway.smtp import with_enhanced_code
 from mxdesk.smtpfast import BlockDataSMTP
@@ -14,6 +16,13 @@ def test_dot_stuffing_and_line_endings() -> None:
     assert dot_stuff(b"a\n.\nb") == b"a\r\n..\r\nb\r\n.\r\n"
     assert dot_stuff(b"a\r.\rb\r\n") == b"a\r\n..\r\nb\r\n.\r\n"
     assert dot_stuff(b"") == b".\r\n"
+
+
+@settings(max_examples=2000, derandomize=True, database=None)
+@given(st.lists(st.sampled_from([b".", b"\r\n", b"\r", b"\n", b"a", b"..", b" "]), max_size=30))
+def test_dot_stuffing_of_crlf_text_is_the_same_as_line_by_line(parts: list[bytes]) -> None:
+    data = b"".join(parts)
+    assert dot_stuff(data) == _dot_stuff_lines(data)
 
 
 def test_retry_is_exponential_and_capped() -> None:
