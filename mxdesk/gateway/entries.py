@@ -283,6 +283,24 @@ def insert_entry(conn: sqlite3.Connection, e: NewEntry, now: float | None = None
         history.record(conn, e.id, history.HELD, e.held)
 
 
+def delivered_whole(
+    conn: sqlite3.Connection, entry: SpoolEntry, results: dict[str, tuple[str, str]]
+) -> bool:
+    """The usual end of an attempt, every recipient pending before it and delivered by it:
+    recorded and deleted as apply_results does, without writing and counting the recipients
+    first. False, with nothing done, for any other outcome."""
+    if len(results) != len(entry.recipients) or any(
+        r.status != PENDING or results.get(r.mailbox, ("",))[0] != DELIVERED
+        for r in entry.recipients
+    ):
+        return False
+    n = len(results)
+    to = "to its recipient" if n == 1 else f"to all {n} recipients"
+    history.record(conn, entry.id, history.DELIVERED, to)
+    conn.execute("DELETE FROM entries WHERE id=?", (entry.id,))
+    return True
+
+
 def apply_results(
     conn: sqlite3.Connection,
     entry_id: str,

@@ -203,6 +203,8 @@ class GatewaySMTP(BlockDataSMTP):
 
 
 def _printable(line: str) -> str:
+    if line.isprintable():  # the usual reply (a surrogate escape is not printable)
+        return line
     return "".join(
         c if (c.isprintable() or c == " ") and not "\udc80" <= c <= "\udcff" else "?" for c in line
     )

@@ -28,6 +28,7 @@ from mxdesk.gateway.entries import (
     SpoolEntry,
     apply_results,
     damage,
+    delivered_whole,
     insert_entry,
     new_queue_id,
     read_due,
@@ -328,6 +329,8 @@ class Spool:
             attempts = [(m, status, reply) for m, (status, reply) in results.items()]
             attempts += [(m, history.DEFERRED, reply) for m, reply in (deferred or {}).items()]
             history.record_attempts(conn, entry.id, entry.kind, attempts)
+            if not notices and not notified and delivered_whole(conn, entry, results):
+                return
             for notice in notices:
                 insert_entry(conn, notice)
                 to = ", ".join(f"<{r.mailbox}>" for r in notice.recipients)

@@ -15,12 +15,17 @@ from mxdesk import config as cfg
 from mxdesk.configread import Listen
 from mxdesk.gateway import history
 from mxdesk.gateway.entries import (
+    DELIVERED,
+    FAILED,
     SCHEMA,
     NewEntry,
     Recipient,
+    apply_results,
+    delivered_whole,
     insert_entry,
     read_entry,
     spool_counts,
+    spooled,
 )
 from mxdesk.gateway.queuectl import invoking_user
 from mxdesk.gateway.spool import Spool
@@ -95,6 +100,34 @@ def test_accepted_and_held_at_commit_are_recorded() -> None:
         events[0].detail == "from <suporte@marca.example> to <cliente@example.com> (uid 0, 1 bytes)"
     )
     assert events[1].detail == "domain marca.example not active yet"
+
+
+def test_an_entry_delivered_whole_ends_as_the_long_way_ends_it() -> None:
+    """delivered_whole (every recipient delivered by one attempt) leaves the same history and
+    spool as apply_results; any other outcome is left to apply_results."""
+    two = (
+        Recipient("a@x.example", "a@x.example", "m"),
+        Recipient("b@x.example", "b@x.example", "m"),
+    )
+    ends = []
+    for fast in (True, False):
+        conn = spool_db()
+        new = NewEntry("Q1", "in", "127.0.0.1", "c@y.example", two, b"x")
+        insert_entry(conn, new, 100.0)
+        results = {r.mailbox: (DELIVERED, "250 ok") for r in two}
+        if not (fast and delivered_whole(conn, spooled(new, 100.0), results)):
+            apply_results(conn, "Q1", results, None, False, "", False)
+        rows = conn.execute("SELECT event, detail FROM history WHERE entry='Q1' ORDER BY seq")
+        ends.append(([tuple(r) for r in rows], conn.execute("SELECT count(*) FROM entries")))
+    assert ends[0][0] == ends[1][0] and ends[0][0][-1] == ("delivered", "to all 2 recipients")
+    assert ends[0][1].fetchone()[0] == ends[1][1].fetchone()[0] == 0
+    conn = spool_db()
+    new = NewEntry("Q2", "in", "127.0.0.1", "c@y.example", two, b"x")
+    insert_entry(conn, new, 100.0)
+    one_failed = {"a@x.example": (DELIVERED, "250 ok"), "b@x.example": (FAILED, "550 no")}
+    assert not delivered_whole(conn, spooled(new, 100.0), one_failed)
+    assert not delivered_whole(conn, spooled(new, 100.0), {"a@x.example": (DELIVERED, "250")})
+    assert conn.execute("SELECT count(*) FROM history WHERE entry='Q2'").fetchone()[0] == 1
 
 
 def test_a_spool_without_history_reads_as_empty() -> None:
