@@ -74,6 +74,9 @@ class JournalFormatter(logging.Formatter):
 
 
 def setup_logging(level: str) -> None:
+    # No line shows the process, the thread or the multiprocessing name: a record need not
+    # ask for them (os.getpid() is a system call; three records per message).
+    logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     if stderr_is_journal():
         handler.setFormatter(JournalFormatter())
