@@ -14,6 +14,7 @@ import dns.asyncresolver
 from mxdesk.config import OutboundConfig
 from mxdesk.gateway.lmtp import Reply
 from mxdesk.gateway.mxroute import MxResolver, RouteError, build_resolver
+from mxdesk.gateway.pipelining import Stale, can_pipeline
 from mxdesk.gateway.smtpclient import (
     BAD_ADDRESS,
     Connector,
@@ -143,9 +144,10 @@ class SmtpDeliverer:
         async with self._slot(host.name):
             try:
                 session = await self._take(host.name, ident)
-                return await self._run(
-                    job, session or await self._connector.open_smarthost(host, ident)
-                )
+                if session is not None:
+                    with contextlib.suppress(Unusable):  # closed while it was kept: a new one
+                        return await self._run(job, session)
+                return await self._run(job, await self._connector.open_smarthost(host, ident))
             except Unusable as exc:
                 # The smarthost's own trouble (down, TLS, password) is the admin's to fix: retry.
                 return self._all(entry, rcpts, soften(exc.reply))
@@ -153,12 +155,16 @@ class SmtpDeliverer:
     # -- the transaction --------------------------------------------------------------------
 
     async def _run(self, job: Job, session: SmtpSession) -> Replies:
-        """One transaction on session; the session is kept for the next message if it is sane."""
+        """One transaction on session; the session is kept for the next message if it is sane.
+        Raises Unusable when a kept session turned out closed before the message began."""
         results: Replies = {}
         sane = False
         try:
             await transaction(job, session, results)
             sane = session.smtp.is_connected
+        except Stale as exc:
+            text = f"4.4.2 {session.relay}: kept connection no longer usable: {exc}"
+            raise Unusable(RemoteReply(451, text, session.remote)) from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
             # Disconnected or timed out before the final reply: nobody knows, so try again later.
             text = f"4.4.2 {session.relay}: lost connection: {reason_of(exc)}"
@@ -196,8 +202,12 @@ class SmtpDeliverer:
             self._idle[dest].remove(session)
             if session.timer is not None:
                 session.timer.cancel()
+            probe = min(PROBE_SECONDS, self._cfg.command_timeout)
+            if session.smtp.is_connected and can_pipeline(session.smtp):
+                session.probe = probe  # the RSET goes with the next transaction's commands
+                return session
             try:
-                await session.smtp.rset(timeout=min(PROBE_SECONDS, self._cfg.command_timeout))
+                await session.smtp.rset(timeout=probe)
                 return session
             except (aiosmtplib.SMTPException, OSError):
                 session.smtp.close()  # the server closed it meanwhile

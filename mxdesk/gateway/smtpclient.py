@@ -75,6 +75,9 @@ class SmtpSession:
     ident: object  # who may reuse it: None for MX hosts, the smarthost's settings otherwise
     tls: bool = False
     timer: asyncio.TimerHandle | None = None
+    # Kept from an earlier message and not checked since: the next pipelined group starts
+    # with an RSET answered within this many seconds (pipelining.commands).
+    probe: float | None = None
 
     @property
     def relay(self) -> str:
@@ -297,8 +300,9 @@ async def transaction(job: Job, session: SmtpSession, results: Replies) -> None:
     rcpt_lines = [b"RCPT TO:" + _angle(rcpt) for rcpt in job.rcpts]
     start: aiosmtplib.SMTPResponse | None = None
     if pipelining.can_pipeline(smtp):
+        probe, session.probe = session.probe, None
         mail, *answers, start = await pipelining.commands(
-            smtp, [mail_line, *rcpt_lines, b"DATA"], smtp.timeout
+            smtp, [mail_line, *rcpt_lines, b"DATA"], smtp.timeout, probe=probe
         )
     else:
         mail = await smtp.execute_command(mail_line)

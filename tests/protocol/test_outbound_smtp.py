@@ -212,6 +212,7 @@ class Server:
         self.smtp = smtp
         self.open = self.peak = self.total = 0
         self.chunks: list[bytes] = []  # what each read from a client brought
+        self.drop_next = False  # close the connection that sends next, reading nothing of it
         self.transports: list[asyncio.BaseTransport] = []
         self.server: asyncio.Server | None = None
 
@@ -232,6 +233,11 @@ class Server:
 
             def data_received(self, data: bytes) -> None:
                 owner.chunks.append(data)
+                if owner.drop_next:
+                    owner.drop_next = False
+                    assert self.transport is not None
+                    self.transport.close()
+                    return
                 super().data_received(data)
 
         loop = asyncio.get_running_loop()
@@ -339,6 +345,25 @@ async def test_kept_connection_reused_then_dropped(
     monkeypatch.setattr(outbound, "IDLE_SECONDS", 0.05)
     await d.deliver(make_entry("ok@a.example"))
     await wait_for(lambda: s.open == 1, what="an idle connection to expire")  # b.example's stays
+    await d.close()
+
+
+async def test_a_kept_connection_is_checked_in_the_pipelined_group(
+    dns: DnsServer, servers: Any
+) -> None:
+    """With PIPELINING the RSET that checks a kept connection leads the next transaction's
+    commands (no round trip of its own); a connection that turns out closed then costs
+    nothing but a new one: the message is neither deferred nor delivered twice."""
+    s = await servers()
+    s.handler.pipelining = True
+    d = deliverer(dns, s.port)
+    for _ in range(2):
+        assert (await d.deliver(make_entry("ok@a.example")))["ok@a.example"].code == 250
+    assert s.total == 1
+    assert any(c.startswith(b"RSET\r\nMAIL FROM:") for c in s.chunks)
+    s.drop_next = True  # closed by the server just as the next group arrives
+    assert (await d.deliver(make_entry("ok@a.example")))["ok@a.example"].code == 250
+    assert s.total == 2 and len(s.handler.messages) == 3
     await d.close()
 
 
