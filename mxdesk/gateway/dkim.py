@@ -4,6 +4,7 @@ signature by OpenSSL; dkimpy verifies (inbound verdicts, tests)."""
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 import time
@@ -56,26 +57,34 @@ def _fields(head: bytes) -> list[tuple[bytes, bytes]]:
 
 def _relaxed_header(name: bytes, value: bytes) -> bytes:
     """RFC 6376 §3.4.2: name lowered, value unfolded, runs of WSP one SP, no WSP at the ends."""
-    value = _WSP.sub(b" ", value.replace(b"\r\n", b"")).strip(b" ")
-    return name.rstrip(b" \t").lower() + b":" + value
+    value = value.replace(b"\r\n", b"")
+    if b"\t" in value or b"  " in value:  # else every run of WSP is one SP already
+        value = _WSP.sub(b" ", value)
+    return name.rstrip(b" \t").lower() + b":" + value.strip(b" ")
 
 
 def relaxed_body(body: bytes) -> bytes:
     """RFC 6376 §3.4.4 on a CRLF body: runs of WSP one SP, none at line ends, no empty lines at
     the end, a final CRLF unless empty."""
-    body = _WSP.sub(b" ", body).replace(b" \r\n", b"\r\n")
+    if b"\t" in body or b"  " in body:  # else every run of WSP is one SP already
+        body = _WSP.sub(b" ", body)
+    body = body.replace(b" \r\n", b"\r\n")
     body = body.rstrip(b"\r\n") if body.endswith(b"\r\n") else body.rstrip(b" ")
     return body + b"\r\n" if body else b""
 
 
 def _include(fields: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
-    present = [name.rstrip(b" \t").lower() for name, _ in fields]
+    return list(_include_names(tuple(name.rstrip(b" \t").lower() for name, _ in fields)))
+
+
+@functools.lru_cache(maxsize=256)  # mail from one program has the same fields, in one order
+def _include_names(present: tuple[bytes, ...]) -> tuple[bytes, ...]:
     include: list[bytes] = []
     for name in SIGNED:
         include += [name] * present.count(name)
     for name in OVERSIGNED:
         include += [name] * (present.count(name) + 1)
-    return include
+    return tuple(include)
 
 
 def _fold(tags: Sequence[tuple[bytes, bytes]]) -> bytes:
@@ -83,8 +92,11 @@ def _fold(tags: Sequence[tuple[bytes, bytes]]) -> bytes:
     characters; relaxed canonicalisation reads the folds as the spaces they replace."""
     lines, line = [], b"DKIM-Signature:"
     for i, (tag, value) in enumerate(tags):
-        words = (tag + b"=" + value + (b";" if i < len(tags) - 1 else b"")).split(b" ")
-        for word in words:
+        text = tag + b"=" + value + (b";" if i < len(tags) - 1 else b"")
+        if len(line) + 1 + len(text) <= 78:  # the whole tag fits: word by word would too
+            line += b" " + text
+            continue
+        for word in text.split(b" "):
             if len(line) + 1 + len(word) > 78 and line.strip():
                 lines.append(line)
                 line = b"\t" + word
