@@ -57,7 +57,9 @@ def _fields(head: bytes) -> list[tuple[bytes, bytes]]:
 
 def _relaxed_header(name: bytes, value: bytes) -> bytes:
     """RFC 6376 §3.4.2: name lowered, value unfolded, runs of WSP one SP, no WSP at the ends."""
-    value = value.replace(b"\r\n", b"")
+    # A fold's CRLF goes; its tab counts as the one space it stands for, so that a value folded
+    # at single spaces (ours) needs no regular expression either.
+    value = value.replace(b"\r\n\t", b" ").replace(b"\r\n", b"")
     if b"\t" in value or b"  " in value:  # else every run of WSP is one SP already
         value = _WSP.sub(b" ", value)
     return name.rstrip(b" \t").lower() + b":" + value.strip(b" ")
@@ -87,12 +89,14 @@ def _include_names(present: tuple[bytes, ...]) -> tuple[bytes, ...]:
     return tuple(include)
 
 
-def _fold(tags: Sequence[tuple[bytes, bytes]]) -> bytes:
-    """The tag list folded between tags (and inside h= at its spaces) so that no line exceeds 78
-    characters; relaxed canonicalisation reads the folds as the spaces they replace."""
-    lines, line = [], b"DKIM-Signature:"
+def _fold_into(
+    lines: list[bytes], line: bytes, tags: Sequence[tuple[bytes, bytes]], last: bool
+) -> bytes:
+    """Adds tags to the folded lines (and the current line, returned): folded between tags
+    (and inside h= at its spaces) so that no line exceeds 78 characters; relaxed
+    canonicalisation reads the folds as the spaces they replace. last: the final tags."""
     for i, (tag, value) in enumerate(tags):
-        text = tag + b"=" + value + (b";" if i < len(tags) - 1 else b"")
+        text = tag + b"=" + value + (b"" if last and i == len(tags) - 1 else b";")
         if len(line) + 1 + len(text) <= 78:  # the whole tag fits: word by word would too
             line += b" " + text
             continue
@@ -102,7 +106,22 @@ def _fold(tags: Sequence[tuple[bytes, bytes]]) -> bytes:
                 line = b"\t" + word
             else:
                 line += b" " + word
-    lines.append(line)
+    return line
+
+
+@functools.lru_cache(maxsize=64)
+def _folded_head(tags: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, ...], bytes]:
+    """The tags that are the same for every message of a key and a set of fields (h= is the
+    long one), folded once."""
+    lines: list[bytes] = []
+    line = _fold_into(lines, b"DKIM-Signature:", tags, last=False)
+    return tuple(lines), line
+
+
+def _fold(fixed: tuple[tuple[bytes, bytes], ...], varying: Sequence[tuple[bytes, bytes]]) -> bytes:
+    done, line = _folded_head(fixed)
+    lines = list(done)
+    lines.append(_fold_into(lines, line, varying, last=True))
     return b"\r\n".join(lines)
 
 
@@ -116,18 +135,20 @@ def signature_header(message: bytes, key: DkimKey, now: float | None = None) -> 
     fields = _fields(head)
     include = _include(fields)
     body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
-    tags = [
+    fixed = (
         (b"v", b"1"),
         (b"a", key.algorithm),
         (b"c", b"relaxed/relaxed"),
         (b"d", key.domain.encode()),
         (b"s", key.selector.encode()),
-        (b"t", str(int(now if now is not None else time.time())).encode()),
         (b"h", b" : ".join(include)),
+    )
+    varying = (
+        (b"t", str(int(now if now is not None else time.time())).encode()),
         (b"bh", body_hash),
         (b"b", b""),
-    ]
-    unsigned = _fold(tags)  # ends in "b=": the signature is appended after hashing
+    )
+    unsigned = _fold(fixed, varying)  # ends in "b=": the signature is appended after hashing
     # RFC 6376 §5.4.2: each named field from the bottom up; a name listed once more than the
     # fields it has (over-signing) adds nothing.
     remaining: dict[bytes, list[tuple[bytes, bytes]]] = {}
