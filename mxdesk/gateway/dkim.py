@@ -75,8 +75,8 @@ def relaxed_body(body: bytes) -> bytes:
     return body + b"\r\n" if body else b""
 
 
-def _include(fields: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
-    return list(_include_names(tuple(name.rstrip(b" \t").lower() for name, _ in fields)))
+def _include(fields: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, ...]:
+    return _include_names(tuple(name.rstrip(b" \t").lower() for name, _ in fields))
 
 
 @functools.lru_cache(maxsize=256)  # mail from one program has the same fields, in one order
