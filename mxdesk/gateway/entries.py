@@ -294,11 +294,19 @@ def delivered_whole(
         for r in entry.recipients
     ):
         return False
-    n = len(results)
-    to = "to its recipient" if n == 1 else f"to all {n} recipients"
-    history.record(conn, entry.id, history.DELIVERED, to)
-    conn.execute("DELETE FROM entries WHERE id=?", (entry.id,))
+    _ended(conn, entry.id, len(results), "")
     return True
+
+
+def _ended(conn: sqlite3.Connection, entry_id: str, delivered: int, bounced: str) -> None:
+    """Records how an entry ended (bounced: the error, "" when every recipient got it) and
+    deletes it."""
+    if bounced:
+        history.record(conn, entry_id, history.BOUNCED, bounced)
+    else:
+        to = "to its recipient" if delivered == 1 else f"to all {delivered} recipients"
+        history.record(conn, entry_id, history.DELIVERED, to)
+    conn.execute("DELETE FROM entries WHERE id=?", (entry_id,))
 
 
 def apply_results(
@@ -323,13 +331,7 @@ def apply_results(
         ).fetchall()
     )
     if not counts.get(PENDING) and (drop_failed or not counts.get(FAILED)):
-        if counts.get(FAILED):
-            history.record(conn, entry_id, history.BOUNCED, error)
-        else:
-            n = counts.get(DELIVERED, 0)
-            to = "to its recipient" if n == 1 else f"to all {n} recipients"
-            history.record(conn, entry_id, history.DELIVERED, to)
-        conn.execute("DELETE FROM entries WHERE id=?", (entry_id,))
+        _ended(conn, entry_id, counts.get(DELIVERED, 0), error if counts.get(FAILED) else "")
         return
     state = HELD if hold or not counts.get(PENDING) else QUEUED
     conn.execute(

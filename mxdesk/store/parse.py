@@ -138,17 +138,11 @@ def message_ids(text: str, limit: int = MAX_REFERENCES) -> list[str]:
 
 def parse_message(raw: bytes, *, whole: bool = False) -> ParsedMessage:
     """Parses raw message bytes; never raises, a message it cannot parse is kept as text.
-    whole: see _parse."""
+    whole: every line through the feed parser (what the faster way must equal; see _parse)."""
     try:
         return _Builder(_parse(raw, whole=whole)).build()
     except Exception as exc:  # a parser bug or absurd nesting must not lose the message
         return _unparsed(raw, exc)
-
-
-def parsed_whole(raw: bytes) -> ParsedMessage:
-    """parse_message(raw) with every line through the feed parser (what the faster way must
-    equal)."""
-    return parse_message(raw, whole=True)
 
 
 def _bounded() -> _BoundedPolicy:

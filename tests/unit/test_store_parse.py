@@ -15,7 +15,6 @@ from mxdesk.store.parse import (
     MAX_SUBJECT,
     message_ids,
     parse_message,
-    parsed_whole,
     queue_id_of,
 )
 
@@ -279,4 +278,4 @@ def test_read_report_original_message_id() -> None:
     ],
 )
 def test_a_body_taken_whole_reads_as_the_feed_parser_reads_it(raw: bytes) -> None:
-    assert parse_message(raw) == parsed_whole(raw)
+    assert parse_message(raw) == parse_message(raw, whole=True)
