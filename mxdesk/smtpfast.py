@@ -12,6 +12,10 @@ from aiosmtpd.smtp import SMTP
 
 S = TypeVar("S", bound=SMTP)
 
+# While a message arrives its reader holds up to twice this before it stops reading the socket;
+# a command line keeps aiosmtpd's limit (line_length_limit, 1001 bytes).
+DATA_BLOCK = 262144
+
 
 def with_extensions(responses: list[str]) -> list[str]:
     """aiosmtpd's EHLO/LHLO lines plus PIPELINING (RFC 2920) and ENHANCEDSTATUSCODES (RFC 2034),
@@ -43,6 +47,7 @@ class BlockDataSMTP(SMTP):
     to pipelined commands sent together."""
 
     in_data = False
+    _deadline = 0.0  # loop.time() at which the session times out, unless it moves again
     _held = b""  # 250 replies not sent yet: the client pipelined more commands behind them
 
     async def push(self, status: AnyStr) -> None:
@@ -68,6 +73,25 @@ class BlockDataSMTP(SMTP):
             response, self._held = self._held + response, b""
         self._writer.write(response)
         await self._writer.drain()
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """The idle timeout starts again (aiosmtpd calls this for every command and block of
+        data). aiosmtpd cancelled a timer and made a new one each time; here a session keeps
+        one timer, which looks at the deadline when it fires and waits again if it moved."""
+        deadline = self.loop.time() + (duration or self._timeout_duration)
+        handle = self._timeout_handle
+        self._deadline = deadline
+        if handle is not None and not handle.cancelled() and handle.when() <= deadline:
+            return  # it fires first, and waits for the rest
+        if handle is not None:
+            handle.cancel()
+        self._timeout_handle = self.loop.call_at(deadline, self._timeout_due)
+
+    def _timeout_due(self) -> None:
+        if self.loop.time() < self._deadline:
+            self._timeout_handle = self.loop.call_at(self._deadline, self._timeout_due)
+            return
+        self._timeout_cb()  # type: ignore[no-untyped-call]
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's address parser (email's header parser) costs a quarter of a millisecond
@@ -97,9 +121,15 @@ class BlockDataSMTP(SMTP):
         if arg:
             await self.push("501 Syntax: DATA")
             return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        # The reader's limit is also its flow control: with the line limit it stopped and
+        # restarted reading the socket (two epoll calls and a turn of the loop) for every
+        # message of more than 2 KB. Set before the 354, so that no data arrives under the
+        # line limit.
+        reader, line_limit = self._reader, self._reader._limit  # type: ignore[attr-defined]
+        reader._limit = max(line_limit, DATA_BLOCK)  # type: ignore[attr-defined]
         self.in_data = True
         try:
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
             content = await self._read_data()
             if content is None:
                 await self.push("552 Error: message size exceeds fixed maximum message size")
@@ -109,6 +139,7 @@ class BlockDataSMTP(SMTP):
             status = await self._call_handler_hook("DATA")
         finally:
             self.in_data = False
+            reader._limit = line_limit  # type: ignore[attr-defined]
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push(status)
 
@@ -133,7 +164,7 @@ class BlockDataSMTP(SMTP):
                 discarded += len(buf) - 4
                 del buf[:-4]
             searched = len(buf)
-            chunk = await self._reader.read(65536)
+            chunk = await self._reader.read(DATA_BLOCK)
             if not chunk:
                 raise ConnectionResetError("connection closed during DATA")
             # A message that keeps coming is not idle: timeouts are per read (RFC 5321

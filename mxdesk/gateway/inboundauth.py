@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import dns.resolver
 
-from mxdesk.gateway import authresults
+from mxdesk.gateway import authresults, dmarc
 from mxdesk.gateway.verdictdns import Lookups, Memo, NotCached, build_resolver, cached_only
 from mxdesk.gateway.verdicts import Envelope, Verdicts, compute, unverified
 from mxdesk.inboundauthconfig import InboundAuthConfig
@@ -70,6 +70,9 @@ class InboundVerifier:
         self._offline = cached_only(self._resolver)
         self._memo = Memo()
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="mxdesk-verdicts")
+        # The public suffix list (DMARC's organizational domains) is read now, not by the first
+        # messages: 30 ms or more, once in each worker that got there first.
+        dmarc.org_domain("example.com")
 
     async def check(self, message: bytes, envelope: Envelope) -> Checked:
         """The verdicts of message as received (before anything is added or removed) and the

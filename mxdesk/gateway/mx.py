@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from email.utils import formatdate
 from typing import Any
@@ -34,6 +33,8 @@ def _client(session: Any) -> str:
 
 def _clean(text: str, limit: int = 255) -> str:
     """A value from the client, safe to put in a header or a log line."""
+    if text.isprintable():
+        return text[:limit]
     return "".join(c if c.isprintable() else "?" for c in text)[:limit]
 
 
@@ -166,9 +167,9 @@ class MxHandler:
                 recipients.append(Recipient(route.original, route.mailbox, route.tenant))
         entry = NewEntry(queue_id, INBOUND, _client(session), mail_from, tuple(recipients), data)
         try:
-            # Shielded: a client that hangs up after the final dot cannot cancel the commit
-            # half-way; the transaction happens whole (and the message is delivered) or not.
-            await asyncio.shield(self._spool.commit(entry))
+            # A client that hangs up after the final dot cannot cancel the commit half-way:
+            # once queued, the transaction happens whole (and the message is delivered) or not.
+            await self._spool.commit(entry)
         except SpoolError:
             log.error(
                 "queue_id=%s client=%s from=<%s> not spooled: storage error",

@@ -35,6 +35,7 @@ from mxdesk.gateway.entries import (
     spool_counts,
     spooled,
 )
+from mxdesk.gateway.groupcommit import CommitError, GroupCommit, Op
 from mxdesk.gateway.spoolfile import fsync_dir, lock_spool
 from mxdesk.state import migrate
 
@@ -78,10 +79,9 @@ class Spool:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
         self._conn: sqlite3.Connection | None = None
         self._lock: int | None = None  # the descriptor of lock_spool()
-        self._pending: list[
-            tuple[Callable[[sqlite3.Connection], None], asyncio.Future[None], bool]
-        ] = []
-        self._committer: asyncio.Task[None] | None = None
+        self._group = GroupCommit(
+            self._executor, lambda ops: self._write_batch(ops), self.committed_elsewhere
+        )
         self._listeners: list[Callable[[], None]] = []
         self._takers: list[Callable[[SpoolEntry], None]] = []
 
@@ -139,8 +139,8 @@ class Spool:
             history.record(conn, entry_id, history.HELD, reason)
 
     async def close(self) -> None:
-        if self._committer is not None:
-            await self._committer
+        while self._group.draining:  # the commits under way and queued end first
+            await self._run(lambda: None)
         await self._run(self._close)
         self._executor.shutdown(wait=True)
 
@@ -172,40 +172,21 @@ class Spool:
         self._takers.append(taker)
 
     def committed_elsewhere(self) -> None:
-        """A listener process committed new entries: the listeners are called as for ours."""
+        """New entries were committed (here, or by a listener process): the listeners are
+        called."""
         for listener in self._listeners:
             listener()
 
     # -- group commit ----------------------------------------------------------------------
 
-    async def _transact(self, op: Callable[[sqlite3.Connection], None], *, new: bool) -> None:
-        """Runs op inside a transaction shared with every op queued meanwhile: one fsync for
-        all of them. If the transaction fails, every op in it fails (nothing half-done)."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((op, future, new))
-        if self._committer is None or self._committer.done():
-            self._committer = asyncio.create_task(self._commit_loop())
-        await future
+    async def _transact(self, op: Op, *, new: bool, then: Callable[[], None] | None = None) -> None:
+        """Runs op in the next group commit; raises SpoolError if its transaction failed."""
+        try:
+            await self._group.run(op, new=new, then=then)
+        except CommitError as exc:
+            raise SpoolError(str(exc)) from None
 
-    async def _commit_loop(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                await self._run(self._write_batch, [op for op, _, _ in batch])
-            except Exception as exc:
-                log.error("spool transaction of %d operations failed: %s", len(batch), exc)
-                for _, fut, _ in batch:
-                    if not fut.done():
-                        fut.set_exception(SpoolError(str(exc)))
-                continue
-            for _, fut, _ in batch:
-                if not fut.done():
-                    fut.set_result(None)
-            if any(new for _, _, new in batch):
-                for listener in self._listeners:
-                    listener()
-
-    def _write_batch(self, ops: list[Callable[[sqlite3.Connection], None]]) -> None:
+    def _write_batch(self, ops: list[Op]) -> None:
         conn = self._db()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -223,18 +204,22 @@ class Spool:
     async def commit(self, entry: NewEntry) -> None:
         """Makes entry durable; raises SpoolError on failure.
 
-        Callers shield this so that a client hanging up cannot interrupt the commit: the
-        transaction either happens whole or not at all.
+        A caller that stops waiting (a client hanging up after the final dot) does not
+        interrupt the commit: the transaction happens whole or not at all, and a committed
+        entry is delivered either way.
         """
         created = time.time()
         taken = bool(self._takers) and entry.kind not in CLAIMED_KINDS and not entry.held
         taken = taken and entry.not_before <= created
-        await self._transact(lambda conn: insert_entry(conn, entry, created), new=not taken)
-        if taken:
+
+        def hand_over() -> None:
             for taker in self._takers:
                 taker(spooled(entry, created))
 
-    async def transact(self, op: Callable[[sqlite3.Connection], None], *, new: bool) -> None:
+        op = lambda conn: insert_entry(conn, entry, created)  # noqa: E731
+        await self._transact(op, new=not taken, then=hand_over if taken else None)
+
+    async def transact(self, op: Op, *, new: bool) -> None:
         """Runs op in the next group commit (a fetcher's entries with its own state: both or
         neither); new: op adds entries, so the runners are woken. Raises SpoolError."""
         await self._transact(op, new=new)

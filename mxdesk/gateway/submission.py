@@ -251,7 +251,7 @@ class SubmissionHandler:
             held=held,
         )
         try:
-            await asyncio.shield(self._spool.commit(entry))
+            await self._spool.commit(entry)
         except SpoolError:
             log.error("queue_id=%s from=<%s> not spooled: storage error", queue_id, entry.mail_from)
             return R451_LOCAL_ERROR

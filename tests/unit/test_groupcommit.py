@@ -1,0 +1,145 @@
+"""The spool's group commit: commits made at the same time share transactions, a caller that
+stops waiting does not stop its commit, a failed transaction fails each of its operations and
+nothing else, and reads are not held up behind a long run of commits."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mxdesk.gateway.entries import NewEntry, Recipient, SpoolEntry
+from mxdesk.gateway.groupcommit import DRAIN_BATCHES
+from mxdesk.gateway.spool import Spool, SpoolError
+
+RCPT = Recipient("suporte@marca.example", "suporte@marca.example", "marca")
+
+
+def entry(queue_id: str) -> NewEntry:
+    return NewEntry(queue_id, "in", "192.0.2.1", "c@example.com", (RCPT,), b"Subject: x\r\n\r\nx")
+
+
+def ids(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {row[0] for row in conn.execute("SELECT id FROM entries")}
+
+
+class Counting:
+    """Counts the transactions the spool writes, and can make them slow or fail."""
+
+    def __init__(self, spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.batches: list[int] = []
+        self.fail = False
+        self.gate = threading.Event()
+        self.gate.set()
+        original = Spool._write_batch
+
+        def write(spool_self: Spool, ops: list[object]) -> None:
+            self.gate.wait(10)
+            self.batches.append(len(ops))
+            if self.fail:
+                raise sqlite3.OperationalError("disk I/O error")
+            original(spool_self, ops)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(Spool, "_write_batch", write)
+
+
+async def test_commits_at_the_same_time_share_transactions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path / "spool.db")
+    await spool.open()
+    counting = Counting(spool, monkeypatch)
+    counting.gate.clear()  # the first transaction waits: the others queue behind it
+    first = asyncio.ensure_future(spool.commit(entry("Q0")))
+    await asyncio.sleep(0.05)
+    rest = [asyncio.ensure_future(spool.commit(entry(f"Q{i}"))) for i in range(1, 50)]
+    await asyncio.sleep(0.05)
+    counting.gate.set()
+    await asyncio.gather(first, *rest)
+    await spool.close()
+    assert ids(tmp_path / "spool.db") == {f"Q{i}" for i in range(50)}
+    assert counting.batches == [1, 49]
+
+
+async def test_a_caller_that_stops_waiting_does_not_stop_its_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path / "spool.db")
+    await spool.open()
+    taken: list[SpoolEntry] = []
+    spool.on_new_entry(taken.append)
+    counting = Counting(spool, monkeypatch)
+    counting.gate.clear()
+    waiting = asyncio.ensure_future(spool.commit(entry("Q1")))
+    await asyncio.sleep(0.05)
+    waiting.cancel()  # the client hung up after the final dot
+    await asyncio.sleep(0.05)
+    counting.gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await spool.close()
+    assert ids(tmp_path / "spool.db") == {"Q1"}
+    # Committed, so handed to the inbound runner as if the caller had waited.
+    assert [e.id for e in taken] == ["Q1"]
+
+
+async def test_a_failed_transaction_fails_its_operations_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path / "spool.db")
+    await spool.open()
+    taken: list[SpoolEntry] = []
+    spool.on_new_entry(taken.append)
+    counting = Counting(spool, monkeypatch)
+    counting.fail = True
+    failed = await asyncio.gather(
+        *(spool.commit(entry(f"F{i}")) for i in range(5)), return_exceptions=True
+    )
+    assert all(isinstance(f, SpoolError) for f in failed)
+    counting.fail = False
+    await spool.commit(entry("OK"))
+    await spool.close()
+    assert ids(tmp_path / "spool.db") == {"OK"}
+    assert [e.id for e in taken] == ["OK"]  # nothing failed is handed over
+
+
+async def test_reads_get_their_turn_during_a_long_run_of_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path / "spool.db")
+    await spool.open()
+    counting = Counting(spool, monkeypatch)
+    original = Spool._write_batch
+
+    def slow(spool_self: Spool, ops: list[object]) -> None:
+        time.sleep(0.005)  # new commits arrive during every transaction
+        original(spool_self, ops)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Spool, "_write_batch", slow)
+    commits: list[asyncio.Future[None]] = []
+    stop = False
+
+    async def producer() -> None:
+        i = 0
+        while not stop:
+            commits.append(asyncio.ensure_future(spool.commit(entry(f"C{i}"))))
+            i += 1
+            await asyncio.sleep(0.001)
+
+    running = asyncio.ensure_future(producer())
+    await asyncio.sleep(0.05)
+    before = len(counting.batches)
+    assert await spool.read(lambda conn: conn.execute("SELECT 1").fetchone()[0]) == 1
+    waited = len(counting.batches) - before
+    stop = True
+    await running
+    await asyncio.gather(*commits)
+    await spool.close()
+    assert len(ids(tmp_path / "spool.db")) == len(commits)
+    # The read waited for at most one run of the thread's commits, not for all of them.
+    assert waited <= DRAIN_BATCHES + 1
