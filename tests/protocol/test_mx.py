@@ -186,6 +186,24 @@ async def test_idle_and_session_timeouts(short_tmp: Path) -> None:
         await r.close()
 
 
+async def test_a_session_that_keeps_talking_is_not_idle(short_tmp: Path) -> None:
+    """The idle timeout counts from the last command, however many came before it."""
+    config = make_config(short_tmp, idle_timeout=0.4, session_timeout=30.0)
+    provision(config)
+    r = Running(config)
+    await r.start_gateway()
+    try:
+        w = await Wire.open(r.port)
+        await w.hello()
+        for _ in range(12):  # 1.2 s in all, three idle timeouts, never 0.4 s apart
+            assert (await w.cmd("NOOP")).startswith("250")
+            await asyncio.sleep(0.1)
+        assert (await w.reply(timeout=5)).startswith("421 4.4.2")  # then idle: cut
+        await w.close()
+    finally:
+        await r.close()
+
+
 @pytest.mark.parametrize(
     "smuggle",
     [b"\n.\n", b"\r.\r", b"\n.\r\n", b"\r\n\x00.\r\n", b"\r.\r\n", b"\r\n.\n"],
