@@ -77,6 +77,9 @@ def setup_logging(level: str) -> None:
     # No line shows the process, the thread or the multiprocessing name: a record need not
     # ask for them (os.getpid() is a system call; three records per message).
     logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False
+    # Nor the file and line of the call: a record need not walk the stack to find them (the
+    # logging documentation's "Optimization" section).
+    logging._srcfile = None
     handler = logging.StreamHandler(sys.stderr)
     if stderr_is_journal():
         handler.setFormatter(JournalFormatter())

@@ -149,9 +149,10 @@ def _clauses(verdicts: Verdicts) -> list[AuthenticationResult]:
     return results
 
 
-def _fold(text: str, indent: str = "\t") -> list[str]:
-    """text cut at spaces outside quoted strings into lines of at most FOLD_AT characters
-    (a longer word stays whole); each line after the first starts with indent."""
+def _words(text: str) -> list[str]:
+    """text split at the spaces outside quoted strings."""
+    if '"' not in text:
+        return text.split(" ")
     words, word, quoted = [], "", False
     for c in text:
         if c == '"':
@@ -162,6 +163,15 @@ def _fold(text: str, indent: str = "\t") -> list[str]:
         else:
             word += c
     words.append(word)
+    return words
+
+
+def _fold(text: str, indent: str = "\t") -> list[str]:
+    """text cut at spaces outside quoted strings into lines of at most FOLD_AT characters
+    (a longer word stays whole); each line after the first starts with indent."""
+    if len(text) <= FOLD_AT:
+        return [text]  # what the loop below would give back
+    words = _words(text)
     lines = [words[0]]
     for w in words[1:]:
         if len(lines[-1]) + 1 + len(w) > FOLD_AT:

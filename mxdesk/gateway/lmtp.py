@@ -72,12 +72,19 @@ class LmtpConnection:
         self.data_sent = False
         self.idle_since = 0.0
 
+    async def _line(self) -> bytes:
+        reader = self._reader
+        if b"\n" in reader._buffer:  # type: ignore[attr-defined]
+            # Here already (pipelined replies arrive together): no timer to set and cancel.
+            return await reader.readline()
+        async with asyncio.timeout(self._timeout):
+            return await reader.readline()
+
     async def read_reply(self) -> Reply:
         lines: list[bytes] = []
         while True:
             try:
-                async with asyncio.timeout(self._timeout):
-                    line = await self._reader.readline()
+                line = await self._line()
             except (TimeoutError, ValueError) as exc:
                 raise LmtpError(f"no reply from the LMTP server ({exc!r})") from exc
             if not line:

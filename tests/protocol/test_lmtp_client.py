@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mxdesk.gateway.lmtp import LmtpClient
+from mxdesk.gateway.lmtp import LmtpClient, LmtpError
 
 BAD = "mau@marca.example"
 
@@ -124,3 +124,37 @@ async def test_pipelining_sends_the_envelope_in_one_write(short_tmp: Path, serve
     # in three without (the body is read apart). Plus LHLO and QUIT.
     per_message = 1 if server.pipelining else 3
     assert server.reads == 2 + 5 * per_message
+
+
+@pytest.mark.parametrize("silent_after", ["MAIL", "DATA", "."])
+async def test_a_server_that_stops_answering_times_out(short_tmp: Path, silent_after: str) -> None:
+    """Replies that are already there are read without a timer; one that does not come ends
+    the attempt after the timeout, wherever the server stops: half-way through the replies of
+    a pipelined group, or after the message."""
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 loja LMTP\r\n")
+        while line := await reader.readline():
+            if line.startswith(b"LHLO"):
+                writer.write(b"250-loja\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+                continue
+            if line.startswith(b"MAIL"):
+                # The whole group (MAIL, RCPT, DATA) came in one write: answer part of it.
+                writer.write(b"250 2.1.0 Ok\r\n")
+                if silent_after == "MAIL":
+                    break
+                writer.write(b"250 2.1.5 Ok\r\n354 end with .\r\n")
+                if silent_after == "DATA":
+                    break
+                while await reader.readline() != b".\r\n":
+                    pass
+                break  # and no reply to the final dot
+        await asyncio.sleep(5)  # silent, the connection open
+        writer.close()
+
+    srv = await asyncio.start_unix_server(session, str(short_tmp / "lmtp"))
+    async with srv:
+        lmtp = LmtpClient(short_tmp / "lmtp", "mx.helpdesk.example", timeout=0.3)
+        with pytest.raises(LmtpError, match="no reply"):
+            await asyncio.wait_for(lmtp.deliver("c@example.com", ["a@marca.example"], b"x\r\n"), 3)
+        await lmtp.close()
