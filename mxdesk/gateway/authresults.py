@@ -149,10 +149,7 @@ def _clauses(verdicts: Verdicts) -> list[AuthenticationResult]:
     return results
 
 
-def _words(text: str) -> list[str]:
-    """text split at the spaces outside quoted strings."""
-    if '"' not in text:
-        return text.split(" ")
+def _split_outside_quotes(text: str) -> list[str]:
     words, word, quoted = [], "", False
     for c in text:
         if c == '"':
@@ -166,12 +163,7 @@ def _words(text: str) -> list[str]:
     return words
 
 
-def _fold(text: str, indent: str = "\t") -> list[str]:
-    """text cut at spaces outside quoted strings into lines of at most FOLD_AT characters
-    (a longer word stays whole); each line after the first starts with indent."""
-    if len(text) <= FOLD_AT:
-        return [text]  # what the loop below would give back
-    words = _words(text)
+def _lines(words: list[str], indent: str) -> list[str]:
     lines = [words[0]]
     for w in words[1:]:
         if len(lines[-1]) + 1 + len(w) > FOLD_AT:
@@ -179,6 +171,15 @@ def _fold(text: str, indent: str = "\t") -> list[str]:
         else:
             lines[-1] += " " + w
     return lines
+
+
+def _fold(text: str, indent: str = "\t") -> list[str]:
+    """text cut at spaces outside quoted strings into lines of at most FOLD_AT characters
+    (a longer word stays whole); each line after the first starts with indent."""
+    if len(text) <= FOLD_AT:
+        return [text]  # what _lines would give back
+    words = text.split(" ") if '"' not in text else _split_outside_quotes(text)
+    return _lines(words, indent)
 
 
 def build(host_name: str, verdicts: Verdicts) -> bytes:

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mxdesk.gateway.authresults import FOLD_AT, _fold
+from mxdesk.gateway.authresults import _fold, _lines, _split_outside_quotes
 from mxdesk.gateway.lmtp import _dot_stuff_lines, dot_stuff
 from mxdesk.gateway.retry import RetryPolicy
 from mxdesk.gateway.smtp import with_enhanced_code
@@ -145,31 +145,10 @@ async def test_the_lines_of_a_reply_leave_in_one_write() -> None:
     assert writer.writes[1:] == [b"250-a\r\n250 b\r\n"]
 
 
-def _fold_by_characters(text: str, indent: str = "\t") -> list[str]:
-    """The Authentication-Results folding as it was written first, one character at a time."""
-    words, word, quoted = [], "", False
-    for c in text:
-        if c == '"':
-            quoted = not quoted
-        if c == " " and not quoted:
-            words.append(word)
-            word = ""
-        else:
-            word += c
-    words.append(word)
-    lines = [words[0]]
-    for w in words[1:]:
-        if len(lines[-1]) + 1 + len(w) > FOLD_AT:
-            lines.append(indent + w)
-        else:
-            lines[-1] += " " + w
-    return lines
-
-
 @settings(max_examples=500, deadline=None)
 @given(
     st.lists(st.sampled_from(["a", "b=c", " ", "  ", '"', '"x y"', "dkim=pass", "é"]), max_size=60)
 )
 def test_authentication_results_folding_is_unchanged_by_its_fast_paths(parts: list[str]) -> None:
     text = "".join(parts)
-    assert _fold(text) == _fold_by_characters(text)
+    assert _fold(text) == _lines(_split_outside_quotes(text), "\t")

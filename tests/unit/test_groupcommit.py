@@ -8,6 +8,7 @@ import asyncio
 import sqlite3
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -29,10 +30,15 @@ def ids(path: Path) -> set[str]:
 
 
 class Counting:
-    """Counts the transactions the spool writes, and can make them slow or fail."""
+    """An open spool whose transactions are counted, and can be held back or made to fail;
+    taken: the entries it handed to the inbound runner."""
 
     def __init__(self, spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.spool = spool
+        self.taken: list[SpoolEntry] = []
+        spool.on_new_entry(self.taken.append)
         self.batches: list[int] = []
+        self.closed = False
         self.fail = False
         self.gate = threading.Event()
         self.gate.set()
@@ -47,13 +53,26 @@ class Counting:
 
         monkeypatch.setattr(Spool, "_write_batch", write)
 
+    async def close(self) -> None:
+        """Closes the spool once: the commits under way and queued end first."""
+        if not self.closed:
+            self.closed = True
+            await self.spool.close()
 
-async def test_commits_at_the_same_time_share_transactions(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+
+@pytest.fixture
+async def counting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Counting]:
     spool = Spool(tmp_path / "spool.db")
     await spool.open()
     counting = Counting(spool, monkeypatch)
+    yield counting
+    await counting.close()
+
+
+async def test_commits_at_the_same_time_share_transactions(
+    tmp_path: Path, counting: Counting
+) -> None:
+    spool = counting.spool
     counting.gate.clear()  # the first transaction waits: the others queue behind it
     first = asyncio.ensure_future(spool.commit(entry("Q0")))
     await asyncio.sleep(0.05)
@@ -61,19 +80,15 @@ async def test_commits_at_the_same_time_share_transactions(
     await asyncio.sleep(0.05)
     counting.gate.set()
     await asyncio.gather(first, *rest)
-    await spool.close()
+    await counting.close()
     assert ids(tmp_path / "spool.db") == {f"Q{i}" for i in range(50)}
     assert counting.batches == [1, 49]
 
 
 async def test_a_caller_that_stops_waiting_does_not_stop_its_commit(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, counting: Counting
 ) -> None:
-    spool = Spool(tmp_path / "spool.db")
-    await spool.open()
-    taken: list[SpoolEntry] = []
-    spool.on_new_entry(taken.append)
-    counting = Counting(spool, monkeypatch)
+    spool = counting.spool
     counting.gate.clear()
     waiting = asyncio.ensure_future(spool.commit(entry("Q1")))
     await asyncio.sleep(0.05)
@@ -82,20 +97,16 @@ async def test_a_caller_that_stops_waiting_does_not_stop_its_commit(
     counting.gate.set()
     with pytest.raises(asyncio.CancelledError):
         await waiting
-    await spool.close()
+    await counting.close()
     assert ids(tmp_path / "spool.db") == {"Q1"}
     # Committed, so handed to the inbound runner as if the caller had waited.
-    assert [e.id for e in taken] == ["Q1"]
+    assert [e.id for e in counting.taken] == ["Q1"]
 
 
 async def test_a_failed_transaction_fails_its_operations_only(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, counting: Counting
 ) -> None:
-    spool = Spool(tmp_path / "spool.db")
-    await spool.open()
-    taken: list[SpoolEntry] = []
-    spool.on_new_entry(taken.append)
-    counting = Counting(spool, monkeypatch)
+    spool = counting.spool
     counting.fail = True
     failed = await asyncio.gather(
         *(spool.commit(entry(f"F{i}")) for i in range(5)), return_exceptions=True
@@ -103,17 +114,15 @@ async def test_a_failed_transaction_fails_its_operations_only(
     assert all(isinstance(f, SpoolError) for f in failed)
     counting.fail = False
     await spool.commit(entry("OK"))
-    await spool.close()
+    await counting.close()
     assert ids(tmp_path / "spool.db") == {"OK"}
-    assert [e.id for e in taken] == ["OK"]  # nothing failed is handed over
+    assert [e.id for e in counting.taken] == ["OK"]  # nothing failed is handed over
 
 
 async def test_reads_get_their_turn_during_a_long_run_of_commits(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, counting: Counting, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spool = Spool(tmp_path / "spool.db")
-    await spool.open()
-    counting = Counting(spool, monkeypatch)
+    spool = counting.spool
     original = Spool._write_batch
 
     def slow(spool_self: Spool, ops: list[object]) -> None:
@@ -139,7 +148,7 @@ async def test_reads_get_their_turn_during_a_long_run_of_commits(
     stop = True
     await running
     await asyncio.gather(*commits)
-    await spool.close()
+    await counting.close()
     assert len(ids(tmp_path / "spool.db")) == len(commits)
     # The read waited for at most one run of the thread's commits, not for all of them.
     assert waited <= DRAIN_BATCHES + 1
