@@ -79,7 +79,10 @@ class GroupCommit:
             log.error("spool transaction of %d operations failed: %s", len(batch), error)
         for _, fut, _, then in batch:
             if error is None and then is not None:
-                then()
+                try:
+                    then()
+                except Exception:  # the others of the batch are woken all the same
+                    log.exception("after a spool transaction")
             if fut.done():  # the caller stopped waiting
                 continue
             if error is None:

@@ -152,3 +152,20 @@ async def test_reads_get_their_turn_during_a_long_run_of_commits(
     assert len(ids(tmp_path / "spool.db")) == len(commits)
     # The read waited for at most one run of the thread's commits, not for all of them.
     assert waited <= DRAIN_BATCHES + 1
+
+
+async def test_a_failing_hand_over_does_not_keep_the_others_waiting(counting: Counting) -> None:
+    def broken(entry: SpoolEntry) -> None:
+        if entry.id == "Q1":
+            raise RuntimeError("the runner broke")
+
+    counting.spool.on_new_entry(broken)
+    counting.gate.clear()  # Q0's transaction waits: Q1 and Q2 share the next one
+    commits = [asyncio.ensure_future(counting.spool.commit(entry("Q0")))]
+    await asyncio.sleep(0.05)
+    commits += [asyncio.ensure_future(counting.spool.commit(entry(f"Q{i}"))) for i in (1, 2)]
+    await asyncio.sleep(0.05)
+    counting.gate.set()
+    await asyncio.wait_for(asyncio.gather(*commits), 5)
+    assert counting.batches == [1, 2]
+    assert sorted(e.id for e in counting.taken) == ["Q0", "Q1", "Q2"]
