@@ -23,6 +23,10 @@ TIME_FIELDS = frozenset(
 )
 
 
+# Values JSON takes as they are: most of a listing, passed over without a call per value.
+_AS_IS = frozenset({str, int, float, bool, type(None)})
+
+
 def _field(key: str, value: Any) -> Any:
     if key in TIME_FIELDS and isinstance(value, (int, float)) and not isinstance(value, bool):
         return timestamp(value)
@@ -30,10 +34,15 @@ def _field(key: str, value: Any) -> Any:
 
 
 def _plain(value: Any) -> Any:
+    if type(value) in _AS_IS:
+        return value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
-        return {k: _field(k, v) for k, v in value.items()}
+        return {
+            k: v if type(v) in _AS_IS and k not in TIME_FIELDS else _field(k, v)
+            for k, v in value.items()
+        }
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, Path):

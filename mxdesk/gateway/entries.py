@@ -197,9 +197,15 @@ def read_entry(conn: sqlite3.Connection, row: sqlite3.Row, with_data: bool = Tru
         f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE entry=? ORDER BY position",
         (row["id"],),
     ).fetchall()
+    return entry_of(row, tuple(Recipient(*r) for r in rcpts), with_data)
+
+
+def entry_of(
+    row: sqlite3.Row, recipients: tuple[Recipient, ...], with_data: bool = True
+) -> SpoolEntry:
+    """The entry of an `entries` row (see read_entry) with recipients read already."""
     fields = dict(row)
     data = fields.pop("data", b"")
-    recipients = tuple(Recipient(*r) for r in rcpts)
     return SpoolEntry(**fields, recipients=recipients, data=data if with_data else b"")
 
 

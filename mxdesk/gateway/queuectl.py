@@ -21,9 +21,12 @@ from mxdesk.gateway.entries import (
     DELIVERING,
     HELD,
     QUEUED,
+    RECIPIENT_COLUMNS,
     SCHEMA,
     SHOWN_STATE,
+    Recipient,
     SpoolEntry,
+    entry_of,
     read_entry,
 )
 
@@ -219,15 +222,29 @@ def page_entries(
         where.append(f"{SHOWN_STATE}=?")
         params.append(shown_state)
     condition = " AND ".join(where)
+    page = (
+        f"SELECT id FROM entries WHERE {condition} ORDER BY created LIMIT ? OFFSET ?",
+        (*params, -1 if limit is None else limit, offset),
+    )
     conn = state.connect(path, readonly=True)
     try:
+        conn.execute("BEGIN")  # one snapshot for the entries, their recipients and the count
         rows = conn.execute(
             "SELECT id, kind, created, client, mail_from, size, state, attempts, next_attempt,"
             f" last_error, envid, ret FROM entries WHERE {condition} ORDER BY created"
             " LIMIT ? OFFSET ?",
-            (*params, -1 if limit is None else limit, offset),
+            page[1],
         ).fetchall()
-        entries = [read_entry(conn, row, with_data=False) for row in rows]
+        # The recipients of the whole page in one query (one per entry took 1.2 of the 1.7 s
+        # that reading 100,000 entries needed).
+        recipients: dict[str, list[Recipient]] = {}
+        for entry, *columns in conn.execute(
+            f"SELECT entry, {RECIPIENT_COLUMNS} FROM recipients WHERE entry IN ({page[0]})"
+            " ORDER BY entry, position",
+            page[1],
+        ):
+            recipients.setdefault(entry, []).append(Recipient(*columns))
+        entries = [entry_of(row, tuple(recipients.get(row["id"], ())), False) for row in rows]
         if limit is None and offset == 0:
             return entries, len(entries)
         total = conn.execute(f"SELECT count(*) FROM entries WHERE {condition}", params)
