@@ -89,11 +89,7 @@ class Spool:
         self._conn: sqlite3.Connection | None = None
         self._lock: int | None = None  # the descriptor of lock_spool()
         self._group = GroupCommit(
-            self._executor,
-            self._db,
-            lambda ops: self._write_batch(ops),
-            self.committed_elsewhere,
-            on_loop=lambda: not self._contended and time.monotonic() < self._next_prune,
+            self._executor, lambda ops: self._write_batch(ops), self.committed_elsewhere
         )
         self._listeners: list[Callable[[], None]] = []
         self._takers: list[Callable[[SpoolEntry], None]] = []
@@ -152,8 +148,8 @@ class Spool:
             history.record(conn, entry_id, history.HELD, reason)
 
     async def close(self) -> None:
-        while not self._group.idle:  # the commits under way and queued end first
-            await asyncio.sleep(0.001)
+        while self._group.draining:  # the commits under way and queued end first
+            await self._run(lambda: None)
         await self._run(self._close)
         self._executor.shutdown(wait=True)
 
@@ -171,9 +167,8 @@ class Spool:
         return self._conn
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        """fn(*args) on the spool's thread, between transactions."""
-        result: T = await self._group.job(lambda: fn(*args))
-        return result
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
 
     def on_commit(self, listener: Callable[[], None]) -> None:
         """Calls listener after every commit of new entries (runners wake up on it)."""
@@ -186,7 +181,8 @@ class Spool:
         self._takers.append(taker)
 
     def committed_elsewhere(self) -> None:
-        """New entries were committed (here, or by a listener process): listeners called."""
+        """New entries were committed (here, or by a listener process): the listeners are
+        called."""
         for listener in self._listeners:
             listener()
 

@@ -1,8 +1,6 @@
 """The spool's group commit: commits made at the same time share transactions, a caller that
 stops waiting does not stop its commit, a failed transaction fails each of its operations and
-nothing else (also when the loop ran them and the COMMIT failed), reads take turns with a long
-run of commits, and a write lock held by another process sends the transaction to the thread
-without holding up the loop."""
+nothing else, and reads are not held up behind a long run of commits."""
 
 from __future__ import annotations
 
@@ -16,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mxdesk.gateway.entries import NewEntry, Recipient, SpoolEntry
-from mxdesk.gateway.groupcommit import GroupCommit
+from mxdesk.gateway.groupcommit import DRAIN_BATCHES
 from mxdesk.gateway.spool import Spool, SpoolError
 
 RCPT = Recipient("suporte@marca.example", "suporte@marca.example", "marca")
@@ -26,18 +24,14 @@ def entry(queue_id: str) -> NewEntry:
     return NewEntry(queue_id, "in", "192.0.2.1", "c@example.com", (RCPT,), b"Subject: x\r\n\r\nx")
 
 
-WARM = "W"  # committed before each test
-
-
 def ids(path: Path) -> set[str]:
     with sqlite3.connect(path) as conn:
-        return {row[0] for row in conn.execute("SELECT id FROM entries")} - {WARM}
+        return {row[0] for row in conn.execute("SELECT id FROM entries")}
 
 
 class Counting:
-    """An open spool whose transactions are counted, and can be held back or made to fail on
-    the thread, whichever way they run (opened on the loop, only the COMMIT on the thread; or
-    whole on the thread); taken: the entries it handed to the inbound runner."""
+    """An open spool whose transactions are counted, and can be held back or made to fail;
+    taken: the entries it handed to the inbound runner."""
 
     def __init__(self, spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
         self.spool = spool
@@ -46,32 +40,18 @@ class Counting:
         self.batches: list[int] = []
         self.closed = False
         self.fail = False
-        self.delay = 0.0
         self.gate = threading.Event()
         self.gate.set()
-        start, commit, write = GroupCommit._start, GroupCommit.commit, Spool._write_batch
+        original = Spool._write_batch
 
-        def on_thread() -> None:
+        def write(spool_self: Spool, ops: list[object]) -> None:
             self.gate.wait(10)
-            time.sleep(self.delay)
+            self.batches.append(len(ops))
             if self.fail:
                 raise sqlite3.OperationalError("disk I/O error")
+            original(spool_self, ops)  # type: ignore[arg-type]
 
-        def counted_start(group: GroupCommit, batch: list[object]) -> None:
-            self.batches.append(len(batch))
-            start(group, batch)  # type: ignore[arg-type]
-
-        def gated_commit(group: GroupCommit) -> None:
-            on_thread()
-            commit(group)
-
-        def gated_write(spool_self: Spool, ops: list[object]) -> None:
-            on_thread()
-            write(spool_self, ops)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(GroupCommit, "_start", counted_start)
-        monkeypatch.setattr(GroupCommit, "commit", gated_commit)
-        monkeypatch.setattr(Spool, "_write_batch", gated_write)
+        monkeypatch.setattr(Spool, "_write_batch", write)
 
     async def close(self) -> None:
         """Closes the spool once: the commits under way and queued end first."""
@@ -80,16 +60,10 @@ class Counting:
             await self.spool.close()
 
 
-@pytest.fixture(params=[False, True], ids=["opened-on-the-loop", "contended"])
-async def counting(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
-) -> AsyncIterator[Counting]:
-    """Both ways a transaction runs: a gateway alone opens it on the loop (after the first,
-    which also prunes the history, on the thread), one beside listener processes on the
-    thread."""
-    spool = Spool(tmp_path / "spool.db", contended=request.param)
+@pytest.fixture
+async def counting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Counting]:
+    spool = Spool(tmp_path / "spool.db")
     await spool.open()
-    await spool.commit(entry(WARM))  # the history's first pruning: the thread's way
     counting = Counting(spool, monkeypatch)
     yield counting
     await counting.close()
@@ -145,11 +119,17 @@ async def test_a_failed_transaction_fails_its_operations_only(
     assert [e.id for e in counting.taken] == ["OK"]  # nothing failed is handed over
 
 
-async def test_reads_take_turns_with_a_long_run_of_commits(
-    tmp_path: Path, counting: Counting
+async def test_reads_get_their_turn_during_a_long_run_of_commits(
+    tmp_path: Path, counting: Counting, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spool = counting.spool
-    counting.delay = 0.005  # new commits arrive during every transaction
+    original = Spool._write_batch
+
+    def slow(spool_self: Spool, ops: list[object]) -> None:
+        time.sleep(0.005)  # new commits arrive during every transaction
+        original(spool_self, ops)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Spool, "_write_batch", slow)
     commits: list[asyncio.Future[None]] = []
     stop = False
 
@@ -170,26 +150,8 @@ async def test_reads_take_turns_with_a_long_run_of_commits(
     await asyncio.gather(*commits)
     await counting.close()
     assert len(ids(tmp_path / "spool.db")) == len(commits)
-    # The read waited for the transaction under way, not for the stream behind it.
-    assert waited <= 2
-
-
-async def test_a_write_lock_held_elsewhere_sends_the_transaction_to_the_thread(
-    tmp_path: Path, counting: Counting
-) -> None:
-    other = sqlite3.connect(tmp_path / "spool.db", isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")  # the CLI, say, in the middle of `queue cancel`
-    waiting = asyncio.ensure_future(counting.spool.commit(entry("Q1")))
-    ticks = 0
-    for _ in range(10):  # the loop keeps turning meanwhile
-        await asyncio.sleep(0.01)
-        ticks += 1
-    assert ticks == 10 and not waiting.done()
-    other.execute("COMMIT")
-    await asyncio.wait_for(waiting, 5)
-    other.close()
-    await counting.close()
-    assert ids(tmp_path / "spool.db") == {"Q1"}
+    # The read waited for at most one run of the thread's commits, not for all of them.
+    assert waited <= DRAIN_BATCHES + 1
 
 
 async def test_a_failing_hand_over_does_not_keep_the_others_waiting(counting: Counting) -> None:
