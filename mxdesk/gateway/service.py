@@ -65,11 +65,7 @@ class GatewayService:
         self.outbound = outbound
         self.metrics = GatewayMetrics()
         self.metrics_endpoint: MetricsEndpoint | None = None
-        self.spool = Spool(
-            config.gateway.spool_path,
-            config.gateway.history_days,
-            contended=config.gateway.listener_processes > 0,
-        )
+        self.spool = Spool(config.gateway.spool_path, config.gateway.history_days)
         self.limits = ConnectionLimits(
             config.gateway.max_connections,
             config.gateway.max_connections_per_client,

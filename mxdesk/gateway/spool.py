@@ -68,21 +68,12 @@ class SpoolError(Exception):
 class Spool:
     """All database work runs on one thread; concurrent commits share one transaction."""
 
-    def __init__(
-        self,
-        path: Path,
-        history_days: float = 30,
-        *,
-        shared: bool = False,
-        contended: bool = False,
-    ) -> None:
+    def __init__(self, path: Path, history_days: float = 30, *, shared: bool = False) -> None:
         """history_days: how long the history of an entry is kept after it left the spool;
         shared: a listener process's spool, which only commits new entries (the gateway holds
-        the lock and recovers the spool); contended: other processes write to it all the time
-        (listener processes), so a transaction waits for theirs in short steps."""
+        the lock and recovers the spool)."""
         self.path = path
         self._shared = shared
-        self._contended = contended or shared
         self._history_seconds = history_days * 86400
         self._next_prune = 0.0  # time.monotonic() of the next pruning
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
@@ -195,15 +186,9 @@ class Spool:
         except CommitError as exc:
             raise SpoolError(str(exc)) from None
 
-    def _begin(self, conn: sqlite3.Connection) -> None:
-        if self._contended:
-            begin_immediate(conn)
-        else:  # only the CLI writes beside us, now and then: SQLite's busy handler will do
-            conn.execute("BEGIN IMMEDIATE")
-
     def _write_batch(self, ops: list[Op]) -> None:
         conn = self._db()
-        self._begin(conn)
+        begin_immediate(conn)
         try:
             for op in ops:
                 op(conn)
@@ -253,7 +238,7 @@ class Spool:
         conn = self._db()
         claim = kind in CLAIMED_KINDS
         if claim:
-            self._begin(conn)
+            begin_immediate(conn)
         try:
             entries = read_due(conn, kind, limit, exclude)
             # Held at start-up already; checked again in case a person released one.
