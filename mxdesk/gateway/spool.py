@@ -36,7 +36,7 @@ from mxdesk.gateway.entries import (
     spooled,
 )
 from mxdesk.gateway.groupcommit import CommitError, GroupCommit, Op
-from mxdesk.gateway.spoolfile import begin_immediate, fsync_dir, lock_spool
+from mxdesk.gateway.spoolfile import fsync_dir, lock_spool
 from mxdesk.state import migrate
 
 log = logging.getLogger("mxdesk.gateway.spool")
@@ -188,7 +188,7 @@ class Spool:
 
     def _write_batch(self, ops: list[Op]) -> None:
         conn = self._db()
-        begin_immediate(conn)
+        conn.execute("BEGIN IMMEDIATE")
         try:
             for op in ops:
                 op(conn)
@@ -238,7 +238,7 @@ class Spool:
         conn = self._db()
         claim = kind in CLAIMED_KINDS
         if claim:
-            begin_immediate(conn)
+            conn.execute("BEGIN IMMEDIATE")
         try:
             entries = read_due(conn, kind, limit, exclude)
             # Held at start-up already; checked again in case a person released one.
