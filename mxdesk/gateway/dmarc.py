@@ -6,6 +6,7 @@ import functools
 import importlib.resources
 import random
 import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -78,11 +79,26 @@ def parse_record(text: str) -> DmarcRecord | None:
     )
 
 
-@functools.cache
+_suffix_list: Any = None
+_suffix_lock = threading.Lock()
+
+
 def _suffixes() -> Any:
-    ref = importlib.resources.files("authheaders") / "public_suffix_list.txt"
-    with ref.open(encoding="utf-8") as text:
-        return PublicSuffixList(text)
+    """The public suffix list, read once (30 ms or more) by whichever thread asks first:
+    functools.cache let every verdict thread that asked meanwhile read it again."""
+    global _suffix_list
+    if _suffix_list is None:
+        with _suffix_lock:
+            if _suffix_list is None:
+                ref = importlib.resources.files("authheaders") / "public_suffix_list.txt"
+                with ref.open(encoding="utf-8") as text:
+                    _suffix_list = PublicSuffixList(text)
+    return _suffix_list
+
+
+def preload() -> None:
+    """Reads the public suffix list now (at start) rather than for the first message."""
+    _suffixes()
 
 
 @functools.lru_cache(maxsize=4096)

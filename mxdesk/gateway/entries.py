@@ -193,20 +193,38 @@ def new_queue_id() -> str:
 def read_entry(conn: sqlite3.Connection, row: sqlite3.Row, with_data: bool = True) -> SpoolEntry:
     """The entry of an `entries` row (any subset of columns with at least the envelope's) and
     its recipients, in the order they were given."""
-    rcpts = conn.execute(
-        f"SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE entry=? ORDER BY position",
-        (row["id"],),
-    ).fetchall()
-    return entry_of(row, tuple(Recipient(*r) for r in rcpts), with_data)
+    return with_recipients(conn, [row], "?", (row["id"],), with_data)[0]
 
 
-def entry_of(
-    row: sqlite3.Row, recipients: tuple[Recipient, ...], with_data: bool = True
-) -> SpoolEntry:
-    """The entry of an `entries` row (see read_entry) with recipients read already."""
-    fields = dict(row)
-    data = fields.pop("data", b"")
-    return SpoolEntry(**fields, recipients=recipients, data=data if with_data else b"")
+def with_recipients(
+    conn: sqlite3.Connection,
+    rows: Sequence[sqlite3.Row],
+    which: str,
+    params: Sequence[object],
+    with_data: bool = True,
+) -> list[SpoolEntry]:
+    """The entries of `entries` rows (see read_entry), with the recipients of them all read in
+    one query: which is SQL giving the rows' ids (a list of marks, or a SELECT), params its
+    parameters. Read in the transaction that read the rows, so that both are one snapshot."""
+    recipients: dict[str, list[Recipient]] = {}
+    for entry, *columns in conn.execute(
+        f"SELECT entry, {RECIPIENT_COLUMNS} FROM recipients WHERE entry IN ({which})"
+        " ORDER BY entry, position",
+        params,
+    ):
+        recipients.setdefault(entry, []).append(Recipient(*columns))
+    entries = []
+    for row in rows:
+        fields = dict(row)
+        data = fields.pop("data", b"")
+        entries.append(
+            SpoolEntry(
+                **fields,
+                recipients=tuple(recipients.get(row["id"], ())),
+                data=data if with_data else b"",
+            )
+        )
+    return entries
 
 
 def read_due(
@@ -230,7 +248,7 @@ def read_due(
     marks = ",".join("?" * len(ids))
     rows = conn.execute(f"SELECT * FROM entries WHERE id IN ({marks})", ids).fetchall()
     by_id = {r["id"]: r for r in rows}
-    return [read_entry(conn, by_id[i]) for i in ids if i in by_id]
+    return with_recipients(conn, [by_id[i] for i in ids if i in by_id], marks, ids)
 
 
 def spooled(e: NewEntry, created: float) -> SpoolEntry:

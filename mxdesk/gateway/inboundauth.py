@@ -70,9 +70,7 @@ class InboundVerifier:
         self._offline = cached_only(self._resolver)
         self._memo = Memo()
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="mxdesk-verdicts")
-        # The public suffix list (DMARC's organizational domains) is read now, not by the first
-        # messages: 30 ms or more, once in each worker that got there first.
-        dmarc.org_domain("example.com")
+        dmarc.preload()  # DMARC's organizational domains: not by the first messages
 
     async def check(self, message: bytes, envelope: Envelope) -> Checked:
         """The verdicts of message as received (before anything is added or removed) and the

@@ -216,8 +216,11 @@ class Spool:
             for taker in self._takers:
                 taker(spooled(entry, created))
 
-        op = lambda conn: insert_entry(conn, entry, created)  # noqa: E731
-        await self._transact(op, new=not taken, then=hand_over if taken else None)
+        await self._transact(
+            lambda conn: insert_entry(conn, entry, created),
+            new=not taken,
+            then=hand_over if taken else None,
+        )
 
     async def transact(self, op: Op, *, new: bool) -> None:
         """Runs op in the next group commit (a fetcher's entries with its own state: both or

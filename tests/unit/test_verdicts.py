@@ -394,3 +394,28 @@ def _verdicts(
 )
 def test_policy(config: InboundAuthConfig, verdicts: Verdicts, reply: str | None) -> None:
     assert refusal(config, verdicts) == reply
+
+
+def test_the_public_suffix_list_is_read_once_by_threads_that_ask_together(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+    import time
+
+    real = dmarc.PublicSuffixList
+    made: list[object] = []
+
+    def slow(text: Any) -> Any:
+        time.sleep(0.05)  # the others ask while it is being read
+        made.append(real(text))
+        return made[-1]
+
+    monkeypatch.setattr(dmarc, "PublicSuffixList", slow)
+    monkeypatch.setattr(dmarc, "_suffix_list", None)
+    threads = [threading.Thread(target=dmarc.preload) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 1
+    assert dmarc._suffixes() is made[0]
