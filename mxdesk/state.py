@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 from collections.abc import Callable, Hashable, Iterator
@@ -309,21 +310,38 @@ class Remembered:
     """Answers computed from the state database, kept until it changes: SQLite's data_version
     moves whenever another connection commits (the CLI, another daemon), total_changes when
     conn itself does. Asking for both is one statement, where an answer takes two or three
-    lookups; the gateway's policies ask per message. At most `size` answers are kept (a
-    dictionary attack asks for many addresses)."""
+    lookups; the gateway's policies ask per message. Another process's change is looked for
+    at most once per `fresh` seconds (a millisecond): a statement on the event loop lets the
+    gateway's other threads take the GIL, and getting it back cost more than the answer; a
+    change this process makes is seen at once. At most `size` answers are kept (a dictionary
+    attack asks for many addresses)."""
 
-    def __init__(self, conn: sqlite3.Connection, size: int = 10_000) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        size: int = 10_000,
+        fresh: float = 0.001,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._conn = conn
         self._size = size
+        self._fresh = fresh
+        self._clock = clock
         self._answers: dict[Hashable, Any] = {}
         self._version = (-1, -1)
+        self._looked = -math.inf
 
     def get(self, key: Hashable, compute: Callable[[], T]) -> T:
-        data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
-        version = (int(data_version), self._conn.total_changes)
-        if version != self._version or len(self._answers) >= self._size:
+        now = self._clock()
+        if now - self._looked >= self._fresh or self._conn.total_changes != self._version[1]:
+            self._looked = now
+            data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+            version = (int(data_version), self._conn.total_changes)
+            if version != self._version:
+                self._answers.clear()
+                self._version = version
+        if len(self._answers) >= self._size:
             self._answers.clear()
-            self._version = version
         try:
             answer: T = self._answers[key]
         except KeyError:
