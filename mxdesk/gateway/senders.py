@@ -124,8 +124,12 @@ class SenderPolicy:
             domain, selector = _SIGNING_DOMAIN.search(value), _SELECTOR.search(value)
             if domain is None or selector is None:
                 continue
-            key = dkimkeys.get_key(self._conn, domain[1].lower(), selector[1])
-            owned = key is not None or state.get_domain(self._conn, domain[1].lower())
+            name = domain[1].lower()
+            key = self._answers.get(
+                ("key", name, selector[1]),
+                partial(dkimkeys.get_key, self._conn, name, selector[1]),
+            )
+            owned = key is not None or self._domain(name)
             if owned and (key is None or key.state in (dkimkeys.REVOKED, dkimkeys.REMOVING)):
                 stale.append((match[0], domain[1].lower()))
         if not stale:
@@ -146,10 +150,13 @@ class SenderPolicy:
             if match is None:
                 continue
             name = match[1].lower()
-            found = self._answers.get(("domain", name), partial(state.get_domain, self._conn, name))
+            found = self._domain(name)
             if found is not None and found.status != "active":
                 return waiting_reason(found.name)
         return ""
+
+    def _domain(self, name: str) -> state.Domain | None:
+        return self._answers.get(("domain", name), partial(state.get_domain, self._conn, name))
 
     def _load(self, domain: str) -> list[DkimKey]:
         """The domain's active keys, as state.db lists them now (remembered until it changes:
