@@ -104,8 +104,14 @@ def migrate(conn: sqlite3.Connection, schema: list[str] = SCHEMA) -> None:
             conn.execute(f"PRAGMA user_version={number}")
 
 
+# Commits made through transaction() in this process, on any connection: remembered answers
+# look again at once after one (the gateway writes state.db on connections of its own).
+_local_commits = 0
+
+
 @contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    global _local_commits
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
@@ -113,6 +119,7 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+    _local_commits += 1
 
 
 def _check(value: str, what: str, reserved: frozenset[str]) -> str:
@@ -312,9 +319,9 @@ class Remembered:
     conn itself does. Asking for both is one statement, where an answer takes two or three
     lookups; the gateway's policies ask per message. Another process's change is looked for
     at most once per `fresh` seconds (a millisecond): a statement on the event loop lets the
-    gateway's other threads take the GIL, and getting it back cost more than the answer; a
-    change this process makes is seen at once. At most `size` answers are kept (a dictionary
-    attack asks for many addresses)."""
+    gateway's other threads take the GIL, and getting it back cost more than the answer. A
+    change this process makes (on conn, or in transaction() on another connection) is seen at
+    once. At most `size` answers are kept (a dictionary attack asks for many addresses)."""
 
     def __init__(
         self,
@@ -330,11 +337,16 @@ class Remembered:
         self._answers: dict[Hashable, Any] = {}
         self._version = (-1, -1)
         self._looked = -math.inf
+        self._local = -1  # _local_commits when the version was last looked at
 
     def get(self, key: Hashable, compute: Callable[[], T]) -> T:
         now = self._clock()
-        if now - self._looked >= self._fresh or self._conn.total_changes != self._version[1]:
-            self._looked = now
+        if (
+            now - self._looked >= self._fresh
+            or self._conn.total_changes != self._version[1]
+            or _local_commits != self._local
+        ):
+            self._looked, self._local = now, _local_commits
             data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
             version = (int(data_version), self._conn.total_changes)
             if version != self._version:

@@ -159,10 +159,14 @@ def test_remembered_answers_look_for_other_processes_changes_once_per_fresh_inte
         assert answers.get("v", value) == 2
         assert statements == ["PRAGMA data_version", "SELECT v FROM t"]
         statements.clear()
+        with state.transaction(writer):  # a commit of this process, on another connection
+            writer.execute("UPDATE t SET v = 3")
+        assert answers.get("v", value) == 3  # seen at once, without waiting either
+        statements.clear()
         reader.execute("CREATE TEMP TABLE mine (x)")
         reader.execute("INSERT INTO mine VALUES (1)")  # this connection's own change
         statements.clear()
-        assert answers.get("v", value) == 2
+        assert answers.get("v", value) == 3
         # Seen at once, without waiting for the interval: the answer is computed again.
         assert statements == ["PRAGMA data_version", "SELECT v FROM t"]
     finally:
