@@ -131,7 +131,7 @@ class SenderPolicy:
             )
             owned = key is not None or self._domain(name)
             if owned and (key is None or key.state in (dkimkeys.REVOKED, dkimkeys.REMOVING)):
-                stale.append((match[0], domain[1].lower()))
+                stale.append((match[0], name))
         if not stale:
             return None
         for field, _ in stale:
