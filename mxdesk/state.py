@@ -105,7 +105,9 @@ def migrate(conn: sqlite3.Connection, schema: list[str] = SCHEMA) -> None:
 
 
 # Commits made through transaction() in this process, on any connection: remembered answers
-# look again at once after one (the gateway writes state.db on connections of its own).
+# look again at once after one (the gateway writes state.db on connections of its own: the
+# DNS task's, the fetchers', the channels'; every write to state.db in mxdesk is made inside
+# transaction()).
 _local_commits = 0
 
 
