@@ -73,6 +73,21 @@ class JournalFormatter(logging.Formatter):
         return "\n".join(prefix + line for line in super().format(record).split("\n"))
 
 
+class TimedFormatter(logging.Formatter):
+    """logging.Formatter's "2026-12-03 12:09:53,123" with the seconds' text made once a
+    second instead of for every record (time.strftime is most of a record's formatting)."""
+
+    _second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if self._second[0] != second:
+            self._second = (second, time.strftime(self.default_time_format, self.converter(second)))
+        return f"{self._second[1]},{int(record.msecs):03d}"  # logging's default_msec_format
+
+
 def setup_logging(level: str) -> None:
     # No line shows the process, the thread or the multiprocessing name: a record need not
     # ask for them (os.getpid() is a system call; three records per message).
@@ -84,7 +99,7 @@ def setup_logging(level: str) -> None:
     if stderr_is_journal():
         handler.setFormatter(JournalFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TimedFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     set_level(level)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from email.utils import formatdate
 from typing import Any
 
 from mxdesk.gateway.authresults import strip_ours
@@ -16,6 +15,7 @@ from mxdesk.gateway.spool import NewEntry, Recipient, Spool, SpoolError, new_que
 from mxdesk.gateway.verdicts import Envelope
 from mxdesk.metrics import GatewayMetrics
 from mxdesk.smtpfast import with_extensions
+from mxdesk.timefmt import header_date
 
 log = logging.getLogger("mxdesk.gateway.mx")
 
@@ -56,7 +56,7 @@ def received_header(
     if len(envelope.rcpt_tos) == 1:
         lines.append(f"\tfor <{_clean(envelope.rcpt_tos[0])}>")
     lines[-1] += ";"
-    lines.append(f"\t{formatdate(localtime=False, usegmt=True)}")
+    lines.append(f"\t{header_date()}")
     return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
 
 

@@ -29,6 +29,7 @@ from mxdesk.gateway.smtp import GatewayEnvelope, GatewaySMTP
 from mxdesk.gateway.spool import NewEntry, Recipient, Spool, SpoolError, new_queue_id
 from mxdesk.metrics import GatewayMetrics
 from mxdesk.smtpfast import with_extensions
+from mxdesk.timefmt import header_date
 
 log = logging.getLogger("mxdesk.gateway.submission")
 OUTBOUND = "out"
@@ -277,7 +278,7 @@ class SubmissionHandler:
         head = message.split(b"\r\n\r\n", 1)[0].lower()
         extra = [
             f"Received: from {session.user} (uid {session.uid})\r\n\tby {self._host_name}"
-            f" (mxdesk) with ESMTP id {queue_id};\r\n\t{formatdate(usegmt=True)}\r\n"
+            f" (mxdesk) with ESMTP id {queue_id};\r\n\t{header_date()}\r\n"
         ]
         if not head.startswith(b"date:") and b"\r\ndate:" not in head:
             extra.append(f"Date: {formatdate(localtime=True)}\r\n")

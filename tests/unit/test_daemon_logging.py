@@ -89,3 +89,14 @@ def test_setup_logging_writes_priorities_to_the_journal_and_times_elsewhere(
     first, second = log_file.read_text().splitlines()
     assert first == "<4>mxdesk.gateway: domain=marca.helpdesk.example held"
     assert second.endswith(" DEBUG mxdesk.gateway: shown at debug") and second[:4].isdigit()
+
+
+def test_the_time_of_a_line_is_what_logging_would_write() -> None:
+    """The formatter that keeps the last second's text writes what logging.Formatter does, for
+    records of the same second, of the next, and of a second long past."""
+    ours = daemon.TimedFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    theirs = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for created in (1_790_000_000.0, 1_790_000_000.999, 1_790_000_001.25, 1_700_000_000.5):
+        entry = record(logging.INFO, "queue_id=Q1 result=accepted")
+        entry.created, entry.msecs = created, int(created % 1 * 1000) + 0.0
+        assert ours.format(entry) == theirs.format(entry)

@@ -9,6 +9,7 @@ from mxdesk.gateway.lmtp import _dot_stuff_lines, dot_stuff
 from mxdesk.gateway.retry import RetryPolicy
 from mxdesk.gateway.smtp import with_enhanced_code
 from mxdesk.smtpfast import BlockDataSMTP
+from mxdesk.timefmt import header_date
 
 
 def test_dot_stuffing_and_line_endings() -> None:
@@ -152,3 +153,19 @@ async def test_the_lines_of_a_reply_leave_in_one_write() -> None:
 def test_authentication_results_folding_is_unchanged_by_its_fast_paths(parts: list[str]) -> None:
     text = "".join(parts)
     assert _fold(text) == _lines(_split_outside_quotes(text), "\t")
+
+
+def test_the_received_date_is_now_and_follows_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Received: date kept for the second it was made in, and a new one the next second."""
+    import time
+    from email.utils import formatdate
+
+    now = [1_790_000_000.2]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    assert header_date() == formatdate(1_790_000_000, usegmt=True)
+    now[0] = 1_790_000_000.9
+    assert header_date() == formatdate(1_790_000_000, usegmt=True)
+    now[0] = 1_790_000_001.0
+    assert (
+        header_date() == formatdate(1_790_000_001, usegmt=True) == "Mon, 21 Sep 2026 14:13:21 GMT"
+    )

@@ -4,6 +4,7 @@ and the DMARC and policy decisions with plain values."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -79,6 +80,18 @@ def test_one_header_with_every_result_in_rfc8601_syntax() -> None:
     assert dkim2.header_d == "esp.example" and dkim2.reason == "body hash did not verify"
     assert b'header.s="k/2"' in header  # a value that is not a token is quoted
     assert (dmarc_r.header_from, dmarc_r.policy) == ("cliente.example", "reject")
+
+
+def test_a_remembered_header_is_the_one_for_these_verdicts() -> None:
+    """The header is kept for verdicts seen before: equal verdicts give it back (the log's
+    detail does not count), different ones and another host name give their own."""
+    again = replace(PASSING, spf=replace(PASSING.spf, detail="another detail"))
+    assert build(HOST, again) is build(HOST, PASSING)
+    other = replace(PASSING, spf=replace(PASSING.spf, result="softfail"))
+    assert b"spf=softfail" in build(HOST, other) and b"spf=pass" in build(HOST, PASSING)
+    assert build("mx2.helpdesk.example", PASSING).startswith(
+        b"Authentication-Results: mx2.helpdesk.example;"
+    )
 
 
 def test_null_sender_names_the_helo_identity_and_missing_parts_say_none() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from email.utils import formatdate
 
 from mxdesk.channels import ChannelView
 from mxdesk.gateway.authresults import strip_ours
@@ -17,6 +16,7 @@ from mxdesk.gateway.inboundauth import InboundVerifier
 from mxdesk.gateway.senders import header_values
 from mxdesk.gateway.spool import Spool
 from mxdesk.names import header_addresses
+from mxdesk.timefmt import header_date
 
 log = logging.getLogger("mxdesk.gateway.fetch")
 INBOUND = "in"
@@ -63,7 +63,7 @@ def received_header(ctx: SessionContext, queue_id: str) -> bytes:
         f"Received: from {ctx.view.host} (channel {ctx.view.name})",
         f"\tby {ctx.host_name} (mxdesk) with {proto} id {queue_id}",
         f"\tfor <{ctx.view.address}>;",
-        f"\t{formatdate(localtime=False, usegmt=True)}",
+        f"\t{header_date()}",
     ]
     return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
 
