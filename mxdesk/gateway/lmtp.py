@@ -52,11 +52,25 @@ def dot_stuff(data: bytes) -> bytes:
 
 
 def _dot_stuff_lines(data: bytes) -> bytes:
+    lines = _lines(data)
+    out = b"\r\n".join(b"." + line if line.startswith(b".") else line for line in lines)
+    return out + (b"\r\n" if lines else b"") + b".\r\n"
+
+
+def crlf_lines(data: bytes) -> bytes:
+    """data as BDAT sends it (RFC 3030 §2: the message in canonical form, no dot-stuffing):
+    every line ending CRLF, the last one too; what DATA's reader on the other side gets."""
+    crlf = data.count(b"\r\n")
+    if data.count(b"\r") == crlf and data.count(b"\n") == crlf:
+        return data if not data or data.endswith(b"\r\n") else data + b"\r\n"
+    return b"".join(line + b"\r\n" for line in _lines(data))
+
+
+def _lines(data: bytes) -> list[bytes]:
     lines = re.split(rb"\r\n|\r|\n", data)
     if lines and lines[-1] == b"":
         lines.pop()
-    out = b"\r\n".join(b"." + line if line.startswith(b".") else line for line in lines)
-    return out + (b"\r\n" if lines else b"") + b".\r\n"
+    return lines
 
 
 class LmtpConnection:
@@ -68,8 +82,10 @@ class LmtpConnection:
         self._timeout = timeout
         self.eight_bit = False
         self.pipelining = False  # RFC 2920, offered in the LHLO reply
+        self.chunking = False  # RFC 3030 BDAT, offered in the LHLO reply
         self.reused = False
         self.data_sent = False
+        self.answered = False  # a reply was read since the connection was (re)used
         self.idle_since = 0.0
 
     async def _line(self) -> bytes:
@@ -92,6 +108,7 @@ class LmtpConnection:
             if len(line) < 4 or not line[:3].isdigit() or len(lines) > MAX_REPLY_LINES:
                 raise LmtpError(f"malformed LMTP reply {line[:80]!r}")
             lines.append(line[4:].rstrip(b"\r\n")[:MAX_LINE])
+            self.answered = True
             if line[3:4] != b"-":
                 text = " ".join(x.decode("utf-8", "replace") for x in lines)
                 return Reply(int(line[:3]), text)
@@ -104,6 +121,16 @@ class LmtpConnection:
     async def commands(self, lines: Sequence[str]) -> list[Reply]:
         """Sends lines in one write and reads their replies, in order (RFC 2920 PIPELINING)."""
         self._writer.write("".join(f"{line}\r\n" for line in lines).encode("utf-8"))
+        await self._writer.drain()
+        return [await self.read_reply() for _ in lines]
+
+    async def chunked(self, lines: Sequence[str], data: bytes) -> list[Reply]:
+        """Sends lines, then data as one BDAT LAST chunk, in one write; reads the replies to
+        the lines (the BDAT's are read by the caller: one, or one per accepted recipient)."""
+        chunk = crlf_lines(data)
+        head = "".join(f"{line}\r\n" for line in lines) + f"BDAT {len(chunk)} LAST\r\n"
+        self.data_sent = True
+        self._writer.write(head.encode("utf-8") + chunk)
         await self._writer.drain()
         return [await self.read_reply() for _ in lines]
 
@@ -155,6 +182,7 @@ class LmtpClient:
             raise
         conn.eight_bit = "8BITMIME" in lhlo.text.upper()
         conn.pipelining = "PIPELINING" in lhlo.text.upper().split()
+        conn.chunking = "CHUNKING" in lhlo.text.upper().split()
         return conn
 
     async def deliver(self, mail_from: str, recipients: Sequence[str], data: bytes) -> list[Reply]:
@@ -177,7 +205,10 @@ class LmtpClient:
             replies = await self._transaction(conn, mail_from, recipients, data)
         except BaseException as exc:
             await conn.close()
-            if isinstance(exc, (LmtpError, OSError)) and not conn.data_sent and conn.reused:
+            # A kept connection the server had closed: nothing of the message went out, or
+            # (BDAT sends it with the envelope) the server never said a word about it.
+            stale = not conn.data_sent or not conn.answered
+            if isinstance(exc, (LmtpError, OSError)) and stale and conn.reused:
                 raise _Stale() from exc
             if isinstance(exc, OSError):
                 raise LmtpError(f"LMTP connection failed: {exc}") from exc
@@ -185,7 +216,7 @@ class LmtpClient:
         if len(self._idle) < self.keep_idle:
             conn.idle_since = time.monotonic()
             conn.reused = True
-            conn.data_sent = False
+            conn.data_sent = conn.answered = False
             self._idle.append(conn)
         else:
             await conn.close()
@@ -201,6 +232,8 @@ class LmtpClient:
         body = " BODY=8BITMIME" if conn.eight_bit else ""
         mail_line = f"MAIL FROM:<{mail_from}>{body}"
         rcpt_lines = [f"RCPT TO:<{rcpt}>" for rcpt in recipients]
+        if conn.pipelining and conn.chunking:
+            return await _chunked_transaction(conn, mail_line, rcpt_lines, data)
         start: Reply | None = None
         if conn.pipelining:
             # MAIL, every RCPT and DATA in one write, their replies read in order: one round
@@ -229,6 +262,23 @@ class LmtpClient:
         for r in results:
             final.append(await conn.read_reply() if r is None else r)
         return final
+
+
+async def _chunked_transaction(
+    conn: LmtpConnection, mail_line: str, rcpt_lines: list[str], data: bytes
+) -> list[Reply]:
+    """MAIL, every RCPT and the message (BDAT LAST) in one write, their replies read in order:
+    one round trip per message, where DATA takes two (the 354 comes first)."""
+    mail, *rcpt_replies = await conn.chunked([mail_line, *rcpt_lines], data)
+    results: list[Reply | None] = [
+        None if mail.ok and r.ok else (r if mail.ok else mail) for r in rcpt_replies
+    ]
+    if all(r is not None for r in results):
+        await conn.read_reply()  # the BDAT's refusal: no recipient
+        await conn.command("RSET")  # the MAIL of a transaction without recipients
+        return [r for r in results if r is not None]
+    # RFC 2033 §4.2: one reply for each recipient that was accepted.
+    return [await conn.read_reply() if r is None else r for r in results]
 
 
 async def _abandon(conn: LmtpConnection, start: Reply | None) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any, AnyStr, Protocol
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from mxdesk.smtpfast import BlockDataSMTP, with_extensions
+from mxdesk.smtpfast import DATA_BLOCK, BlockDataSMTP, with_extensions
 from mxdesk.sockets import SocketError, listen_unix
 from mxdesk.state import Mailbox
 from mxdesk.store.decode import without_controls
@@ -27,6 +28,14 @@ R451_LOCAL_ERROR = "451 4.3.0 Temporary failure in the ticket store, try again l
 R452_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 R550_NO_MAILBOX = "550 5.1.1 <{address}>: no such mailbox"
 MAX_ECHOED_ADDRESS = 254
+R250_CHUNK = "250 2.0.0 {size} octets received"
+R501_BDAT = "501 5.5.4 Syntax: BDAT chunk-size [LAST]"
+R503_BDAT_NO_RCPT = "503 5.5.1 Error: need RCPT command"
+R503_BDAT_FAILED = "503 5.5.1 Error: an earlier chunk of this message was refused"
+R503_DATA_AFTER_BDAT = "503 5.5.1 Error: DATA after BDAT in one transaction"
+R552_TOO_BIG = "552 5.3.4 Error: message size exceeds fixed maximum message size"
+# RFC 3030 §2: "BDAT" SP chunk-size [ SP end-marker ]; a size beyond 18 digits is not a size.
+_BDAT = re.compile(r"(\d{1,18})(?: +(LAST))?", re.IGNORECASE)
 
 
 class MailboxDirectory(Protocol):
@@ -63,8 +72,10 @@ class LmtpHandler:
         self, server: SMTP, session: Session, envelope: Envelope, host: str, responses: list[str]
     ) -> list[str]:
         session.host_name = host
-        # RFC 2033 §5: an LMTP server must offer both.
-        return with_extensions(responses)
+        # RFC 2033 §5: an LMTP server must offer both (PIPELINING, ENHANCEDSTATUSCODES); and
+        # CHUNKING (RFC 3030), so that a client sends a message with its envelope in one write.
+        extended = with_extensions(responses)
+        return [*extended[:-1], "250-CHUNKING", extended[-1]]
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -110,7 +121,12 @@ class LmtpHandler:
 
 
 class LmtpSession(LMTP, BlockDataSMTP):
-    """aiosmtpd's LMTP that answers every accepted recipient after DATA, errors included."""
+    """aiosmtpd's LMTP that answers every accepted recipient after DATA, errors included, and
+    takes BDAT (RFC 3030)."""
+
+    # The chunks of the message so far; None once one was refused (too big), until the
+    # transaction ends. Each connection gets its own (connection_made resets the state).
+    _chunks: bytearray | None
 
     def __init__(self, handler: LmtpHandler, sessions: set[LmtpSession], **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
@@ -139,6 +155,82 @@ class LmtpSession(LMTP, BlockDataSMTP):
         await super().push(text)
         if text.startswith("354") and self.envelope is not None:
             self.replies_due = len(self.envelope.rcpt_tos)
+
+    async def smtp_BDAT(self, arg: str | None) -> None:
+        """RFC 3030 CHUNKING: the message in chunks of a stated size, taken as they are (no
+        dot-stuffing, no end line). Every chunk is read whole, refused or not, so that what
+        follows it is read as the next command; one reply to each chunk, and after the LAST
+        one a reply for each accepted recipient (RFC 2033 §4.2), as after DATA's final dot."""
+        match = _BDAT.fullmatch(arg or "")
+        if match is None:
+            # Without a size the chunk's end cannot be found: its bytes would be read as
+            # commands. The session ends.
+            await self.push(R501_BDAT)
+            assert self.transport is not None
+            self.transport.close()
+            return
+        size, last = int(match[1]), match[2] is not None
+        refusal = None
+        if await self.check_helo_needed():
+            refusal = ""  # said by check_helo_needed
+        elif self.envelope is None or not self.envelope.rcpt_tos:
+            refusal = R503_BDAT_NO_RCPT
+        elif self._chunks is None:
+            refusal = R503_BDAT_FAILED
+        limit = self.data_size_limit or 0
+        if refusal is None and limit and len(self._chunks or b"") + size > limit:
+            refusal, self._chunks = R552_TOO_BIG, None  # the rest of the message is refused too
+        kept = await self._read_chunk(size, keep=refusal is None)
+        if refusal in (R552_TOO_BIG, R503_BDAT_FAILED) and last:
+            # The end of a message with recipients: each is answered, as after DATA.
+            assert self.envelope is not None
+            refusal = "\r\n".join([refusal] * len(self.envelope.rcpt_tos))
+            self._set_post_data_state()
+        if refusal is not None:
+            if refusal:
+                await self.push(refusal)
+            return
+        assert self.envelope is not None and self._chunks is not None
+        if not last:
+            self._chunks += kept
+            await self.push(R250_CHUNK.format(size=size))
+            return
+        content = bytes(self._chunks + kept) if self._chunks else kept
+        self._chunks = bytearray()  # whatever the handler does, the next message starts anew
+        self.envelope.content = self.envelope.original_content = content
+        self.replies_due = len(self.envelope.rcpt_tos)  # for handle_exception's reply
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push(status)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if self._chunks or self._chunks is None:
+            # RFC 3030 §3: a message is sent with DATA or with BDAT, never both.
+            await self.push(R503_DATA_AFTER_BDAT)
+            return
+        await super().smtp_DATA(arg)
+
+    async def _read_chunk(self, size: int, keep: bool) -> bytes:
+        """The next size bytes (b"" when not kept: read in blocks and dropped)."""
+        reader, line_limit = self._reader, self._reader._limit  # type: ignore[attr-defined]
+        reader._limit = max(line_limit, DATA_BLOCK)  # type: ignore[attr-defined]
+        kept = bytearray()
+        try:
+            while size:
+                block = await reader.read(min(size, DATA_BLOCK))
+                if not block:
+                    raise ConnectionResetError("connection closed during BDAT")
+                self._reset_timeout()
+                size -= len(block)
+                if keep:
+                    kept += block
+        finally:
+            reader._limit = line_limit  # type: ignore[attr-defined]
+        return bytes(kept)
+
+    def _set_post_data_state(self) -> None:
+        super()._set_post_data_state()  # type: ignore[no-untyped-call]
+        self._chunks = bytearray()  # after DATA, BDAT LAST, RSET, LHLO and on connecting
 
     async def handle_exception(self, error: Exception) -> str:
         if self.replies_due:

@@ -1,5 +1,6 @@
 """The gateway's LMTP client against a scripted LMTP server on a Unix socket, with and without
-PIPELINING (RFC 2920): the same replies per recipient either way, and what went over the wire."""
+PIPELINING (RFC 2920) and CHUNKING (RFC 3030): the same replies per recipient every way, and
+what went over the wire."""
 
 from __future__ import annotations
 
@@ -20,13 +21,16 @@ class Script:
     """An LMTP server: refuses RCPT for BAD, MAIL from <refused@…>, and counts its reads."""
 
     pipelining: bool
+    chunking: bool = False
     lines: list[str] = field(default_factory=list)
     reads: int = 0  # how many times the server found new bytes from the client
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)  # one per connection
 
     async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         def say(*replies: str) -> None:
             writer.write("".join(f"{r}\r\n" for r in replies).encode())
 
+        self.writers.append(writer)
         say("220 loja LMTP")
         mail_ok, rcpts = False, 0
         while line := (await self._line(reader)):
@@ -34,6 +38,7 @@ class Script:
             verb = line.split(" ", 1)[0].upper()
             if verb == "LHLO":
                 extra = ["250-PIPELINING"] if self.pipelining else []
+                extra += ["250-CHUNKING"] if self.chunking else []
                 say("250-loja", *extra, "250 8BITMIME")
             elif verb == "MAIL":
                 mail_ok = "refused@" not in line
@@ -57,6 +62,15 @@ class Script:
                 self.lines.append(f"<{len(body)} lines>")
                 say(*(f"250 2.0.0 filed {n}" for n in range(rcpts)))
                 mail_ok, rcpts = False, 0
+            elif verb == "BDAT" and self.chunking:
+                size, last = line.split(" ")[1], line.upper().endswith(" LAST")
+                body = (await reader.readexactly(int(size))).split(b"\r\n")
+                self.lines.append(f"<{len(body) - 1} lines{'' if body[-1] == b'' else ' +'}>")
+                if not rcpts:
+                    say("503 5.5.1 need RCPT")
+                elif last:
+                    say(*(f"250 2.0.0 filed {n}" for n in range(rcpts)))
+                    mail_ok, rcpts = False, 0
             elif verb == "RSET":
                 mail_ok, rcpts = False, 0
                 say("250 2.0.0 Ok")
@@ -73,9 +87,12 @@ class Script:
         return (await reader.readline()).decode().rstrip("\r\n")
 
 
-@pytest.fixture(params=[True, False], ids=["pipelining", "one-by-one"])
+@pytest.fixture(
+    params=[(True, True), (True, False), (False, False)],
+    ids=["chunking", "pipelining", "one-by-one"],
+)
 async def server(short_tmp: Path, request: pytest.FixtureRequest) -> AsyncIterator[Script]:
-    script = Script(pipelining=request.param)
+    script = Script(pipelining=request.param[0], chunking=request.param[1])
     srv = await asyncio.start_unix_server(script.session, str(short_tmp / "lmtp"))
     async with srv:
         yield script
@@ -109,7 +126,36 @@ async def test_replies_per_recipient_with_and_without_pipelining(
         await lmtp.close()
     assert server.lines[0].startswith("LHLO")
     if codes == [250, 250]:
-        assert "<3 lines>" in server.lines  # the header, the blank line, the stuffed dot line
+        assert "<3 lines>" in server.lines  # the header, the blank line, the dot line
+        assert ("BDAT 22 LAST" in server.lines) == server.chunking  # the dot not doubled
+
+
+async def test_bare_line_ends_go_out_as_crlf(short_tmp: Path, server: Script) -> None:
+    lmtp = client(short_tmp)
+    try:
+        replies = await lmtp.deliver("c@example.com", ["a@marca.example"], b"S: x\n\nsem fim")
+        assert [r.code for r in replies] == [250]
+    finally:
+        await lmtp.close()
+    assert "<3 lines>" in server.lines  # each line ended by CRLF, the last one too
+
+
+async def test_a_kept_connection_the_server_closed_is_replaced(
+    short_tmp: Path, server: Script
+) -> None:
+    """The server ended an idle kept connection (a restart of the store): nothing of the next
+    message was answered on it, so it goes on a new connection at once, not back to the
+    queue."""
+    lmtp = client(short_tmp)
+    try:
+        first = await lmtp.deliver("c@example.com", ["a@marca.example"], b"x\r\n")
+        server.writers[0].close()
+        await asyncio.sleep(0.05)
+        second = await lmtp.deliver("c@example.com", ["a@marca.example"], b"y\r\n")
+        assert [r.code for r in first + second] == [250, 250]
+    finally:
+        await lmtp.close()
+    assert len(server.writers) == 2
 
 
 async def test_pipelining_sends_the_envelope_in_one_write(short_tmp: Path, server: Script) -> None:
@@ -121,7 +167,8 @@ async def test_pipelining_sends_the_envelope_in_one_write(short_tmp: Path, serve
     finally:
         await lmtp.close()
     # The envelope (MAIL, RCPT, DATA) of each message arrives in one read with PIPELINING,
-    # in three without (the body is read apart). Plus LHLO and QUIT.
+    # in three without (the body is read apart); with CHUNKING the message comes along in
+    # the same write (BDAT), so the server reads nothing more. Plus LHLO and QUIT.
     per_message = 1 if server.pipelining else 3
     assert server.reads == 2 + 5 * per_message
 
