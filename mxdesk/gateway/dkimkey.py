@@ -35,6 +35,16 @@ class DkimKey:
             return b"rsa-sha256"
         return b"ed25519-sha256"
 
+    def pem(self) -> bytes:
+        """The private key in PEM (PKCS #8), as load_key reads it: for the signing helper."""
+        from cryptography.hazmat.primitives import serialization
+
+        return self.private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
     def dns_txt(self) -> str:
         """The TXT record for <selector>._domainkey.<domain> (RFC 6376 §3.6.1, RFC 8463)."""
         from cryptography.hazmat.primitives import serialization

@@ -31,6 +31,7 @@ from mxdesk.gateway.sessions import (
     submission_session,
     tls_context,
 )
+from mxdesk.gateway.signer import SigningProcess
 from mxdesk.gateway.smtp import ConnectionLimits, GatewaySMTP
 from mxdesk.gateway.spool import Spool, SpoolEntry
 from mxdesk.metrics import GatewayMetrics
@@ -90,6 +91,7 @@ class GatewayService:
         self.parts: SessionParts | None = None
         # The processes that serve the sessions ([gateway] listener_processes; None: here).
         self.listeners: ListenerProcesses | None = None
+        self.signer: SigningProcess | None = None  # without listener processes
         # Remake the session templates of the listeners from self.config (after a reload).
         self._renewals: list[Callable[[], None]] = []
 
@@ -117,6 +119,11 @@ class GatewayService:
         self.parts = SessionParts(
             cfg, self.spool, self.metrics, policy, senders, verifier, tls_context(cfg)
         )
+        if not cfg.gateway.listener_processes:
+            # Listener processes sign on worker threads of their own: they are the other CPU.
+            self.signer = SigningProcess()
+            await self.signer.start()
+            self.parts.sign = self.signer.sign
         self.submission_limits = ConnectionLimits(
             cfg.gateway.max_connections,
             cfg.gateway.max_connections,
@@ -257,6 +264,8 @@ class GatewayService:
         else:
             limits = [self.limits, *filter(None, [self.submission_limits])]
             await end_sessions(limits, SHUTDOWN_GRACE)
+        if self.signer is not None:
+            await self.signer.close()
         if self.metrics_endpoint is not None:
             await self.metrics_endpoint.close()
         if self.lifecycle is not None:

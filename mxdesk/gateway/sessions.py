@@ -13,6 +13,7 @@ from mxdesk.gateway.inboundauth import InboundVerifier
 from mxdesk.gateway.mx import MxHandler
 from mxdesk.gateway.policy import RecipientPolicy
 from mxdesk.gateway.senders import SenderPolicy
+from mxdesk.gateway.signer import Signer, sign_in_thread
 from mxdesk.gateway.smtp import ConnectionLimits, GatewaySMTP
 from mxdesk.gateway.spool import Spool
 from mxdesk.gateway.submission import SubmissionHandler, SubmissionSMTP
@@ -31,6 +32,7 @@ class SessionParts:
     senders: SenderPolicy
     verifier: InboundVerifier | None
     tls: ssl.SSLContext | None
+    sign: Signer = sign_in_thread  # the gateway's signing helper; a worker thread elsewhere
 
 
 def tls_context(config: Config) -> ssl.SSLContext | None:
@@ -80,6 +82,7 @@ def submission_session(
         gw.max_recipients,
         cfg.outbound.send_delay,
         parts.metrics,
+        parts.sign,
     )
     return SubmissionSMTP(handler, **_options(parts, limits, loop, "mxdesk submission"))
 

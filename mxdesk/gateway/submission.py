@@ -22,9 +22,10 @@ from typing import Any
 
 from aiosmtpd.smtp import Session
 
-from mxdesk.gateway.dkim import normalise_line_endings, sign
+from mxdesk.gateway.dkim import normalise_line_endings
 from mxdesk.gateway.mx import R250_MAIL_OK, R250_RCPT_OK, R451_LOCAL_ERROR, R452_TOO_MANY_RCPTS
 from mxdesk.gateway.senders import SenderPolicy
+from mxdesk.gateway.signer import Signer, sign_in_thread
 from mxdesk.gateway.smtp import GatewayEnvelope, GatewaySMTP
 from mxdesk.gateway.spool import NewEntry, Recipient, Spool, SpoolError, new_queue_id
 from mxdesk.metrics import GatewayMetrics
@@ -187,7 +188,10 @@ class SubmissionHandler:
         max_recipients: int,
         send_delay: float,
         metrics: GatewayMetrics | None = None,
+        sign: Signer = sign_in_thread,
     ) -> None:
+        """sign: makes the DKIM signatures (the gateway's helper process, or a worker thread)."""
+        self._sign = sign
         self._metrics = metrics or GatewayMetrics()
         self._senders = senders
         self._spool = spool
@@ -236,9 +240,7 @@ class SubmissionHandler:
         keys = self._senders.signing_keys(message, envelope.tenant, envelope.mail_from or "")
         if not keys:
             return R550_NO_SIGNING_KEY
-        # RSA signing takes a third of a millisecond with the GIL released (OpenSSL): on a
-        # worker thread the event loop serves other sessions meanwhile.
-        signed = await asyncio.get_running_loop().run_in_executor(None, sign, message, keys)
+        signed = await self._sign(message, keys)
         self._metrics.signed(keys)
         held = self._senders.waiting_for(signed)
         entry = NewEntry(
