@@ -44,6 +44,19 @@ async def submit(socket_path: Path, i: int) -> None:
     raise AssertionError(f"message {i} never accepted")
 
 
+async def submit_all(socket_path: Path, count: int, clients: int, pause: float = 0.0) -> None:
+    """count replies "carga 0" to "carga count-1", clients at a time, each client pausing
+    between its messages."""
+    sem = asyncio.Semaphore(clients)
+
+    async def one(i: int) -> None:
+        async with sem:
+            await submit(socket_path, i)
+            await asyncio.sleep(pause)
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+
+
 async def test_kill_9_while_delivering_loses_no_reply(short_tmp: Path) -> None:
     require_real("smtp-sink")
     dns = DnsServer()
@@ -82,13 +95,7 @@ async def test_kill_9_while_delivering_loses_no_reply(short_tmp: Path) -> None:
 
     try:
         chaos = asyncio.create_task(killer())
-        sem = asyncio.Semaphore(CLIENTS)
-
-        async def one(i: int) -> None:
-            async with sem:
-                await submit(socket_path, i)
-
-        await asyncio.gather(*(one(i) for i in range(MESSAGES)))
+        await submit_all(socket_path, MESSAGES, CLIENTS)
         done.set()
         await chaos
         spool = short_tmp / "state" / "spool.db"

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import dkim
 from conftest import require_real, wait_for
-from daemons import Daemon, activate, cli, write_config
+from daemons import Daemon, cli, provision, write_config
 from dns_server import DnsServer
 from sink import Sink
-from test_crash_outbound import SENDER, submit
+from test_crash_outbound import submit_all
 
 from mxdesk.gateway.queuectl import list_entries
 
@@ -57,14 +57,7 @@ async def run(short_tmp: Path, dns: DnsServer, sink: Sink) -> None:
         config.read_text() + f"\n[gateway.outbound]\nsend_delay = 0.0\nsmtp_port = {sink.port}\n"
         f'nameservers = ["127.0.0.1:{dns.port}"]\n'
     )
-    for args in (
-        ("init",),
-        ("tenant", "add", "marca", "--owner", "dono@marca.example", "--plan", "plus"),
-        ("domain", "add", "marca", "--tenant", "marca"),
-        ("mailbox", "add", SENDER, "--name", "Suporte Marca"),
-    ):
-        cli(config, *args)
-    activate(config, "marca.helpdesk.example")
+    provision(config)  # marca.helpdesk.example active, suporte@ its mailbox
     shown = json.loads(cli(config, "domain", "show", "marca.helpdesk.example", "--json").stdout)
     txt = {f"{r['name']}.".encode(): r["txt"].encode() for r in shown["dkim"]}
     gateway = Daemon(config, "gateway", short_tmp / "gateway.log")
@@ -85,15 +78,8 @@ async def run(short_tmp: Path, dns: DnsServer, sink: Sink) -> None:
 
     try:
         chaos = asyncio.create_task(killer())
-        sem = asyncio.Semaphore(CLIENTS)
-
-        async def one(i: int) -> None:
-            async with sem:
-                await submit(socket_path, i)
-                # 12 s in all: a new helper starts 5 s after the last one was killed.
-                await asyncio.sleep(0.3)
-
-        await asyncio.gather(*(one(i) for i in range(MESSAGES)))
+        # 12 s in all: a new helper starts 5 s after the last one was killed.
+        await submit_all(socket_path, MESSAGES, CLIENTS, pause=0.3)
         done.set()
         await chaos
         spool = short_tmp / "state" / "spool.db"
