@@ -11,8 +11,6 @@ from typing import AnyStr, Generic, TypeVar
 
 from aiosmtpd.smtp import SMTP
 
-S = TypeVar("S", bound=SMTP)
-
 # While a message arrives its reader holds up to twice this before it stops reading the socket;
 # a command line keeps aiosmtpd's limit (line_length_limit, 1001 bytes).
 DATA_BLOCK = 262144
@@ -48,6 +46,10 @@ class BlockDataSMTP(SMTP):
     to pipelined commands sent together."""
 
     in_data = False
+    # The reader's limit between messages (0: the command line limit). A client that pipelines
+    # the message behind its commands (LMTP's BDAT) would otherwise stop the socket's reading
+    # and restart it for every message; aiosmtpd still answers a long command line with 500.
+    reader_limit = 0
     _deadline = 0.0  # loop.time() at which the session times out, unless it moves again
     _held = b""  # 250 replies not sent yet: the client pipelined more commands behind them
 
@@ -189,6 +191,9 @@ class BlockDataSMTP(SMTP):
         return body[1:] if body.startswith(b".") else body
 
 
+S = TypeVar("S", bound=BlockDataSMTP)
+
+
 class SessionFactory(Generic[S]):
     """Makes an SMTP or LMTP session per connection, copying a template made once.
 
@@ -208,7 +213,8 @@ class SessionFactory(Generic[S]):
         t = self._template
         session = type(t).__new__(type(t))
         session.__dict__.update(t.__dict__)
-        reader = asyncio.StreamReader(limit=t.line_length_limit, loop=t.loop)
+        limit = t.reader_limit or t.line_length_limit
+        reader = asyncio.StreamReader(limit=limit, loop=t.loop)
         asyncio.StreamReaderProtocol.__init__(
             session, reader, client_connected_cb=session._cb_client_connected, loop=t.loop
         )

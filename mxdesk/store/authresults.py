@@ -34,14 +34,14 @@ def trusted_results(raw: bytes, authserv_id: str) -> list[Resinfo] | None:
     gateway removes incoming ones that claim its name, then adds its own on top); None when the
     message has none, e.g. it did not come through the gateway."""
     wanted = authserv_id.lower().rstrip(".")
-    for value in _headers(raw):
+    for value in header_values(raw):
         parsed = parse(value)
         if parsed is not None and parsed[0] == wanted:
             return parsed[1]
     return None
 
 
-def _headers(raw: bytes) -> list[str]:
+def header_values(raw: bytes) -> list[str]:
     """Authentication-Results values in the header section, unfolded, topmost first."""
     head = raw[:MAX_HEAD]
     end = min((i for i in (head.find(b"\r\n\r\n"), head.find(b"\n\n")) if i >= 0), default=-1)

@@ -67,7 +67,7 @@ def decode_text(data: bytes, charset: str | None) -> tuple[str, str | None]:
 
 def raw_header_text(value: str) -> str:
     """Recovers 8-bit header bytes the parser kept as surrogate escapes (UTF-8, else cp1252)."""
-    if not any("\udc80" <= c <= "\udcff" for c in value):
+    if value.isascii() or not any("\udc80" <= c <= "\udcff" for c in value):
         return value
     return _guess(value.encode("utf-8", "surrogateescape"))
 
@@ -77,6 +77,8 @@ def decode_header_value(value: str) -> str:
     from email.header import decode_header  # here: `ticket list` needs none of email
 
     value = raw_header_text(value)
+    if "=?" not in value:  # no encoded word: decode_header would return it as it is
+        return _unfold(value)
     try:
         chunks = decode_header(value)
     except Exception:  # a malformed encoded word must not lose the header

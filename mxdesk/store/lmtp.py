@@ -127,6 +127,8 @@ class LmtpSession(LMTP, BlockDataSMTP):
     # The chunks of the message so far; None once one was refused (too big), until the
     # transaction ends. Each connection gets its own (connection_made resets the state).
     _chunks: bytearray | None
+    # The gateway writes MAIL, RCPT and BDAT with the message in one go (4 KiB and more).
+    reader_limit = DATA_BLOCK
 
     def __init__(self, handler: LmtpHandler, sessions: set[LmtpSession], **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)

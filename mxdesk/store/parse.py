@@ -44,6 +44,8 @@ MAX_NESTING = 50
 _QUEUE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _MSGID = re.compile(r"<[^<>\s\x00-\x1f\x7f]{1,250}>")
 _BARE_MSGID = re.compile(r"[^<>\s\x00-\x1f\x7f]{1,250}@[^<>\s\x00-\x1f\x7f]{1,250}")
+# Whitespace (Unicode's too), controls and what would make an address ambiguous in a list.
+_NOT_IN_ADDRESS = re.compile(r'[\s,;<>"\\\x00-\x1f]')
 _REPORT_COPY_TYPES = ("message/rfc822", "message/global", "text/rfc822-headers")
 _EML_TYPES = ("message/rfc822", "message/global")
 T = TypeVar("T")
@@ -337,7 +339,7 @@ def _plain_address(addr: str) -> bool:
     return (
         bool(at and local and domain)
         and len(addr) <= MAX_ADDRESS
-        and not any(c.isspace() or c in ',;<>"\\' or ord(c) < 32 for c in addr)
+        and _NOT_IN_ADDRESS.search(addr) is None
     )
 
 

@@ -33,17 +33,22 @@ HEADER_HEADROOM = 1024 * 1024
 
 
 class StateMailboxes:
-    """Looks recipients up in the state database through one read-only connection."""
+    """Looks recipients up in the state database through one read-only connection; an answer
+    is remembered until the database changes (the CLI adds, disables or moves a mailbox), as
+    the gateway's recipient policy does."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._conn: sqlite3.Connection | None = None
+        self._answers: state.Remembered | None = None
 
     def find(self, address: str) -> Mailbox | None:
-        if self._conn is None:
-            self._conn = state.connect(self.path, readonly=True)
+        if self._conn is None or self._answers is None:
+            self._conn = conn = state.connect(self.path, readonly=True)
+            self._answers = state.Remembered(conn)
+        conn = self._conn
         try:
-            return state.get_mailbox(self._conn, address)
+            return self._answers.get(address, lambda: state.get_mailbox(conn, address))
         except sqlite3.Error:
             self.close()  # reopen on the next lookup: the file may have been replaced
             raise
@@ -52,6 +57,7 @@ class StateMailboxes:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+            self._answers = None
 
 
 class ThreadedFiler:

@@ -3,11 +3,12 @@ prove its From: address."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, fields
 
-from mxdesk.store.authresults import Resinfo, trusted_results
+from mxdesk.store.authresults import Resinfo, header_values, parse
 
 MAX_DKIM = 8
 MAX_DOMAIN = 253
@@ -51,9 +52,7 @@ class Verdicts:
         return f"spf={self.spf} {dkim} {dmarc} arc={self.arc}"
 
     def to_json(self) -> str:
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["dkim"] = [{"result": d.result, "domain": d.domain} for d in self.dkim]
-        return json.dumps(data, separators=(",", ":"))
+        return _as_json(self)
 
     @classmethod
     def from_json(cls, text: str | None) -> Verdicts | None:
@@ -68,11 +67,35 @@ class Verdicts:
             return None
 
 
+@functools.lru_cache(maxsize=512)
+def _as_json(verdicts: Verdicts) -> str:
+    data = {f.name: getattr(verdicts, f.name) for f in fields(verdicts)}
+    data["dkim"] = [{"result": d.result, "domain": d.domain} for d in verdicts.dkim]
+    return json.dumps(data, separators=(",", ":"))
+
+
 def read_verdicts(raw: bytes, host_name: str) -> Verdicts | None:
-    """The verdicts of the gateway's own Authentication-Results header (the one naming
-    host_name); None when the message has none: nothing about its sender is known."""
-    results = trusted_results(raw, host_name)
-    return None if results is None else verdicts_of(results)
+    """The verdicts of the gateway's own Authentication-Results header (the topmost one naming
+    host_name, as authresults.trusted_results finds it); None when the message has none:
+    nothing about its sender is known."""
+    wanted = host_name.lower().rstrip(".")
+    for value in header_values(raw):
+        verdicts = _verdicts_in(value, wanted)
+        if verdicts is not None:
+            return verdicts
+    return None
+
+
+@functools.lru_cache(maxsize=512)
+def _verdicts_in(value: str, authserv_id: str) -> Verdicts | None:
+    """The verdicts of one header value whose authserv-id is ours, else None. Remembered: the
+    gateway writes the same header for every message of a sender's domain with the same
+    results (its own header is remembered the same way), and reading it again took a tenth of
+    the store's filing time."""
+    parsed = parse(value)
+    if parsed is None or parsed[0] != authserv_id:
+        return None
+    return verdicts_of(parsed[1])
 
 
 def verdicts_of(results: list[Resinfo]) -> Verdicts:

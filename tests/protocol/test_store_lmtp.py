@@ -15,6 +15,7 @@ from conftest import BASE, MAILBOX
 from wire import Wire
 
 from mxdesk import config as cfg
+from mxdesk import state
 from mxdesk.state import Mailbox
 from mxdesk.store.lmtp import LmtpHandler, LmtpSession, SocketError, listen_unix
 from mxdesk.store.service import StoreService, start_store
@@ -107,6 +108,38 @@ async def test_unknown_recipient_refused_at_rcpt_and_one_reply_after_data(
 async def test_sub_address_reaches_the_mailbox(config: cfg.Config, store: StoreService) -> None:
     await deliver(config.store.lmtp_socket, [MAILBOX.replace("@", "+pedido42@")], message())
     assert [r["recipient"] for r in rows(config, "SELECT recipient FROM messages")] == [MAILBOX]
+
+
+async def test_a_mailbox_added_while_the_store_runs_is_found(
+    config: cfg.Config, store: StoreService
+) -> None:
+    # The store remembers its lookups; a change to the state database (the CLI's) is seen.
+    new = f"vendas@marca.{BASE}"
+    w = await lmtp(config.store.lmtp_socket)
+    try:
+        rcpt, _ = await transaction(w, [new, MAILBOX], message())
+        assert rcpt[0].startswith("550 5.1.1")
+        conn = state.connect(config.general.state_db)
+        state.add_mailbox(conn, BASE, new, "Vendas")
+        conn.close()
+        await asyncio.sleep(0.01)
+        rcpt, final = await transaction(w, [new], message("Outra", "Q2"))
+        assert rcpt == ["250 2.1.5 OK"] and final[0].startswith("250 2.0.0")
+    finally:
+        await w.close()
+
+
+async def test_a_command_line_over_1000_octets_is_refused_and_the_session_goes_on(
+    config: cfg.Config, store: StoreService
+) -> None:
+    # The reader takes a whole pipelined message at once; the line limit is still kept.
+    w = await lmtp(config.store.lmtp_socket)
+    try:
+        assert (await w.cmd(f"MAIL FROM:<{'a' * 1100}@example.com>")).startswith("500")
+        rcpt, final = await transaction(w, [MAILBOX], message())
+        assert rcpt == ["250 2.1.5 OK"] and final[0].startswith("250 2.0.0")
+    finally:
+        await w.close()
 
 
 async def test_close_ends_idle_sessions_and_removes_the_socket(config: cfg.Config) -> None:

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mxdesk import names
 from mxdesk.names import Address, InvalidName, header_addresses, parse_address
 from mxdesk.store.parse import parse_message
 
@@ -158,3 +159,37 @@ def test_the_store_takes_its_sender_from_the_same_reading(value: str) -> None:
 )
 def test_header_addresses_examples(value: str, expected: list[tuple[str, str]] | None) -> None:
     assert header_addresses(value) == expected
+
+
+def scanned(value: str) -> list[tuple[str, str]] | None:
+    """header_addresses by the per-character scan alone, without its shortcut."""
+    elements = names._scan(value, True)
+    if elements is None:
+        return None
+    found = []
+    for element in elements:
+        mailbox = names._mailbox(element)
+        if mailbox is None:
+            return None
+        if mailbox[1]:
+            found.append(mailbox)
+    return found
+
+
+MAILBOX_PIECES = st.lists(
+    st.sampled_from(
+        [
+            *["Ana", "J.", " ", "\t", "<", ">", "ana", "@", "b.example", "-", "=?x?q?a?=", '"'],
+            *["(c)", ",", ":", ";", "é", "\r\n ", "[1.2.3.4]", "@@", "..", "!#"],
+        ]
+    ),
+    max_size=10,
+)
+
+
+@FUZZ
+@given(MAILBOX_PIECES)
+def test_the_shortcut_for_one_plain_mailbox_agrees_with_the_scan(pieces: list[str]) -> None:
+    value = "".join(pieces)
+    for text in (value, f"Ana Silva <{value}>", f"{value} <ana@b.example>", f"{value}@b.example"):
+        assert header_addresses(text) == scanned(text), text

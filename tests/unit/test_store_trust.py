@@ -182,6 +182,11 @@ def test_only_the_topmost_header_naming_our_host_counts() -> None:
     ).encode()
     found = read_verdicts(raw, HOST)
     assert found is not None and found.dmarc == "fail"
+    # The verdicts of a header are remembered by its text and the host name asked for.
+    relay = read_verdicts(raw, "relay.example")
+    assert relay is not None and relay.dmarc == "pass"
+    assert read_verdicts(raw, "other.example") is None
+    assert read_verdicts(raw, HOST) == found
 
 
 def test_no_header_of_ours_means_no_verdicts() -> None:
