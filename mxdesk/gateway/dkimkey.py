@@ -4,7 +4,7 @@ apart from the signer so that the CLI handles keys without loading dkimpy and dn
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 # cryptography is imported where a key is made, loaded or used: commands that only list
@@ -26,14 +26,14 @@ class DkimKey:
     domain: str
     selector: str
     private_key: PrivateKey
+    # The a= tag, b"rsa-sha256" or b"ed25519-sha256": worked out once, each signature reads it.
+    algorithm: bytes = field(init=False, compare=False, repr=False)
 
-    @property
-    def algorithm(self) -> bytes:
+    def __post_init__(self) -> None:
         from cryptography.hazmat.primitives.asymmetric import rsa
 
-        if isinstance(self.private_key, rsa.RSAPrivateKey):
-            return b"rsa-sha256"
-        return b"ed25519-sha256"
+        rsa_key = isinstance(self.private_key, rsa.RSAPrivateKey)
+        object.__setattr__(self, "algorithm", b"rsa-sha256" if rsa_key else b"ed25519-sha256")
 
     def pem(self) -> bytes:
         """The private key in PEM (PKCS #8), as load_key reads it: for the signing helper."""

@@ -52,3 +52,29 @@ def test_signed_by_mxdesk_verifies_with_dkimpy(
     body = signed.partition(b"\r\n\r\n")[2]
     relaxed = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
     assert mxdkim.relaxed_body(body) == relaxed.canonicalize_body(body)
+
+
+def test_a_header_value_holding_nul_is_canonicalised_on_its_own(
+    dkim_keys: list[mxdkim.DkimKey],
+) -> None:
+    # The values are canonicalised together, joined by NUL; one that holds a NUL must not
+    # be split in two (nor shift the others).
+    key = dkim_keys[1]
+    records = {f"{key.selector}._domainkey.{key.domain}.".encode(): key.dns_txt().encode()}
+    message = (
+        b"From: a@x.example\r\nSubject: um\x00dois  \r\n\tfim\r\nTo:  b@y.example \r\n"
+        b"Subject: outro\r\n\r\ncorpo\r\n"
+    )
+    signed = mxdkim.sign(message, [key])
+    assert dkim.DKIM(signed).verify(dnsfunc=lambda name, timeout=5: records.get(name))
+    assert mxdkim._relaxed_values([b" um\x00dois  \r\n\tfim", b"  b@y.example "]) == [
+        b"um\x00dois fim",
+        b"b@y.example",
+    ]
+    # Without a NUL: one pass, each value's ends trimmed, an all-blank value empty.
+    assert mxdkim._relaxed_values([b" a ", b" \t ", b"b\r\n\t c  ", b"d"]) == [
+        b"a",
+        b"",
+        b"b c",
+        b"d",
+    ]
