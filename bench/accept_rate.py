@@ -186,9 +186,10 @@ def busy_since(before: tuple[int, int]) -> float:
 
 
 def tree_seconds(pid: int) -> float:
-    """CPU time of a process and its children (the gateway's listener processes)."""
+    """CPU time of a process and its descendants (the gateway's listener processes and
+    signing helpers), those alive now."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return cpu_seconds(pid) + sum(cpu_seconds(int(child)) for child in children)
+    return cpu_seconds(pid) + sum(tree_seconds(int(child)) for child in children)
 
 
 def main_thread_seconds(pid: int) -> float:

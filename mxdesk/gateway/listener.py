@@ -28,6 +28,7 @@ from mxdesk.gateway.sessions import (
     submission_session,
     tls_context,
 )
+from mxdesk.gateway.signer import SigningProcess
 from mxdesk.gateway.smtp import ConnectionLimits, GatewaySMTP
 from mxdesk.gateway.spool import Spool
 from mxdesk.metrics import GatewayMetrics
@@ -102,6 +103,9 @@ async def serve(config: cfg.Config, sock: socket.socket) -> int:
         verifier,
         tls_context(config),
     )
+    signer = SigningProcess()
+    await signer.start()
+    parts.sign = signer.sign
     limits = {"mx": Reporting(channel), "submission": Reporting(channel)}
     makers = {"mx": mx_session, "submission": submission_session}
     factories: dict[str, SessionFactory[GatewaySMTP]] = {
@@ -164,6 +168,7 @@ async def serve(config: cfg.Config, sock: socket.socket) -> int:
     channel.send("ready")
     await stop.wait()
     await end_sessions(list(limits.values()), SHUTDOWN_GRACE)
+    await signer.close()
     if verifier is not None:
         verifier.close()
     await spool.close()

@@ -22,6 +22,33 @@ MAILBOX = "suporte@marca.helpdesk.example"
 PROCESSES = 2
 
 
+def children_of(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def signing_helpers(listeners: list[int]) -> list[int]:
+    """The listener processes' signing helpers (`python -m mxdesk.gateway.signer`), running."""
+    found = []
+    for pid in listeners:
+        for child in children_of(pid) if Path(f"/proc/{pid}").exists() else []:
+            if b"mxdesk.gateway.signer" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
+    return found
+
+
+def alive(pids: list[int]) -> list[int]:
+    """Those of pids still running (a zombie has ended)."""
+    running = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            running.append(pid)
+    return running
+
+
 class Site:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -43,8 +70,7 @@ class Site:
     def listeners(self) -> list[int]:
         """The gateway's child processes (its listener processes)."""
         assert self.gateway.proc is not None
-        pid = self.gateway.proc.pid
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        return children_of(self.gateway.proc.pid)
 
     def metric(self, name: str) -> float:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
@@ -84,6 +110,9 @@ def message(n: int) -> bytes:
 async def test_listener_processes_serve_the_mx_and_the_submission_socket(site: Site) -> None:
     children = site.listeners()
     assert len(children) == PROCESSES, children
+    # Each signs in a helper process of its own.
+    await wait_for(lambda: len(signing_helpers(children)) == PROCESSES, what="signing helpers")
+    helpers = signing_helpers(children)
     # 120 messages from 12 clients at a time: every one a ticket, counted by the metrics.
     sem = asyncio.Semaphore(12)
 
@@ -156,6 +185,7 @@ async def test_listener_processes_serve_the_mx_and_the_submission_socket(site: S
     await wait_for(lambda: sizes_are(sizes, {12345}), what="SIZE 12345 from every session")
     assert site.gateway.terminate() == 0
     assert not any(Path(f"/proc/{c}").exists() for c in children), "listener processes left"
+    await wait_for(lambda: not alive(helpers), what="the signing helpers to end", timeout=15)
 
 
 async def test_a_listener_process_killed_under_load_loses_nothing(site: Site) -> None:
@@ -208,6 +238,8 @@ async def test_a_listener_process_killed_under_load_loses_nothing(site: Site) ->
 
 async def test_listener_processes_end_with_a_killed_gateway(site: Site) -> None:
     children = site.listeners()
+    await wait_for(lambda: len(signing_helpers(children)) == PROCESSES, what="signing helpers")
+    helpers = signing_helpers(children)
     assert site.gateway.proc is not None
     site.gateway.proc.kill()
     site.gateway.proc.wait()
@@ -216,6 +248,8 @@ async def test_listener_processes_end_with_a_killed_gateway(site: Site) -> None:
         what="the listener processes to end",
         timeout=15,
     )
+    # Their helpers end too, their listener process gone (nothing is left holding the spool).
+    await wait_for(lambda: not alive(helpers), what="the signing helpers to end", timeout=15)
     # A new gateway on the same spool starts (the old ones hold nothing) and serves mail.
     again = Daemon(site.config, "gateway", site.root / "again.log")
     try:
