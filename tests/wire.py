@@ -53,10 +53,14 @@ async def send_message(
     port: int, mail_from: str, rcpts: list[str], body: bytes, source: str | None = None
 ) -> str:
     """One whole transaction (from the loopback address source if given); returns the final
-    reply to DATA (or the first refusal)."""
+    reply to DATA (or the first refusal, a greeting other than 220 included: a 421 when the
+    gateway could not hand the connection to a listener process that had just died)."""
     w = await Wire.open(port, source)
     try:
-        await w.hello()
+        greeting = await w.reply()
+        if not greeting.startswith("220 "):
+            return greeting
+        await w.cmd("EHLO client.example")
         r = await w.cmd(f"MAIL FROM:<{mail_from}>")
         if not r.startswith("250"):
             return r
