@@ -95,10 +95,12 @@ def parse_address(text: str) -> Address:
 _SPECIALS = frozenset('()<>[]:;@\\,"')
 MAX_COMMENT_DEPTH = 8
 _ATEXT = "-A-Za-z0-9!#$%&'*+/=?^_`{|}~"  # for a [] class: "-" first
-# One mailbox without quotes, comments, groups or folding: a phrase of atoms and dots, then an
-# address in <>; or a lone address.
+# One mailbox without quotes, comments, groups or folding: a phrase of atoms, dots and blanks,
+# then an address in <>; or a lone address between blanks. Each blank can be matched one way
+# only, so that a long run of them costs linear time (with a blank run before the phrase as
+# well, 8 KB of blanks took 0.23 s).
 _SIMPLE_MAILBOX = re.compile(
-    rf"[ \t]*(?:([{_ATEXT}. \t]*)<([{_ATEXT}.]+@[{_ATEXT}.]+)>|([{_ATEXT}.]+@[{_ATEXT}.]+))[ \t]*"
+    rf"(?:([{_ATEXT}. \t]*)<([{_ATEXT}.]+@[{_ATEXT}.]+)>|[ \t]*([{_ATEXT}.]+@[{_ATEXT}.]+))[ \t]*"
 )
 
 
