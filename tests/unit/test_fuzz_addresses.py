@@ -197,12 +197,12 @@ def test_the_shortcut_for_one_plain_mailbox_agrees_with_the_scan(pieces: list[st
 
 @FUZZ
 @given(
-    st.integers(min_value=1000, max_value=100_000),
+    st.integers(min_value=1000, max_value=60_000),
     st.sampled_from([" ", "\t", " \t"]),
     st.sampled_from(["a", "Ana Silva", "ana@b.example", "<ana", "x" * 50]),
 )
 def test_long_runs_of_blanks_cost_linear_time(blanks: int, blank: str, text: str) -> None:
     # The shortcut's pattern once matched leading blanks two ways: 8 KB of them took 0.23 s,
-    # 100 KB would take half a minute (the deadline is 5 s).
+    # 60 KB would take 13 s: over the 5 s deadline, and over the 240 s timeout in all (tried).
     value = blank * blanks + text
     assert header_addresses(value) == scanned(value)
