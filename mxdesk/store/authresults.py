@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -29,19 +30,28 @@ class Resinfo:
         return next((v for k, v in self.properties if k == name), "")
 
 
-def trusted_results(raw: bytes, authserv_id: str) -> list[Resinfo] | None:
+def trusted_results(raw: bytes, authserv_id: str) -> tuple[Resinfo, ...] | None:
     """The results of the topmost Authentication-Results header whose authserv-id is ours (the
     gateway removes incoming ones that claim its name, then adds its own on top); None when the
     message has none, e.g. it did not come through the gateway."""
     wanted = authserv_id.lower().rstrip(".")
-    for value in header_values(raw):
-        parsed = parse(value)
-        if parsed is not None and parsed[0] == wanted:
-            return parsed[1]
+    for value in _headers(raw):
+        results = _results_if_ours(value, wanted)
+        if results is not None:
+            return results
     return None
 
 
-def header_values(raw: bytes) -> list[str]:
+@functools.lru_cache(maxsize=512)
+def _results_if_ours(value: str, authserv_id: str) -> tuple[Resinfo, ...] | None:
+    """The results of one header value whose authserv-id is ours, else None. Remembered: the
+    gateway writes the same header for every message of a sender's domain with the same
+    results, and reading it again took a tenth of the store's filing time."""
+    parsed = parse(value)
+    return tuple(parsed[1]) if parsed is not None and parsed[0] == authserv_id else None
+
+
+def _headers(raw: bytes) -> list[str]:
     """Authentication-Results values in the header section, unfolded, topmost first."""
     head = raw[:MAX_HEAD]
     end = min((i for i in (head.find(b"\r\n\r\n"), head.find(b"\n\n")) if i >= 0), default=-1)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
-from mxdesk.store.authresults import Resinfo, header_values, parse
+from mxdesk.store.authresults import Resinfo, trusted_results
 
 MAX_DKIM = 8
 MAX_DOMAIN = 253
@@ -75,30 +76,18 @@ def _as_json(verdicts: Verdicts) -> str:
 
 
 def read_verdicts(raw: bytes, host_name: str) -> Verdicts | None:
-    """The verdicts of the gateway's own Authentication-Results header (the topmost one naming
-    host_name, as authresults.trusted_results finds it); None when the message has none:
-    nothing about its sender is known."""
-    wanted = host_name.lower().rstrip(".")
-    for value in header_values(raw):
-        verdicts = _verdicts_in(value, wanted)
-        if verdicts is not None:
-            return verdicts
-    return None
+    """The verdicts of the gateway's own Authentication-Results header (the one naming
+    host_name); None when the message has none: nothing about its sender is known."""
+    results = trusted_results(raw, host_name)
+    return None if results is None else _remembered_verdicts(results)
 
 
 @functools.lru_cache(maxsize=512)
-def _verdicts_in(value: str, authserv_id: str) -> Verdicts | None:
-    """The verdicts of one header value whose authserv-id is ours, else None. Remembered: the
-    gateway writes the same header for every message of a sender's domain with the same
-    results (its own header is remembered the same way), and reading it again took a tenth of
-    the store's filing time."""
-    parsed = parse(value)
-    if parsed is None or parsed[0] != authserv_id:
-        return None
-    return verdicts_of(parsed[1])
+def _remembered_verdicts(results: tuple[Resinfo, ...]) -> Verdicts:
+    return verdicts_of(results)
 
 
-def verdicts_of(results: list[Resinfo]) -> Verdicts:
+def verdicts_of(results: Sequence[Resinfo]) -> Verdicts:
     """Verdicts from parsed results: the first of each method counts, every DKIM signature."""
     spf = [r for r in results if r.method == "spf"]
     # RFC 7208 §2.3-2.4: the MAIL FROM identity is the one DMARC aligns; HELO is only shown.
