@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-
-_header_date: tuple[int, str] = (-1, "")
 
 
 def timestamp(seconds: float) -> str:
@@ -21,14 +20,31 @@ def duration(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
-def header_date() -> str:
-    """Now as an RFC 5322 date in GMT, for the Received: field of every message. The text
-    changes once a second; email.utils.formatdate was two thirds of the work of writing the
-    field, so the last second's text is kept."""
-    global _header_date
-    second = int(time.time())
-    if _header_date[0] != second:
-        from email.utils import formatdate  # not for the CLI's commands, which never need it
+class PerSecond:
+    """A text made from a whole second (since the epoch), made again only when the second
+    changes: what every message's Received: field and every log line write."""
 
-        _header_date = (second, formatdate(second, usegmt=True))
-    return _header_date[1]
+    def __init__(self, make: Callable[[int], str]) -> None:
+        self._make = make
+        self._last: tuple[int, str] = (-1, "")
+
+    def __call__(self, seconds: float) -> str:
+        second = int(seconds)
+        if self._last[0] != second:
+            self._last = (second, self._make(second))
+        return self._last[1]
+
+
+def _rfc5322_gmt(second: int) -> str:
+    from email.utils import formatdate  # not for the CLI's commands, which never need it
+
+    return formatdate(second, usegmt=True)
+
+
+_header_date = PerSecond(_rfc5322_gmt)
+
+
+def header_date() -> str:
+    """Now as an RFC 5322 date in GMT, for the Received: field of every message;
+    email.utils.formatdate was two thirds of the work of writing the field."""
+    return _header_date(time.time())

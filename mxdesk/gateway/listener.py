@@ -25,10 +25,10 @@ from mxdesk.gateway.sessions import (
     SessionParts,
     end_sessions,
     mx_session,
+    start_signing_helper,
     submission_session,
     tls_context,
 )
-from mxdesk.gateway.signer import SigningProcess
 from mxdesk.gateway.smtp import ConnectionLimits, GatewaySMTP
 from mxdesk.gateway.spool import Spool
 from mxdesk.metrics import GatewayMetrics
@@ -103,9 +103,7 @@ async def serve(config: cfg.Config, sock: socket.socket) -> int:
         verifier,
         tls_context(config),
     )
-    signer = SigningProcess()
-    await signer.start()
-    parts.sign = signer.sign
+    signer = await start_signing_helper(parts)
     limits = {"mx": Reporting(channel), "submission": Reporting(channel)}
     makers = {"mx": mx_session, "submission": submission_session}
     factories: dict[str, SessionFactory[GatewaySMTP]] = {

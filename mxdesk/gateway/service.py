@@ -28,6 +28,7 @@ from mxdesk.gateway.sessions import (
     SessionParts,
     end_sessions,
     mx_session,
+    start_signing_helper,
     submission_session,
     tls_context,
 )
@@ -120,10 +121,8 @@ class GatewayService:
             cfg, self.spool, self.metrics, policy, senders, verifier, tls_context(cfg)
         )
         if not cfg.gateway.listener_processes:
-            # Listener processes sign on worker threads of their own: they are the other CPU.
-            self.signer = SigningProcess()
-            await self.signer.start()
-            self.parts.sign = self.signer.sign
+            # With listener processes, each starts its own helper for its sessions.
+            self.signer = await start_signing_helper(self.parts)
         self.submission_limits = ConnectionLimits(
             cfg.gateway.max_connections,
             cfg.gateway.max_connections,

@@ -13,7 +13,7 @@ from mxdesk.gateway.inboundauth import InboundVerifier
 from mxdesk.gateway.mx import MxHandler
 from mxdesk.gateway.policy import RecipientPolicy
 from mxdesk.gateway.senders import SenderPolicy
-from mxdesk.gateway.signer import Signer, sign_in_thread
+from mxdesk.gateway.signer import Signer, SigningProcess, sign_in_thread
 from mxdesk.gateway.smtp import ConnectionLimits, GatewaySMTP
 from mxdesk.gateway.spool import Spool
 from mxdesk.gateway.submission import SubmissionHandler, SubmissionSMTP
@@ -32,7 +32,16 @@ class SessionParts:
     senders: SenderPolicy
     verifier: InboundVerifier | None
     tls: ssl.SSLContext | None
-    sign: Signer = sign_in_thread  # the gateway's signing helper; a worker thread elsewhere
+    sign: Signer = sign_in_thread  # a worker thread, until start_signing_helper
+
+
+async def start_signing_helper(parts: SessionParts) -> SigningProcess:
+    """Starts the signing helper of the process that serves the sessions (the gateway, or a
+    listener process), which from then on signs their messages; close() it after them."""
+    signer = SigningProcess()
+    await signer.start()
+    parts.sign = signer.sign
+    return signer
 
 
 def tls_context(config: Config) -> ssl.SSLContext | None:

@@ -1,10 +1,11 @@
-"""DKIM signatures for the submission sessions, made in a helper process of the gateway (a
-worker thread when the helper is not there); `python -m mxdesk.gateway.signer FD` is the helper.
+"""DKIM signatures for the submission sessions, made in a helper process of the process that
+serves them, the gateway or each listener process (a worker thread when the helper is not
+there); `python -m mxdesk.gateway.signer FD` is the helper.
 
 Signing is the largest part of a submission's work (OpenSSL's RSA-2048, canonicalisation and
 hashing in Python: 0.8 of the 2.1 ms of CPU an outbound message cost). On a worker thread it
 competed with the event loop for the interpreter lock, and every hand-over between them cost a
-wake-up; a process of its own signs on the other CPU with a lock of its own. The gateway sends
+wake-up; a process of its own signs on another CPU with a lock of its own. Its parent sends
 it the message and the keys (each key once: the helper keeps them by the SHA-256 of their PEM)
 over a Unix socket pair and reads back the signed message. If it ends or stops answering, the
 messages waiting for it and those after it are signed on a worker thread until another helper
@@ -51,7 +52,7 @@ class _HelperGone(Exception):
 
 
 class SigningProcess:
-    """The gateway's side of the helper: sign() answers every message, through the helper
+    """The parent's side of the helper: sign() answers every message, through the helper
     while it runs, on a worker thread otherwise."""
 
     def __init__(self, restart_delay: float = RESTART_DELAY) -> None:
@@ -191,9 +192,9 @@ class SigningProcess:
 
 def main() -> None:
     """The helper: reads requests from the socket, signs, writes the results back; ends when
-    the gateway closes its end (or dies)."""
+    its parent closes its end (or dies)."""
     # Ctrl-C at a terminal and systemd's SIGTERM reach the whole group: the helper signs on
-    # until the gateway, which is still ending its sessions, closes the socket.
+    # until its parent, which is still ending its sessions, closes the socket.
     for each in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(each, signal.SIG_IGN)
     channel = socket.socket(fileno=int(sys.argv[1]))
