@@ -52,6 +52,23 @@ def keep_umask() -> Iterator[None]:
     os.umask(old)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failing test that ran daemons in short_tmp shows the end of their logs: a race seen
+    once in a full run is then readable from that run's output."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    root = getattr(item, "funcargs", {}).get("short_tmp")
+    if report.when != "call" or not report.failed or not isinstance(root, Path):
+        return
+    for log in sorted(root.rglob("*.log")):
+        lines = log.read_text(errors="replace").splitlines()[-LOG_LINES_SHOWN:]
+        report.sections.append((f"Captured log {log.relative_to(root)}", "\n".join(lines)))
+
+
+LOG_LINES_SHOWN = 150
+
+
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
     # Unix socket paths must stay under ~100 bytes, so not pytest's deep tmp_path.

@@ -17,6 +17,7 @@ and auth_smtp_harness.AuthSmtpServer's ``oauth2``)::
         srv.revoke("ana@empresa.example")   # every refresh token of hers → invalid_grant
         srv.access_token_lifetime = 60      # seconds, for the tokens issued from now on
         srv.fail_next(500)           # the next request gets HTTP 500 (count=, error= …)
+        srv.answer_delay = 2.0       # answers leave this long after the request was handled
         srv.requests["refresh_token"], srv.request_count   # what reached the server
         srv.access_token("ana@empresa.example", lifetime=-60)   # mint one: expired …
         srv.access_token("ana@empresa.example", secret=b"x")    # … or signed with another key
@@ -111,6 +112,7 @@ class OAuthServer:
         self.device_code_lifetime = device_code_lifetime
         self.access_token_lifetime = access_token_lifetime
         self.rotation = rotation
+        self.answer_delay = 0.0
         self.keys = OAuth2Keys(secrets.token_bytes(32), "mxdesk-test-key", client_id, "")
         self.requests: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -366,6 +368,7 @@ class _Handler(BaseHTTPRequestHandler):
                 status, answer = _error(400, "invalid_request", "A parameter is repeated.")
             else:
                 status, answer = self.oauth._answer(self.path, dict(pairs))
+        time.sleep(self.oauth.answer_delay)  # a slow network: the server has already acted
         if isinstance(answer, str):
             data, content_type = answer.encode(), "text/html"
         else:

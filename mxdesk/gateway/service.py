@@ -278,6 +278,7 @@ class GatewayService:
         close = getattr(self.outbound, "close", None)
         if close is not None:
             await close()
+        await self.tokens.settle()  # before state.db closes: a rotated refresh token is kept
         if self.lmtp is not None:
             await self.lmtp.close()
         if self.verifier is not None:

@@ -55,7 +55,10 @@ async def access_token(
 
 class TokenSource:
     """One refresh at a time per channel: two users of one rotating refresh token (a fetcher
-    and the outbox) would otherwise spend it twice and lose the grant."""
+    and the outbox) would otherwise spend it twice and lose the grant. A refresh runs in a task
+    of its own that a cancelled caller does not cancel (a channel restarted or a delivery
+    ended while the request is out): once the provider has the request it has rotated the
+    refresh token, and only its answer, stored, keeps the grant."""
 
     def __init__(
         self,
@@ -66,8 +69,27 @@ class TokenSource:
         self._config = config
         self._state = state
         self._key = key
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._running: dict[str, asyncio.Task[str]] = {}
 
     async def access_token(self, name: str) -> str:
-        async with self._locks.setdefault(name, asyncio.Lock()):
-            return await access_token(self._state(), self._key(), self._config, name)
+        task = self._running.get(name)
+        if task is None:
+            task = asyncio.create_task(
+                access_token(self._state(), self._key(), self._config, name),
+                name=f"token {name}",
+            )
+            self._running[name] = task
+            task.add_done_callback(lambda done: self._forget(name, done))
+        return await asyncio.shield(task)
+
+    def _forget(self, name: str, done: asyncio.Task[str]) -> None:
+        if self._running.get(name) is done:
+            del self._running[name]
+        if not done.cancelled():
+            done.exception()  # retrieved: a caller cancelled meanwhile does not read it
+
+    async def settle(self) -> None:
+        """Waits for the refreshes under way (each bounded by its request's timeout), so
+        that a gateway stopping while one is out stores what the provider answered."""
+        if self._running:
+            await asyncio.wait(list(self._running.values()))

@@ -1,0 +1,98 @@
+"""The gateway's OAuth 2.0 access tokens (fetch/tokens.TokenSource) against the loopback
+authorization server: one refresh per channel at a time, and a rotated refresh token kept even
+when whoever asked for it is cancelled while the request is out."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Iterator
+
+import pytest
+from oauth_server import OAuthServer
+
+from mxdesk import channels, state
+from mxdesk import config as cfg
+from mxdesk.channelconfig import ChannelsConfig
+from mxdesk.gateway.fetch.tokens import TokenSource
+from mxdesk.oauth2 import OAuth2Provider
+
+KEY = bytes(range(32))
+USER = "suporte@empresa.example"
+
+
+@pytest.fixture
+def oauth() -> Iterator[OAuthServer]:
+    with OAuthServer(client_id="mxdesk-test") as srv:
+        yield srv
+
+
+@pytest.fixture
+def conn(config: cfg.Config, oauth: OAuthServer) -> Iterator[sqlite3.Connection]:
+    """A channel whose grant is a refresh token the server issued (as `channel authorize`
+    leaves it)."""
+    c = state.connect(config.general.state_db)
+    channels.add_channel(
+        c,
+        KEY,
+        tenant="marca",
+        address=USER,
+        protocol="imap",
+        host="127.0.0.1",
+        user=None,
+        secret="",
+        auth="oauth2",
+        oauth_provider="empresa",
+    )
+    oauth.rotation = False
+    first = oauth._issue(USER, "imap", with_refresh_token=True)
+    oauth.rotation = True
+    channels.set_secret(c, KEY, USER, first["refresh_token"])
+    yield c
+    c.close()
+
+
+def _source(oauth: OAuthServer, conn: sqlite3.Connection) -> TokenSource:
+    provider = OAuth2Provider(
+        name="empresa",
+        client_id=oauth.client_id,
+        client_secret="",
+        device_endpoint=oauth.device_endpoint,
+        token_endpoint=oauth.token_endpoint,
+        scope="imap",
+    )
+    return TokenSource(ChannelsConfig(oauth2=(provider,)), lambda: conn, lambda: KEY)
+
+
+async def test_a_caller_cancelled_during_the_refresh_loses_no_rotated_token(
+    oauth: OAuthServer, conn: sqlite3.Connection
+) -> None:
+    tokens = _source(oauth, conn)
+    oauth.answer_delay = 0.5
+    asking = asyncio.create_task(tokens.access_token(USER))
+    while oauth.requests["refresh_token"] == 0:  # the server has rotated; the answer is out
+        await asyncio.sleep(0.01)
+    asking.cancel()  # a channel restarted, a gateway stopping
+    with pytest.raises(asyncio.CancelledError):
+        await asking
+    await tokens.settle()
+    oauth.answer_delay = 0.0
+
+    # The rotated refresh token was stored: the next refresh (the access token dropped)
+    # works with it.
+    channels.store_tokens(conn, KEY, USER, channels.load_channel(conn, KEY, USER).secret, "", 0)
+    assert await tokens.access_token(USER)
+    assert oauth.requests["refresh_token"] == 2
+
+
+async def test_callers_at_once_share_one_refresh(
+    oauth: OAuthServer, conn: sqlite3.Connection
+) -> None:
+    tokens = _source(oauth, conn)
+    oauth.answer_delay = 0.2
+    got = await asyncio.gather(*(tokens.access_token(USER) for _ in range(3)))
+    assert len(set(got)) == 1
+    assert oauth.requests["refresh_token"] == 1
+    # Then it is good for a while: no request at all.
+    assert await tokens.access_token(USER) == got[0]
+    assert oauth.requests["refresh_token"] == 1
