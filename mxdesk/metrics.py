@@ -66,7 +66,7 @@ class GatewayMetrics:
         )
         self.signatures = Counter(
             "mxdesk_dkim_signatures",
-            "DKIM signatures made on submitted messages, by algorithm.",
+            "DKIM signatures made on outbound messages as they leave (each attempt), by algorithm",
             ["algorithm"],
             registry=r,
         )

@@ -223,7 +223,7 @@ class DriftWatch(StateTask):
             to.append(admin)
         message = drift_mail(self.config, kind, domain.name, tenant.slug, to, health.detail)
         queue_id = notice_queue_id("D" if kind == "drift" else "R", domain.name, health.since)
-        await queue_notice(self.spool, conn, self.config, queue_id, tenant.slug, to, message)
+        await queue_notice(self.spool, self.config, queue_id, tenant.slug, to, message)
         if kind == "drift":
             state.set_domain(conn, domain.name, drift_notified=True)
         else:

@@ -170,7 +170,7 @@ class DomainLifecycle(StateTask):
         ]
         message = activation_mail(cfg, domain.name, tenant.slug, tenant.owner, addresses)
         queue_id = activation_queue_id(domain.name, domain.activated)
-        await queue_notice(self.spool, conn, cfg, queue_id, tenant.slug, [tenant.owner], message)
+        await queue_notice(self.spool, cfg, queue_id, tenant.slug, [tenant.owner], message)
         log.info("domain=%s queue_id=%s owner <%s> told", domain.name, queue_id, tenant.owner)
 
     async def _release_replies(self, conn: sqlite3.Connection) -> None:

@@ -4,16 +4,14 @@ they may replace, and their queueing into the spool under an id that makes a ret
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import string
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from importlib import resources
 
-from mxdesk import dkimkeys
 from mxdesk.config import Config
-from mxdesk.gateway.dkim import normalise_line_endings, sign
+from mxdesk.gateway.dkim import normalise_line_endings
 from mxdesk.gateway.outrunner import OUTBOUND
 from mxdesk.gateway.spool import NewEntry, Recipient, Spool
 
@@ -100,23 +98,22 @@ def drift_mail(
 
 async def queue_notice(
     spool: Spool,
-    conn: sqlite3.Connection,
     config: Config,
     queue_id: str,
     tenant: str,
     to: list[str],
     message: bytes,
 ) -> None:
-    """Queues a notice for the outbound runner, signed with the base domain's key; a notice
-    whose id is in the spool already is not queued again."""
-    keys = dkimkeys.load_signing_keys(conn, config.general.base_domain)
+    """Queues a notice for the outbound runner (which signs it as it leaves, with the base
+    domain's keys when the sender is there); a notice whose id is in the spool already is not
+    queued again."""
     entry = NewEntry(
         queue_id,
         OUTBOUND,
         "local",
         config.dns.notify_from,
         tuple(Recipient(a, a.lower(), tenant) for a in to),
-        sign(message, keys) if keys else message,
+        message,
     )
     if not await spool.exists(entry.id):
         # A cancelled task leaves no half commit behind: once queued, it happens whole.

@@ -25,7 +25,6 @@ from mxdesk.gateway.sessions import (
     SessionParts,
     end_sessions,
     mx_session,
-    start_signing_helper,
     submission_session,
     tls_context,
 )
@@ -103,7 +102,6 @@ async def serve(config: cfg.Config, sock: socket.socket) -> int:
         verifier,
         tls_context(config),
     )
-    signer = await start_signing_helper(parts)
     limits = {"mx": Reporting(channel), "submission": Reporting(channel)}
     makers = {"mx": mx_session, "submission": submission_session}
     factories: dict[str, SessionFactory[GatewaySMTP]] = {
@@ -166,7 +164,6 @@ async def serve(config: cfg.Config, sock: socket.socket) -> int:
     channel.send("ready")
     await stop.wait()
     await end_sessions(list(limits.values()), SHUTDOWN_GRACE)
-    await signer.close()
     if verifier is not None:
         verifier.close()
     await spool.close()

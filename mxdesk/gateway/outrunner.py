@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
 
+from mxdesk.gateway.departure import Departure
 from mxdesk.gateway.dsn import (
     DELAYED,
     DELIVERED,
@@ -87,27 +87,24 @@ class OutboundRunner(QueueRunner):
         retry: RetryPolicy,
         concurrency: int,
         notices: Notices,
-        waiting_for: Callable[[bytes], str] | None = None,
+        departure: Departure | None = None,
         metrics: GatewayMetrics | None = None,
-        resign: Callable[[bytes], bytes | None] | None = None,
     ) -> None:
-        """waiting_for: why a message may not leave yet ("" = it may), checked before every
-        attempt so that even a released entry never goes out signed with an unserved key;
-        resign: the message signed again when a key it carries no longer signs (revoked)."""
+        """departure: signs each message before every attempt, or says why it may not leave
+        yet (its domain is not active, so its key may not be served: held); None: sent as
+        queued."""
         super().__init__(spool, OUTBOUND, deliverer, retry, concurrency, log, metrics)
         self._notices = notices
-        self._waiting_for = waiting_for
-        self._resign = resign
+        self._departure = departure
 
     async def dispose(self, entry: SpoolEntry) -> Outcome:
-        reason = self._waiting_for(entry.data) if self._waiting_for else ""
-        if reason:
-            await self._spool.hold(entry.id, reason)
-            self._log.info("queue_id=%s held: %s", entry.id, reason)
-            return RetryLater(0.0, reason)
-        fresh = self._resign(entry.data) if self._resign else None
-        if fresh is not None:
-            entry = dataclasses.replace(entry, data=fresh)
+        if self._departure is not None:
+            signed, reason = await self._departure.signed(entry)
+            if reason:
+                await self._spool.hold(entry.id, reason)
+                self._log.info("queue_id=%s held: %s", entry.id, reason)
+                return RetryLater(0.0, reason)
+            entry = dataclasses.replace(entry, data=signed)
         pending = entry.pending
         replies = await self.attempt(entry)
         results: dict[str, tuple[str, str]] = {}

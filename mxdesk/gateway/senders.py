@@ -6,11 +6,12 @@ import logging
 import os
 import re
 import sqlite3
+from collections.abc import Sequence
 from functools import partial
 
 from mxdesk import dkimkeys, state
 from mxdesk.channels import channel_of_address
-from mxdesk.gateway.dkim import DkimKey, DkimKeyError, sign
+from mxdesk.gateway.dkim import DkimKey, DkimKeyError
 from mxdesk.names import header_addresses
 
 log = logging.getLogger("mxdesk.gateway.submission")
@@ -19,7 +20,6 @@ EVERY_TENANT = "*"
 
 _FOLD = re.compile(rb"\r\n(?=[ \t])")
 _SIGNING_DOMAIN = re.compile(r"(?:^|;)\s*d\s*=\s*([^;\s]+)")
-_SELECTOR = re.compile(r"(?:^|;)\s*s\s*=\s*([^;\s]+)")
 _SIGNATURE_FIELD = re.compile(rb"(?im)^DKIM-Signature:.*(?:\r\n[ \t].*)*\r\n")
 WAITING_PREFIX = "domain "
 WAITING_SUFFIX = " not active yet"
@@ -114,43 +114,28 @@ class SenderPolicy:
             keys = keys + self._load(self._base)
         return keys
 
-    def resign(self, message: bytes) -> bytes | None:
-        """A queued message signed with a key that no longer signs (revoked, or removed with
-        its record) signed again with the current keys before it leaves; None when its
-        signatures are good to go."""
-        stale = []
-        for match in _SIGNATURE_FIELD.finditer(message.split(b"\r\n\r\n", 1)[0] + b"\r\n"):
+    def unsigned(self, message: bytes) -> bytes:
+        """The message without the DKIM signatures of domains of ours: the gateway signs as a
+        message leaves, and a message queued signed (by a version that signed when it was
+        submitted) is signed again then, with the keys that sign at that moment."""
+        head = message.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+        if b"dkim-signature:" not in head.lower():
+            return message
+        for match in _SIGNATURE_FIELD.finditer(head):
             value = _FOLD.sub(b"", match[0]).decode("utf-8", "replace")
-            domain, selector = _SIGNING_DOMAIN.search(value), _SELECTOR.search(value)
-            if domain is None or selector is None:
-                continue
-            name = domain[1].lower()
-            key = self._answers.get(
-                ("key", name, selector[1]),
-                partial(dkimkeys.get_key, self._conn, name, selector[1]),
-            )
-            owned = key is not None or self._domain(name)
-            if owned and (key is None or key.state in (dkimkeys.REVOKED, dkimkeys.REMOVING)):
-                stale.append((match[0], name))
-        if not stale:
-            return None
-        for field, _ in stale:
-            message = message.replace(field, b"", 1)
-        keys = self._load(stale[0][1])
-        if not any(k.algorithm == b"rsa-sha256" for k in keys):
-            keys = keys + self._load(self._base)
-        log.warning("re-signing a queued message: its key %s no longer signs", stale[0][1])
-        return sign(message, keys)
+            domain = _SIGNING_DOMAIN.search(value)
+            if domain is not None and self._ours(domain[1].lower()):
+                message = message.replace(match[0], b"", 1)
+        return message
 
-    def waiting_for(self, message: bytes) -> str:
-        """Why a signed message may not leave yet: a domain it is signed for is not active,
+    def _ours(self, name: str) -> bool:
+        return name == self._base or self._domain(name) is not None or bool(self._load(name))
+
+    def waiting_for(self, keys: Sequence[DkimKey]) -> str:
+        """Why a message these keys sign may not leave yet: a domain of theirs is not active,
         so its key may not be served (DESIGN invariant 7); "" when it may go."""
-        for value in header_values(message, b"dkim-signature"):
-            match = _SIGNING_DOMAIN.search(value)
-            if match is None:
-                continue
-            name = match[1].lower()
-            found = self._domain(name)
+        for key in keys:
+            found = self._domain(key.domain)
             if found is not None and found.status != "active":
                 return waiting_reason(found.name)
         return ""

@@ -12,6 +12,7 @@ from mxdesk import state
 from mxdesk.config import Config
 from mxdesk.daemon import ReloadError
 from mxdesk.dns.lifecycle import DomainLifecycle
+from mxdesk.gateway.departure import Departure
 from mxdesk.gateway.fetch.manager import ChannelManager
 from mxdesk.gateway.fetch.tokens import TokenSource
 from mxdesk.gateway.inboundauth import InboundVerifier
@@ -28,7 +29,6 @@ from mxdesk.gateway.sessions import (
     SessionParts,
     end_sessions,
     mx_session,
-    start_signing_helper,
     submission_session,
     tls_context,
 )
@@ -92,7 +92,9 @@ class GatewayService:
         self.parts: SessionParts | None = None
         # The processes that serve the sessions ([gateway] listener_processes; None: here).
         self.listeners: ListenerProcesses | None = None
-        self.signer: SigningProcess | None = None  # without listener processes
+        # The outbound runner's DKIM signatures (listener processes only commit what they
+        # accept); started with the gateway.
+        self.signer = SigningProcess()
         # Remake the session templates of the listeners from self.config (after a reload).
         self._renewals: list[Callable[[], None]] = []
 
@@ -120,9 +122,7 @@ class GatewayService:
         self.parts = SessionParts(
             cfg, self.spool, self.metrics, policy, senders, verifier, tls_context(cfg)
         )
-        if not cfg.gateway.listener_processes:
-            # With listener processes, each starts its own helper for its sessions.
-            self.signer = await start_signing_helper(self.parts)
+        await self.signer.start()
         self.submission_limits = ConnectionLimits(
             cfg.gateway.max_connections,
             cfg.gateway.max_connections,
@@ -203,9 +203,8 @@ class GatewayService:
             RetryPolicy.from_config(retry),
             retry.concurrency,
             notices,
-            senders.waiting_for,
+            Departure(senders, self.signer.sign, self.metrics),
             self.metrics,
-            senders.resign,
         )
         self.outbound_runner.start()
         self.lifecycle = DomainLifecycle(cfg, self.spool)
@@ -263,8 +262,6 @@ class GatewayService:
         else:
             limits = [self.limits, *filter(None, [self.submission_limits])]
             await end_sessions(limits, SHUTDOWN_GRACE)
-        if self.signer is not None:
-            await self.signer.close()
         if self.metrics_endpoint is not None:
             await self.metrics_endpoint.close()
         if self.lifecycle is not None:
@@ -275,6 +272,7 @@ class GatewayService:
         await asyncio.gather(
             *(r.stop() for r in (self.runner, self.outbound_runner) if r is not None)
         )
+        await self.signer.close()  # after the deliveries it signs for
         close = getattr(self.outbound, "close", None)
         if close is not None:
             await close()

@@ -13,7 +13,6 @@ from mxdesk.gateway.inboundauth import InboundVerifier
 from mxdesk.gateway.mx import MxHandler
 from mxdesk.gateway.policy import RecipientPolicy
 from mxdesk.gateway.senders import SenderPolicy
-from mxdesk.gateway.signer import Signer, SigningProcess, sign_in_thread
 from mxdesk.gateway.smtp import ConnectionLimits, GatewaySMTP
 from mxdesk.gateway.spool import Spool
 from mxdesk.gateway.submission import SubmissionHandler, SubmissionSMTP
@@ -32,16 +31,6 @@ class SessionParts:
     senders: SenderPolicy
     verifier: InboundVerifier | None
     tls: ssl.SSLContext | None
-    sign: Signer = sign_in_thread  # a worker thread, until start_signing_helper
-
-
-async def start_signing_helper(parts: SessionParts) -> SigningProcess:
-    """Starts the signing helper of the process that serves the sessions (the gateway, or a
-    listener process), which from then on signs their messages; close() it after them."""
-    signer = SigningProcess()
-    await signer.start()
-    parts.sign = signer.sign
-    return signer
 
 
 def tls_context(config: Config) -> ssl.SSLContext | None:
@@ -91,7 +80,6 @@ def submission_session(
         gw.max_recipients,
         cfg.outbound.send_delay,
         parts.metrics,
-        parts.sign,
     )
     return SubmissionSMTP(handler, **_options(parts, limits, loop, "mxdesk submission"))
 

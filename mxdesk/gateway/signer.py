@@ -1,9 +1,9 @@
-"""DKIM signatures for the submission sessions, made in a helper process of the process that
-serves them, the gateway or each listener process (a worker thread when the helper is not
-there); `python -m mxdesk.gateway.signer FD` is the helper.
+"""DKIM signatures of outbound messages as they leave (gateway/departure.py), made in a helper
+process of the gateway (a worker thread when the helper is not there); `python -m
+mxdesk.gateway.signer FD` is the helper.
 
-Signing is the largest part of a submission's work (OpenSSL's RSA-2048, canonicalisation and
-hashing in Python: 0.8 of the 2.1 ms of CPU an outbound message cost). On a worker thread it
+Signing is the largest part of an outbound message's work (OpenSSL's RSA-2048, canonicalisation
+and hashing in Python: 0.8 of the 2.1 ms of CPU an outbound message cost). On a worker thread it
 competed with the event loop for the interpreter lock, and every hand-over between them cost a
 wake-up; a process of its own signs on another CPU with a lock of its own. Its parent sends
 it the message and the keys (each key once: the helper keeps them by the SHA-256 of their PEM)
@@ -35,7 +35,7 @@ _LENGTH = struct.Struct("!I")
 RESTART_DELAY = 5.0  # seconds between a helper's end and the next one's start
 ANSWER_TIMEOUT = 10.0  # a helper that takes longer for one message is taken for stuck
 KEPT_KEYS = 256  # keys whose PEM is remembered (they change on rotation and revocation)
-# What signs a submission's message: SigningProcess.sign, or sign_in_thread.
+# What signs a message as it leaves: SigningProcess.sign, or sign_in_thread.
 Signer = Callable[[bytes, Sequence[DkimKey]], Awaitable[bytes]]
 # A key as the helper is told it: SHA-256 of its PEM, the PEM the first time, domain, selector.
 KeySpec = tuple[bytes, bytes | None, str, str]

@@ -3,8 +3,9 @@
 The store (or a helpdesk app) hands replies over here. Who may submit is decided by the
 connecting process's Unix user (SO_PEERCRED), what they may send by the tenants that user may
 send for: the envelope sender must be on an active domain of one of them, or be one of their
-default inboxes. An accepted message is normalised, DKIM-signed and committed to the spool
-before the 250, exactly as on the MX side. DSN requests (RFC 3461: RET, ENVID, NOTIFY) are kept
+default inboxes. An accepted message is normalised and committed to the spool before the 250,
+exactly as on the MX side; the outbound runner signs it as it leaves (gateway/departure.py), and
+a message no key could sign is refused here. DSN requests (RFC 3461: RET, ENVID, NOTIFY) are kept
 with the entry so the outbound runner can report back.
 """
 
@@ -25,7 +26,6 @@ from aiosmtpd.smtp import Session
 from mxdesk.gateway.dkim import normalise_line_endings
 from mxdesk.gateway.mx import R250_MAIL_OK, R250_RCPT_OK, R451_LOCAL_ERROR, R452_TOO_MANY_RCPTS
 from mxdesk.gateway.senders import SenderPolicy
-from mxdesk.gateway.signer import Signer, sign_in_thread
 from mxdesk.gateway.smtp import GatewayEnvelope, GatewaySMTP
 from mxdesk.gateway.spool import NewEntry, Recipient, Spool, SpoolError, new_queue_id
 from mxdesk.metrics import GatewayMetrics
@@ -188,10 +188,7 @@ class SubmissionHandler:
         max_recipients: int,
         send_delay: float,
         metrics: GatewayMetrics | None = None,
-        sign: Signer = sign_in_thread,
     ) -> None:
-        """sign: makes the DKIM signatures (the gateway's helper process, or a worker thread)."""
-        self._sign = sign
         self._metrics = metrics or GatewayMetrics()
         self._senders = senders
         self._spool = spool
@@ -237,19 +234,18 @@ class SubmissionHandler:
     async def handle_DATA(self, server: Any, session: Any, envelope: SubmissionEnvelope) -> str:
         queue_id = new_queue_id()
         message = self._prepare(envelope.original_content or b"", queue_id, session)
+        # Signed as it leaves (gateway/departure.py); refused now if nothing could sign it.
         keys = self._senders.signing_keys(message, envelope.tenant, envelope.mail_from or "")
         if not keys:
             return R550_NO_SIGNING_KEY
-        signed = await self._sign(message, keys)
-        self._metrics.signed(keys)
-        held = self._senders.waiting_for(signed)
+        held = self._senders.waiting_for(keys)
         entry = NewEntry(
             queue_id,
             OUTBOUND,
             f"uid {session.uid}",
             envelope.mail_from or "",
             tuple(envelope.recipients),
-            signed,
+            message,
             envid=envelope.envid,
             ret=envelope.ret,
             not_before=time.time() + self._send_delay,
@@ -267,7 +263,7 @@ class SubmissionHandler:
             session.uid,
             entry.mail_from,
             ",".join(f"<{r.mailbox}>" for r in entry.recipients),
-            len(signed),
+            len(message),
             entry.envid or "-",
             f"held ({held})" if held else "queued",
         )

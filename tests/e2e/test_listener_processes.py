@@ -16,7 +16,7 @@ from conftest import wait_for
 from daemons import Daemon, free_port, provision, write_config
 from wire import Wire, send_message, stored_messages
 
-from mxdesk.gateway.queuectl import list_entries
+from mxdesk.gateway.queuectl import list_entries, show
 
 MAILBOX = "suporte@marca.helpdesk.example"
 PROCESSES = 2
@@ -26,12 +26,19 @@ def children_of(pid: int) -> list[int]:
     return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-def signing_helpers(listeners: list[int]) -> list[int]:
-    """The listener processes' signing helpers (`python -m mxdesk.gateway.signer`), running."""
+def _command(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def signing_helpers(parents: list[int]) -> list[int]:
+    """The signing helpers (`python -m mxdesk.gateway.signer`) these processes started."""
     found = []
-    for pid in listeners:
+    for pid in parents:
         for child in children_of(pid) if Path(f"/proc/{pid}").exists() else []:
-            if b"mxdesk.gateway.signer" in Path(f"/proc/{child}/cmdline").read_bytes():
+            if b"mxdesk.gateway.signer" in _command(child):
                 found.append(child)
     return found
 
@@ -68,9 +75,13 @@ class Site:
         self.spool = root / "state" / "spool.db"
 
     def listeners(self) -> list[int]:
-        """The gateway's child processes (its listener processes)."""
+        """The gateway's listener processes (its other child is the signing helper)."""
         assert self.gateway.proc is not None
-        return children_of(self.gateway.proc.pid)
+        return [
+            pid
+            for pid in children_of(self.gateway.proc.pid)
+            if b"mxdesk.gateway.listener" in _command(pid)
+        ]
 
     def metric(self, name: str) -> float:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
@@ -110,9 +121,11 @@ def message(n: int) -> bytes:
 async def test_listener_processes_serve_the_mx_and_the_submission_socket(site: Site) -> None:
     children = site.listeners()
     assert len(children) == PROCESSES, children
-    # Each signs in a helper process of its own.
-    await wait_for(lambda: len(signing_helpers(children)) == PROCESSES, what="signing helpers")
-    helpers = signing_helpers(children)
+    # They sign nothing (replies are signed as they leave): the gateway's one helper does.
+    gateway = site.gateway.proc.pid if site.gateway.proc else 0
+    await wait_for(lambda: len(signing_helpers([gateway])) == 1, what="the signing helper")
+    helpers = signing_helpers([gateway])
+    assert signing_helpers(children) == []
     # 120 messages from 12 clients at a time: every one a ticket, counted by the metrics.
     sem = asyncio.Semaphore(12)
 
@@ -147,7 +160,7 @@ async def test_listener_processes_serve_the_mx_and_the_submission_socket(site: S
     for w in open_[1:]:
         await w.close()
     assert site.metric('mxdesk_smtp_refusals_total{code="421",enhanced="4.7.0",listener="mx"}') >= 1
-    # The submission socket: a reply committed by a listener process, DKIM-signed.
+    # The submission socket: a reply committed by a listener process (signed as it leaves).
     socket_path = site.root / "run" / "gateway" / "submit.sock"
     reader, writer = await asyncio.open_unix_connection(str(socket_path))
     w = Wire(reader, writer)
@@ -163,7 +176,9 @@ async def test_listener_processes_serve_the_mx_and_the_submission_socket(site: S
     out = [e for e in list_entries(site.spool) if e.kind == "out"]
     assert len(out) == 1
     assert site.metric('mxdesk_messages_accepted_total{listener="submission"}') == 1
-    assert site.metric('mxdesk_dkim_signatures_total{algorithm="rsa-sha256"}') == 1
+    # Signed as it leaves, by the gateway: not while it waits out the send delay.
+    assert b"DKIM-Signature" not in show(site.spool, out[0].id).data
+    assert site.metric('mxdesk_dkim_signatures_total{algorithm="rsa-sha256"}') == 0
     # SIGHUP reaches the listener processes: the next sessions advertise the new SIZE.
     limit = "max_connections_per_client = 3"
     text = site.config.read_text().replace(limit, f"{limit}\nmax_message_size = 12345")
@@ -238,9 +253,10 @@ async def test_a_listener_process_killed_under_load_loses_nothing(site: Site) ->
 
 async def test_listener_processes_end_with_a_killed_gateway(site: Site) -> None:
     children = site.listeners()
-    await wait_for(lambda: len(signing_helpers(children)) == PROCESSES, what="signing helpers")
-    helpers = signing_helpers(children)
     assert site.gateway.proc is not None
+    gateway = site.gateway.proc.pid
+    await wait_for(lambda: len(signing_helpers([gateway])) == 1, what="the signing helper")
+    helpers = signing_helpers([gateway])
     site.gateway.proc.kill()
     site.gateway.proc.wait()
     await wait_for(
@@ -248,7 +264,7 @@ async def test_listener_processes_end_with_a_killed_gateway(site: Site) -> None:
         what="the listener processes to end",
         timeout=15,
     )
-    # Their helpers end too, their listener process gone (nothing is left holding the spool).
+    # The gateway's signing helper ends too (nothing is left holding the spool).
     await wait_for(lambda: not alive(helpers), what="the signing helpers to end", timeout=15)
     # A new gateway on the same spool starts (the old ones hold nothing) and serves mail.
     again = Daemon(site.config, "gateway", site.root / "again.log")

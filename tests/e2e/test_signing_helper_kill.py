@@ -1,6 +1,6 @@
 """kill -9 of the gateway's DKIM signing helper, each time one has started again, while replies
-are submitted: every reply is accepted, delivered once and signed with a signature that
-verifies (by the helper, or on a worker thread while there is none)."""
+are submitted and delivered: every reply is accepted, delivered once and signed with a
+signature that verifies (by the helper, or on a worker thread while there is none)."""
 
 from __future__ import annotations
 

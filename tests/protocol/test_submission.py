@@ -119,7 +119,7 @@ def dkim_dns(config: cfg.Config) -> dict[bytes, bytes]:
     return records
 
 
-async def test_submission_queues_signed_message_with_dsn_requests(
+async def test_submission_queues_the_message_with_dsn_requests(
     config: cfg.Config, held_gateway: GatewayService
 ) -> None:
     reply = await submit(config, rcpts=("cliente@example.com", "outro@Example.ORG"))
@@ -134,9 +134,24 @@ async def test_submission_queues_signed_message_with_dsn_requests(
     assert entry.next_attempt >= entry.created + 59  # the send delay
     data = queuectl.show(config.gateway.spool_path, queue_id).data
     assert b"\r\nOl\xc3\xa1, resolvido.\r\n" in data
+    # Signed as it leaves, with the keys that sign then: not while it waits.
+    assert b"DKIM-Signature" not in data
+
+
+async def test_every_attempt_is_signed_with_the_keys_that_sign_then(short_tmp: Path) -> None:
+    config = outbound_config(short_tmp)
+    deliverer = ScriptedDeliverer(Reply(451, "4.7.1 try later"), Reply(250, "2.0.0 ok"))
+    service = await start(config, deliverer)
+    try:
+        await submit(config)
+        await wait_for(lambda: len(deliverer.attempts) == 2, what="two attempts")
+    finally:
+        await service.close()
     records = dkim_dns(config)
-    assert dkim.verify(data, dnsfunc=lambda name, timeout=5: records[name])
-    assert b"d=marca.helpdesk.example" in data
+    for attempt in deliverer.attempts:
+        assert attempt.data.count(b"DKIM-Signature:") == 1
+        assert b"d=marca.helpdesk.example" in attempt.data
+        assert dkim.verify(attempt.data, dnsfunc=lambda name, timeout=5: records[name])
 
 
 @pytest.mark.parametrize(

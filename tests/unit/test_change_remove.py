@@ -199,9 +199,10 @@ def test_disabled_domain_stops_receiving_and_sending(conn) -> None:  # type: ign
     reply = policy.check(MAILBOX)
     assert isinstance(reply, Reject) and reply.reply.startswith("550 5.7.1")
     assert senders.tenant_of_address(MAILBOX) is None
-    # A reply signed for it before waits in the queue instead of leaving.
-    signed = b"DKIM-Signature: v=1; a=rsa-sha256; d=marca.helpdesk.example; s=x\r\n\r\n"
-    assert senders.waiting_for(signed) == f"domain {MARCA} not active yet"
+    # A reply its keys would sign waits in the queue instead of leaving.
+    keys = senders.signing_keys(f"From: {MAILBOX}\r\n\r\n".encode(), "marca", MAILBOX)
+    assert {k.domain for k in keys} == {MARCA}
+    assert senders.waiting_for(keys) == f"domain {MARCA} not active yet"
     # The default inbox of the tenant is on the base domain: it still receives.
     assert isinstance(policy.check(INBOX), Accept)
 

@@ -15,7 +15,7 @@ from mxdesk import state
 from mxdesk.channels import ChannelView
 from mxdesk.config import Config
 from mxdesk.dns.owner_mail import queue_notice
-from mxdesk.gateway.dkim import DkimKeyError, normalise_line_endings
+from mxdesk.gateway.dkim import normalise_line_endings
 from mxdesk.gateway.fetch.session import log
 from mxdesk.gateway.spool import Spool, SpoolError
 
@@ -45,7 +45,7 @@ ADVICE = {
 
 
 class Alerts:
-    """Queues each mail as an outbound spool entry, signed with the base domain's keys."""
+    """Queues each mail as an outbound spool entry (signed as it leaves)."""
 
     def __init__(
         self, spool: Spool, state_conn: Callable[[], sqlite3.Connection], config: Config
@@ -112,8 +112,8 @@ class Alerts:
         try:
             # No tenant: the alert goes straight to the recipient's MX, not through the
             # tenant's own outbox (which may be what is broken).
-            await queue_notice(self._spool, conn, self._config, queue_id, "", recipients, data)
-        except (SpoolError, OSError, DkimKeyError) as exc:
+            await queue_notice(self._spool, self._config, queue_id, "", recipients, data)
+        except (SpoolError, OSError) as exc:
             log.error("channel=%s alert not queued: %s", view.name, exc)
             return False
         log.info("channel=%s queue_id=%s alert mailed: %s", view.name, queue_id, subject)
