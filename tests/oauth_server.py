@@ -9,6 +9,7 @@ and auth_smtp_harness.AuthSmtpServer's ``oauth2``)::
 
     with OAuthServer(client_id="mxdesk-test") as srv:
         srv.device_endpoint, srv.token_endpoint   # http://127.0.0.1:PORT/devicecode, …/token
+        srv.provider("empresa")      # the OAuth2Provider mxdesk reads from [oauth2.empresa]
         srv.approve(user_code, "ana@empresa.example")   # what the person does in the browser
         srv.deny(user_code); srv.expire(user_code)        # access_denied / expired_token
         srv.slow_down(user_code)     # its next poll answers slow_down
@@ -40,6 +41,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from mxdesk.oauth2 import OAuth2Provider
+
+IMAP_SCOPE = "https://outlook.office.com/IMAP.AccessAsUser.All offline_access"
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 TRACE = "\r\nTrace ID: 0f3c2a9e-1b7d-4c11-9b3e-5d2f8a6c7e10\r\nCorrelation ID: 6a1b\r\nTimestamp: x"
@@ -168,6 +173,17 @@ class OAuthServer:
     @property
     def token_endpoint(self) -> str:
         return self.base_url + "/token"
+
+    def provider(self, name: str = "microsoft") -> OAuth2Provider:
+        """mxdesk's [oauth2.NAME] for this server (a public client, Microsoft's IMAP scope)."""
+        return OAuth2Provider(
+            name=name,
+            client_id=self.client_id,
+            client_secret="",
+            device_endpoint=self.device_endpoint,
+            token_endpoint=self.token_endpoint,
+            scope=IMAP_SCOPE,
+        )
 
     @property
     def request_count(self) -> int:

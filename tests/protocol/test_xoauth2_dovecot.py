@@ -20,7 +20,6 @@ from dovecot_mail import REQUIRED_PROGRAMS, MailServer
 from oauth_server import OAuthServer
 
 from mxdesk.oauth2 import (
-    OAuth2Provider,
     Tokens,
     poll_device_flow,
     refresh,
@@ -64,22 +63,11 @@ def outbox(oauth: OAuthServer) -> Iterator[AuthSmtpServer]:
         yield srv
 
 
-def _provider(oauth: OAuthServer) -> OAuth2Provider:
-    return OAuth2Provider(
-        name="microsoft",
-        client_id=oauth.client_id,
-        client_secret="",
-        device_endpoint=oauth.device_endpoint,
-        token_endpoint=oauth.token_endpoint,
-        scope="https://outlook.office.com/IMAP.AccessAsUser.All offline_access",
-    )
-
-
 def _authorize(oauth: OAuthServer, user: str) -> Tokens:
     """`mxdesk channel authorize` in short: the device flow, approved during the first wait."""
 
     async def flow() -> Tokens:
-        provider = _provider(oauth)
+        provider = oauth.provider()
         code = await start_device_flow(provider)
 
         async def person_approves(seconds: float) -> None:
@@ -151,7 +139,7 @@ def test_imap_token_after_a_refresh_with_rotation_logs_in(
     oauth: OAuthServer, server: MailServer, tls: ssl.SSLContext
 ) -> None:
     first = _authorize(oauth, IMAP_USER)
-    renewed = asyncio.run(refresh(_provider(oauth), first.refresh_token))
+    renewed = asyncio.run(refresh(oauth.provider(), first.refresh_token))
     assert renewed.refresh_token != first.refresh_token
     with _imap_xoauth2(server, tls, IMAP_USER, renewed.access_token) as imap:
         assert imap.select("INBOX")[0] == "OK"

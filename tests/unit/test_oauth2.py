@@ -4,6 +4,7 @@ the device flow, refresh with and without rotation, and which failures need a pe
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import socket
 import time
@@ -34,15 +35,7 @@ def oauth() -> Iterator[OAuthServer]:
 
 
 def _provider(srv: OAuthServer, **changes: str) -> OAuth2Provider:
-    fields = {
-        "name": "microsoft",
-        "client_id": srv.client_id,
-        "client_secret": "",
-        "device_endpoint": srv.device_endpoint,
-        "token_endpoint": srv.token_endpoint,
-        "scope": "https://outlook.office.com/IMAP.AccessAsUser.All offline_access",
-    }
-    return OAuth2Provider(**{**fields, **changes})
+    return dataclasses.replace(srv.provider(), **changes)
 
 
 def _claims(access_token: str) -> dict[str, object]:

@@ -15,7 +15,6 @@ from mxdesk import channels, state
 from mxdesk import config as cfg
 from mxdesk.channelconfig import ChannelsConfig
 from mxdesk.gateway.fetch.tokens import TokenSource
-from mxdesk.oauth2 import OAuth2Provider
 
 KEY = bytes(range(32))
 USER = "suporte@empresa.example"
@@ -53,15 +52,8 @@ def conn(config: cfg.Config, oauth: OAuthServer) -> Iterator[sqlite3.Connection]
 
 
 def _source(oauth: OAuthServer, conn: sqlite3.Connection) -> TokenSource:
-    provider = OAuth2Provider(
-        name="empresa",
-        client_id=oauth.client_id,
-        client_secret="",
-        device_endpoint=oauth.device_endpoint,
-        token_endpoint=oauth.token_endpoint,
-        scope="imap",
-    )
-    return TokenSource(ChannelsConfig(oauth2=(provider,)), lambda: conn, lambda: KEY)
+    config = ChannelsConfig(oauth2=(oauth.provider("empresa"),))
+    return TokenSource(config, lambda: conn, lambda: KEY)
 
 
 async def test_a_caller_cancelled_during_the_refresh_loses_no_rotated_token(
