@@ -11,13 +11,11 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from mxdesk import config as cfg
 from mxdesk import state
 from mxdesk.daemon import setup_logging
-from mxdesk.gateway.dkimkey import DkimKey
 from mxdesk.gateway.inboundauth import InboundVerifier
 from mxdesk.gateway.policy import RecipientPolicy
 from mxdesk.gateway.senders import SenderPolicy
@@ -64,9 +62,6 @@ class ForwardedMetrics(GatewayMetrics):
 
     def refuse(self, listener: str, reply: str) -> None:
         self._channel.send(f"refuse {listener} {reply}")
-
-    def signed(self, keys: Sequence[DkimKey]) -> None:
-        self._channel.send("signed " + " ".join(k.algorithm.decode() for k in keys))
 
 
 class Reporting(ConnectionLimits):

@@ -5,7 +5,7 @@ sessions, which serves the SMTP session and commits to the shared spool.
 One message per packet on a SOCK_SEQPACKET pair per process. The gateway sends
 "<id> <listener>" with the connection's descriptor; a listener process sends "ready",
 "closed <id>" (the limits count the connection out), "new" (entries committed: the runners
-wake), "accept <listener>", "refuse <listener> <reply>", "signed <algorithm> …" (the metrics).
+wake), "accept <listener>", "refuse <listener> <reply>" (the metrics).
 A listener process that ends is started again; one whose gateway ends stops (its socket pair
 reads end-of-file).
 """
@@ -161,9 +161,6 @@ class ListenerProcesses:
         elif verb == "refuse":
             name, _, reply = rest.partition(" ")
             self._metrics.refuse(name, reply)
-        elif verb == "signed":
-            for algorithm in rest.split():
-                self._metrics.signatures.labels(algorithm).inc()
         elif verb == "ready" and listener.ready is not None and not listener.ready.done():
             listener.ready.set_result(None)
 
