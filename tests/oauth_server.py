@@ -10,6 +10,7 @@ and auth_smtp_harness.AuthSmtpServer's ``oauth2``)::
     with OAuthServer(client_id="mxdesk-test") as srv:
         srv.device_endpoint, srv.token_endpoint   # http://127.0.0.1:PORT/devicecode, …/token
         srv.provider("empresa")      # the OAuth2Provider mxdesk reads from [oauth2.empresa]
+        srv.refresh_token("ana@empresa.example")   # a grant, as an approved device flow leaves it
         srv.approve(user_code, "ana@empresa.example")   # what the person does in the browser
         srv.deny(user_code); srv.expire(user_code)        # access_denied / expired_token
         srv.slow_down(user_code)     # its next poll answers slow_down
@@ -241,6 +242,12 @@ class OAuthServer:
             "jti": secrets.token_hex(8),
         }
         return make_jwt(claims, self.keys.secret if secret is None else secret, self.keys.kid)
+
+    def refresh_token(self, user: str, scope: str = IMAP_SCOPE) -> str:
+        """A refresh token for user, as a device flow the person approved leaves it."""
+        with self._lock:
+            token: str = self._issue(user, scope, with_refresh_token=True)["refresh_token"]
+        return token
 
     def _set_state(self, user_code: str, state: str, user: str = "") -> None:
         with self._lock:

@@ -87,24 +87,22 @@ class OutboundRunner(QueueRunner):
         retry: RetryPolicy,
         concurrency: int,
         notices: Notices,
-        departure: Departure | None = None,
+        departure: Departure,
         metrics: GatewayMetrics | None = None,
     ) -> None:
         """departure: signs each message before every attempt, or says why it may not leave
-        yet (its domain is not active, so its key may not be served: held); None: sent as
-        queued."""
+        yet (its domain is not active, so its key may not be served: held)."""
         super().__init__(spool, OUTBOUND, deliverer, retry, concurrency, log, metrics)
         self._notices = notices
         self._departure = departure
 
     async def dispose(self, entry: SpoolEntry) -> Outcome:
-        if self._departure is not None:
-            signed, reason = await self._departure.signed(entry)
-            if reason:
-                await self._spool.hold(entry.id, reason)
-                self._log.info("queue_id=%s held: %s", entry.id, reason)
-                return RetryLater(0.0, reason)
-            entry = dataclasses.replace(entry, data=signed)
+        signed, reason = await self._departure.signed(entry)
+        if reason:
+            await self._spool.hold(entry.id, reason)
+            self._log.info("queue_id=%s held: %s", entry.id, reason)
+            return RetryLater(0.0, reason)
+        entry = dataclasses.replace(entry, data=signed)
         pending = entry.pending
         replies = await self.attempt(entry)
         results: dict[str, tuple[str, str]] = {}

@@ -43,10 +43,7 @@ def conn(config: cfg.Config, oauth: OAuthServer) -> Iterator[sqlite3.Connection]
         auth="oauth2",
         oauth_provider="empresa",
     )
-    oauth.rotation = False
-    first = oauth._issue(USER, "imap", with_refresh_token=True)
-    oauth.rotation = True
-    channels.set_secret(c, KEY, USER, first["refresh_token"])
+    channels.set_secret(c, KEY, USER, oauth.refresh_token(USER))
     yield c
     c.close()
 
