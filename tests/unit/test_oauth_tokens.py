@@ -85,3 +85,20 @@ async def test_callers_at_once_share_one_refresh(
     # Then it is good for a while: no request at all.
     assert await tokens.access_token(USER) == got[0]
     assert oauth.requests["refresh_token"] == 1
+
+
+async def test_another_process_refreshing_at_once_does_not_spend_the_grant_twice(
+    oauth: OAuthServer, conn: sqlite3.Connection, config: cfg.Config
+) -> None:
+    """The gateway and `mxdesk channel test` each have their own connection and TokenSource
+    (here, in one process, their own descriptors of the lock file: flock tells them apart)."""
+    other_conn = state.connect(config.general.state_db)
+    try:
+        gateway, cli = _source(oauth, conn), _source(oauth, other_conn)
+        oauth.answer_delay = 0.3
+        got = await asyncio.gather(gateway.access_token(USER), cli.access_token(USER))
+    finally:
+        other_conn.close()
+    # One refresh: the second waited for the first's answer and found it stored.
+    assert oauth.requests["refresh_token"] == 1
+    assert got[0] == got[1]
