@@ -244,6 +244,6 @@ def revoke(ctx: Context, name: str, selector: str) -> None:
     click.echo(
         f"may now fail DKIM: mail already delivered with {selector} (signed since {since}) when"
         " a receiver checks it again, e.g. forwarded mail; replies still queued are signed"
-        " again before they leave"
+        " as they leave, with the key that signs then"
     )
     _records(conn, config, name, {selector})
