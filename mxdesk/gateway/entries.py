@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import secrets
+import random
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -186,8 +186,13 @@ def damage(size: int, stored: int, recipients: int) -> str:
 
 
 def new_queue_id() -> str:
-    """Sortable and unique: milliseconds since the epoch, then 24 random bits."""
-    return f"{int(time.time() * 1000):011X}{secrets.token_hex(3).upper()}"
+    """Sortable and unique: milliseconds since the epoch, then 24 random bits.
+
+    The bits only need to differ, not to be secret (a queue id is shown to the client): the
+    process's Mersenne Twister, seeded from the system's entropy at start (and again in a
+    forked child), instead of a getrandom() call per message, which let the spool's thread
+    take the interpreter lock from the event loop for each one."""
+    return f"{int(time.time() * 1000):011X}{random.getrandbits(24):06X}"
 
 
 def read_entry(conn: sqlite3.Connection, row: sqlite3.Row, with_data: bool = True) -> SpoolEntry:

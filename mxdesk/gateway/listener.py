@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mxdesk import config as cfg
 from mxdesk import state
-from mxdesk.daemon import setup_logging
+from mxdesk.daemon import settle_collector, setup_logging
 from mxdesk.gateway.inboundauth import InboundVerifier
 from mxdesk.gateway.policy import RecipientPolicy
 from mxdesk.gateway.senders import SenderPolicy
@@ -156,6 +156,7 @@ async def serve(config: cfg.Config, sock: socket.socket) -> int:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
+    settle_collector()
     channel.send("ready")
     await stop.wait()
     await end_sessions(list(limits.values()), SHUTDOWN_GRACE)

@@ -247,6 +247,34 @@ async def test_cancel_during_the_send_delay_but_not_while_delivering(short_tmp: 
         await service.close()
 
 
+async def test_a_reply_whose_keys_are_gone_when_it_leaves_is_held_unsent(short_tmp: Path) -> None:
+    """Keys are looked up again as a reply leaves: one queued while its domain had keys, whose
+    keys (its domain's and the base domain's) are all gone by then, is held, never sent
+    unsigned."""
+    config = outbound_config(short_tmp, send_delay=60.0)
+    deliverer = ScriptedDeliverer(Reply(250, "2.0.0 ok"))
+    service = await start(config, deliverer)
+    spool = config.gateway.spool_path
+    try:
+        queue_id = (await submit(config)).split()[-1]
+        conn = state.connect(config.general.state_db)
+        for domain in (f"marca.{BASE}", BASE):
+            for key in dkimkeys.keys_of(conn, domain):
+                dkimkeys.forget_key(conn, key)
+        conn.close()
+        queuectl.hold(spool, queue_id)
+        queuectl.release(spool, queue_id)  # due at once
+        await wait_for(
+            lambda: list_entries(spool)[0].state == "held", what="the reply held as it leaves"
+        )
+        [entry] = list_entries(spool)
+        assert entry.id == queue_id
+        assert entry.last_error == f"no DKIM key signs for marca.{BASE} or the base domain"
+        assert deliverer.attempts == []
+    finally:
+        await service.close()
+
+
 def notices(config: cfg.Config) -> list[email.message.EmailMessage]:
     return [
         email.message_from_bytes(
