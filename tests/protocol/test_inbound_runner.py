@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
@@ -173,5 +174,42 @@ async def test_new_mail_goes_to_the_store_from_memory_the_rest_from_the_spool(
         assert Counter(row["queue_id"] for row in rows) == Counter(ids)
         assert len(set(read)) == len(read), "no entry was read for a second attempt"
         assert 0 < len(read) < len(ids)  # some found the runner full, most did not
+    finally:
+        await r.close()
+
+
+async def test_an_entry_delivered_again_after_a_crash_is_filed_once(short_tmp: Path) -> None:
+    """Should a crash bring back an entry the store already has (the gateway stopped between
+    the store's 250 and the removal's commit), it is delivered again: the store recognises
+    its queue id, answers 250 and keeps one copy."""
+    config = make_config(short_tmp, inbound_retry={"initial": 0.05, "maximum": 0.3})
+    provision(config)
+    r = Running(config)
+    await r.start_gateway()  # the store is not running: the entry waits in the spool
+    spool_path = config.gateway.spool_path
+    try:
+        reply = await send_message(r.port, "a@example.org", [MAILBOX], b"Subject: 1\r\n\r\nx\r\n")
+        queue_id = reply.split()[-1]
+        with sqlite3.connect(spool_path) as conn:  # what a crash could bring back
+            entry_row = conn.execute("SELECT * FROM entries WHERE id=?", (queue_id,)).fetchone()
+            rcpt_rows = conn.execute(
+                "SELECT * FROM recipients WHERE entry=?", (queue_id,)
+            ).fetchall()
+        await r.start_store()
+        await wait_for(lambda: not list_entries(spool_path), what="delivered and removed")
+        assert r.gateway is not None
+        await r.gateway.close()
+        r.gateway = None
+        with sqlite3.connect(spool_path) as conn:
+            conn.execute(
+                f"INSERT INTO entries VALUES ({','.join('?' * len(entry_row))})", entry_row
+            )
+            conn.executemany(
+                f"INSERT INTO recipients VALUES ({','.join('?' * len(rcpt_rows[0]))})", rcpt_rows
+            )
+        await r.start_gateway()
+        await wait_for(lambda: not list_entries(spool_path), what="delivered again and removed")
+        rows = stored_messages(config.store.database)
+        assert [row["queue_id"] for row in rows] == [queue_id]
     finally:
         await r.close()
