@@ -210,15 +210,25 @@ def test(ctx: Context, name: str, as_json: bool) -> None:
     """Log in to channel NAME's server, open its folder and say what is there; nothing in the
     mailbox changes. Exit 1 at the first step that fails."""
     from mxdesk.gateway.fetch.probe import probe
-    from mxdesk.gateway.fetch.tokens import access_token
+    from mxdesk.gateway.fetch.tokens import TokenSource
 
     conn = need_state(ctx)
     key = secrets_key(ctx.config.general)
     settings = channels.load_channel(conn, key, name)
     secret = settings.secret
+
+    async def token() -> str:
+        source = TokenSource(ctx.config.channels, lambda: conn, lambda: key)
+        try:
+            return await source.access_token(settings.view.name)
+        finally:
+            # Ctrl-C while the request is out: the provider has rotated the refresh token,
+            # so its answer is stored before the command ends (a second Ctrl-C does not wait).
+            await source.settle()
+
     if settings.view.auth == "oauth2":
         try:
-            secret = asyncio.run(access_token(conn, key, ctx.config.channels, settings.view.name))
+            secret = asyncio.run(token())
         except Exception as exc:
             fail(f"channel {settings.view.name}: no access token: {exc}")
     steps = asyncio.run(probe(settings.view, secret, ctx.config.channels.timeout))

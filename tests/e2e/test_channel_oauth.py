@@ -5,7 +5,9 @@ stopping the channel with one alert."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 import pytest
 from auth_smtp_harness import AuthSmtpServer, auth_server
 from conftest import require_real, wait_for_sync
-from daemons import MXDESK, cli
+from daemons import MXDESK, cli, free_port, provision, write_config
 from dovecot_mail import REQUIRED_PROGRAMS, MailServer
 from oauth_server import OAuthServer
 from replysite import Site
@@ -78,11 +80,11 @@ def subjects(site: Site) -> list[str]:
     return [row["subject"] for row in stored_messages(site.root / "state" / "tickets.db")]
 
 
-def authorize(site: Site, oauth: OAuthServer) -> None:
+def authorize(config: Path, oauth: OAuthServer) -> None:
     """Runs `mxdesk channel authorize` as a person would, and approves its code at the
     provider the way the person signs in on another device."""
     proc = subprocess.Popen(
-        [*MXDESK, "--config", str(site.config), "channel", "authorize", USER],
+        [*MXDESK, "--config", str(config), "channel", "authorize", USER],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -112,7 +114,7 @@ def test_authorize_fetch_refresh_with_rotation_send_and_revoke(
     )
     # Not authorized yet: failing, saying what to run; no mail for that.
     wait_for_sync(lambda: "channel authorize" in channel(site)["last_error"], 30, "the hint")
-    authorize(site, oauth)
+    authorize(site.config, oauth)
     wait_for_sync(lambda: channel(site)["state"] == "idle", 30, "the XOAUTH2 login")
     deliver(mail, "via oauth")
     wait_for_sync(lambda: "via oauth" in subjects(site), 20, "the first ticket")
@@ -147,3 +149,41 @@ def test_authorize_fetch_refresh_with_rotation_send_and_revoke(
     assert f"mxdesk channel authorize {USER}" in failing["last_error"]
     alerts = wait_for_sync(site.sink.messages, 30, "the alert")
     assert len(alerts) == 1 and b"cannot be read" in alerts[0]
+
+
+def test_channel_test_interrupted_while_refreshing_keeps_the_rotated_grant(
+    short_tmp: Path, oauth: OAuthServer
+) -> None:
+    """Ctrl-C on `mxdesk channel test` while its refresh request is out: the provider has
+    already rotated the refresh token, so the command stores the answer before it ends; the
+    next refresh works with it (a dropped answer would leave the dead token: invalid_grant)."""
+    config = write_config(short_tmp)
+    extra = CHANNELS.format(device=oauth.device_endpoint, token=oauth.token_endpoint)
+    config.write_text(config.read_text() + extra)
+    provision(config)
+    cli(
+        config,
+        *("channel", "add", "--tenant", "marca", "--address", USER, "--host", "127.0.0.1"),
+        *("--port", str(free_port()), "--auth", "oauth2", "--oauth-provider", "empresa"),
+    )
+    authorize(config, oauth)
+    # Its access token lives 300 s, within the refresh margin: `channel test` refreshes.
+    oauth.answer_delay = 2.0
+    before = oauth.requests["refresh_token"]
+    proc = subprocess.Popen(
+        [*MXDESK, "--config", str(config), "channel", "test", USER],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while oauth.requests["refresh_token"] == before:  # rotated; the answer is on its way
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    assert proc.returncode != 0
+    oauth.answer_delay = 0.0
+    again = cli(config, "channel", "test", USER, check=False)
+    assert "no access token" not in again.stdout + again.stderr, again.stderr
+    assert oauth.requests["refresh_token"] == before + 2
