@@ -306,11 +306,16 @@ def cpus() -> str:
     return f"nproc: {len(os.sched_getaffinity(0))} ({cpu})"
 
 
+def interpreter() -> str:
+    """The Python the daemons run on and the file it runs from: its build matters (the same
+    Python built without profile-guided optimisation needs 7-13% more CPU per message)."""
+    return f"Python {platform.python_version()} ({os.path.realpath(sys.executable)})"
+
+
 def machine(args: argparse.Namespace, postfix: str) -> list[str]:
     return [
         cpus(),
-        f"kernel: {platform.release()}, Python {platform.python_version()},"
-        f" Postfix {postfix or '?'}",
+        f"kernel: {platform.release()}, {interpreter()}, Postfix {postfix or '?'}",
         f"work directory: {args.workdir}, {filesystem(Path(args.workdir).resolve())}",
     ]
 

@@ -38,7 +38,7 @@ import dns.message
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from accept_rate import cpus
+from accept_rate import cpus, interpreter
 from authdns import BASE, TsigKey, base_zone, knot_pair
 
 from mxdesk import config as cfg
@@ -162,7 +162,7 @@ def knot_version() -> str:
 def machine() -> list[str]:
     return [
         cpus(),
-        f"kernel: {platform.release()}, Python {platform.python_version()}, Knot {knot_version()}",
+        f"kernel: {platform.release()}, {interpreter()}, Knot {knot_version()}",
     ]
 
 

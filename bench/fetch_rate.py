@@ -46,6 +46,7 @@ from accept_rate import (
     cpu_ticks,
     cpus,
     filesystem,
+    interpreter,
     new_dir,
     wait_until,
 )
@@ -465,7 +466,7 @@ def report(args: argparse.Namespace, runs: list[Run]) -> None:
         f" poll_interval = {args.poll_interval:g} s (POP3)"
     )
     print(cpus())
-    print(f"kernel: {platform.release()}, Python {platform.python_version()}, {versions()}")
+    print(f"kernel: {platform.release()}, {interpreter()}, {versions()}")
     print(f"work directory: {args.workdir}, {filesystem(Path(args.workdir).resolve())}")
     print()
     print(

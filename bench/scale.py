@@ -40,6 +40,7 @@ from accept_rate import (
     cpu_seconds,
     drive,
     filed,
+    interpreter,
     machine,
     new_dir,
     sender_dns,
@@ -326,7 +327,7 @@ def main() -> None:
     for line in machine(args, ""):
         if not line.startswith("kernel"):
             print(line)
-    print(f"kernel: {platform.release()}, Python {platform.python_version()}")
+    print(f"kernel: {platform.release()}, {interpreter()}")
     for line in out:
         print(line)
     print("smtp-source command:")
