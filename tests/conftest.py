@@ -52,6 +52,9 @@ def keep_umask() -> Iterator[None]:
     os.umask(old)
 
 
+LOG_LINES_SHOWN = 150
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """A failing test that ran daemons in short_tmp shows the end of their logs: a race seen
@@ -64,9 +67,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     for log in sorted(root.rglob("*.log")):
         lines = log.read_text(errors="replace").splitlines()[-LOG_LINES_SHOWN:]
         report.sections.append((f"Captured log {log.relative_to(root)}", "\n".join(lines)))
-
-
-LOG_LINES_SHOWN = 150
 
 
 @pytest.fixture

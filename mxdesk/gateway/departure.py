@@ -28,7 +28,7 @@ class Departure:
         tenant = entry.recipients[0].tenant if entry.recipients else ""
         keys = self.senders.signing_keys(message, tenant, entry.mail_from)
         if not keys:
-            domain = entry.mail_from.rpartition("@")[2].lower()
+            domain = self.senders.signing_domain(message, tenant, entry.mail_from)
             return b"", f"no DKIM key signs for {domain} or the base domain"
         reason = self.senders.waiting_for(keys)
         if reason:

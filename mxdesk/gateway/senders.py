@@ -97,15 +97,18 @@ class SenderPolicy:
             return None
         return tenant
 
-    def signing_keys(self, message: bytes, tenant: str, mail_from: str) -> list[DkimKey]:
-        """The keys of the From: header's domain when it is the tenant's (DMARC alignment,
-        RFC 7489 §3.1.1), else of the envelope sender's domain; [] when there are none."""
-        domain = mail_from.rpartition("@")[2].lower()
+    def signing_domain(self, message: bytes, tenant: str, mail_from: str) -> str:
+        """The From: header's domain when it is the tenant's (DMARC alignment, RFC 7489
+        §3.1.1), else the envelope sender's."""
         pairs = [p for v in header_values(message, b"from") for p in header_addresses(v) or []]
         for _, addr in pairs:
             if addr and self.tenant_of_address(addr) == tenant:
-                domain = addr.rpartition("@")[2].lower()
-                break
+                return addr.rpartition("@")[2].lower()
+        return mail_from.rpartition("@")[2].lower()
+
+    def signing_keys(self, message: bytes, tenant: str, mail_from: str) -> list[DkimKey]:
+        """The keys of the signing domain; [] when there are none."""
+        domain = self.signing_domain(message, tenant, mail_from)
         keys = self._load(domain)
         if not any(k.algorithm == b"rsa-sha256" for k in keys) and domain != self._base:
             # A channel's company domain has no key of ours, and a domain whose RSA key was

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -176,10 +175,12 @@ def test_channel_test_interrupted_while_refreshing_keeps_the_rotated_grant(
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 30
-    while oauth.requests["refresh_token"] == before:  # rotated; the answer is on its way
-        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-        time.sleep(0.01)
+    wait_for_sync(
+        lambda: oauth.requests["refresh_token"] > before or proc.poll() is not None,
+        30,
+        "the refresh request",
+    )
+    assert proc.poll() is None, proc.communicate()  # rotated; the answer is on its way
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=30)
     assert proc.returncode != 0

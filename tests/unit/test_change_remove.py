@@ -191,6 +191,18 @@ def test_disabled_tenant_refuses_mail_and_sending_others_unaffected(conn) -> Non
     assert senders.tenant_of_address(MAILBOX) == "marca"
 
 
+def test_the_signing_domain_is_the_from_headers_when_it_is_the_tenants(conn) -> None:  # type: ignore[no-untyped-def]
+    """DMARC alignment: a reply from marca's mailbox submitted with the tenant's default inbox
+    as envelope sender is signed for the From: header's domain; a From: of another tenant, or
+    of nobody's, leaves the envelope sender's domain (what a hold reason then names)."""
+    senders = SenderPolicy(conn, BASE, {})
+    head = f"From: Suporte Marca <{MAILBOX}>\r\n\r\n".encode()
+    assert senders.signing_domain(head, "marca", INBOX) == MARCA
+    assert senders.signing_domain(head, "outra", INBOX) == BASE
+    assert senders.signing_domain(b"From: a@example.org\r\n\r\n", "marca", INBOX) == BASE
+    assert [k.domain for k in senders.signing_keys(head, "marca", INBOX)] == [MARCA]
+
+
 def test_disabled_domain_stops_receiving_and_sending(conn) -> None:  # type: ignore[no-untyped-def]
     policy = RecipientPolicy(conn, BASE, "")
     senders = SenderPolicy(conn, BASE, {})

@@ -9,6 +9,7 @@ import sqlite3
 from collections.abc import Iterator
 
 import pytest
+from conftest import wait_for
 from oauth_server import OAuthServer
 
 from mxdesk import channels, state
@@ -59,8 +60,8 @@ async def test_a_caller_cancelled_during_the_refresh_loses_no_rotated_token(
     tokens = _source(oauth, conn)
     oauth.answer_delay = 0.5
     asking = asyncio.create_task(tokens.access_token(USER))
-    while oauth.requests["refresh_token"] == 0:  # the server has rotated; the answer is out
-        await asyncio.sleep(0.01)
+    # The server has rotated the refresh token; its answer is on the way.
+    await wait_for(lambda: oauth.requests["refresh_token"] > 0, what="the refresh request")
     asking.cancel()  # a channel restarted, a gateway stopping
     with pytest.raises(asyncio.CancelledError):
         await asking
