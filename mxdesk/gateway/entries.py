@@ -256,7 +256,7 @@ def read_due(
     return with_recipients(conn, [by_id[i] for i in ids if i in by_id], marks, ids)
 
 
-def spooled(e: NewEntry, created: float) -> SpoolEntry:
+def spooled(e: NewEntry, created: float, *, claimed: bool = False) -> SpoolEntry:
     """The entry insert_entry(conn, e, created) wrote, as due() would read it back."""
     return SpoolEntry(
         e.id,
@@ -265,7 +265,7 @@ def spooled(e: NewEntry, created: float) -> SpoolEntry:
         e.client,
         e.mail_from,
         len(e.data),
-        HELD if e.held else QUEUED,
+        HELD if e.held else DELIVERING if claimed else QUEUED,
         0,
         max(created, e.not_before),
         e.held,
@@ -276,7 +276,9 @@ def spooled(e: NewEntry, created: float) -> SpoolEntry:
     )
 
 
-def insert_entry(conn: sqlite3.Connection, e: NewEntry, now: float | None = None) -> None:
+def insert_entry(
+    conn: sqlite3.Connection, e: NewEntry, now: float | None = None, *, claimed: bool = False
+) -> None:
     """Adds a new entry with its recipients, and its `accepted` event to the history; now:
     its creation time (default: the time of the call)."""
     now = time.time() if now is None else now
@@ -294,7 +296,7 @@ def insert_entry(conn: sqlite3.Connection, e: NewEntry, now: float | None = None
             max(now, e.not_before),
             e.envid,
             e.ret,
-            HELD if e.held else QUEUED,
+            HELD if e.held else DELIVERING if claimed else QUEUED,
             e.held,
         ),
     )

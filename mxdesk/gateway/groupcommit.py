@@ -14,8 +14,9 @@ log = logging.getLogger("mxdesk.gateway.spool")
 
 Op = Callable[[sqlite3.Connection], None]
 # An operation, the future its caller waits for, whether it adds entries, and what to call on
-# the loop once it is committed (whether or not the caller still waits).
-Pending = tuple[Op, "asyncio.Future[None]", bool, Callable[[], None] | None]
+# the loop once its transaction ended, with whether it committed (whether or not the caller
+# still waits).
+Pending = tuple[Op, "asyncio.Future[None]", bool, Callable[[bool], None] | None]
 # Transactions committed one after the other before the thread lets a read that waits for it
 # have its turn.
 DRAIN_BATCHES = 8
@@ -40,10 +41,10 @@ class GroupCommit:
         self._lock = threading.Lock()
         self.draining = False  # a drain is queued on the thread or running there
 
-    async def run(self, op: Op, *, new: bool, then: Callable[[], None] | None) -> None:
+    async def run(self, op: Op, *, new: bool, then: Callable[[bool], None] | None) -> None:
         """Runs op in the next transaction with every op queued meanwhile. Once queued, op is
-        committed (and then called) whether or not the caller still waits. Raises
-        CommitError if the transaction failed."""
+        committed (and then(True) called) whether or not the caller still waits; then(False)
+        if the transaction failed, which also raises CommitError."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         with self._lock:
@@ -78,9 +79,9 @@ class GroupCommit:
         if error is not None:
             log.error("spool transaction of %d operations failed: %s", len(batch), error)
         for _, fut, _, then in batch:
-            if error is None and then is not None:
+            if then is not None:
                 try:
-                    then()
+                    then(error is None)
                 except Exception:  # the others of the batch are woken all the same
                     log.exception("after a spool transaction")
             if fut.done():  # the caller stopped waiting

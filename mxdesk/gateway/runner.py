@@ -12,7 +12,15 @@ from typing import Protocol
 
 from mxdesk.gateway.lmtp import LmtpError, Reply
 from mxdesk.gateway.retry import RetryPolicy
-from mxdesk.gateway.spool import CLAIMED_KINDS, DELIVERED, FAILED, Spool, SpoolEntry, SpoolError
+from mxdesk.gateway.spool import (
+    CLAIMED_KINDS,
+    DELIVERED,
+    DELIVERING,
+    FAILED,
+    Spool,
+    SpoolEntry,
+    SpoolError,
+)
 from mxdesk.metrics import GatewayMetrics
 
 POLL_SECONDS = 5.0
@@ -78,8 +86,23 @@ class QueueRunner:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         spool.on_commit(self._more)
-        if kind not in CLAIMED_KINDS:
-            spool.on_new_entry(self._take)
+        self._reserved = 0  # entries claimed for this runner at their commit, not yet taken
+        spool.on_new_entry(self._take)
+        if kind in CLAIMED_KINDS:
+            spool.on_claim(self._reserve, self._release)
+
+    def _reserve(self, kind: str) -> bool:
+        """Room for an entry about to be committed claimed for this runner (Spool.on_claim)."""
+        if kind != self._kind or self._task is None or self._stopping:
+            return False
+        if len(self._inflight) + self._reserved >= self._concurrency:
+            return False
+        self._reserved += 1
+        return True
+
+    def _release(self, kind: str) -> None:
+        if kind == self._kind:
+            self._reserved -= 1
 
     def _more(self) -> None:
         self._backlog = True
@@ -87,8 +110,15 @@ class QueueRunner:
 
     def _take(self, entry: SpoolEntry) -> None:
         """A new entry this process committed: delivered at once when there is room (no need
-        to read it back), else left for the next read of the spool."""
+        to read it back), else left for the next read of the spool. One claimed for this
+        runner at its commit has its room; if the runner stopped meanwhile it stays claimed,
+        and the next start puts it back in the queue."""
         if entry.kind != self._kind or entry.id in self._inflight:
+            return
+        if entry.state == DELIVERING:
+            self._reserved -= 1
+            if not self._stopping:
+                self._inflight[entry.id] = asyncio.create_task(self._dispose_logged(entry))
             return
         if self._task is None or self._stopping or len(self._inflight) >= self._concurrency:
             self._more()
@@ -182,7 +212,7 @@ class QueueRunner:
     async def _run(self) -> None:
         while not self._stopping:
             self._wake.clear()
-            free = self._concurrency - len(self._inflight)
+            free = self._concurrency - len(self._inflight) - self._reserved
             if time.time() >= self._next_read:
                 self._backlog = True
             if free > 0 and self._backlog:

@@ -84,6 +84,7 @@ class Spool:
         )
         self._listeners: list[Callable[[], None]] = []
         self._takers: list[Callable[[SpoolEntry], None]] = []
+        self._claimers: list[tuple[Callable[[str], bool], Callable[[str], None]]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -166,10 +167,19 @@ class Spool:
         self._listeners.append(listener)
 
     def on_new_entry(self, taker: Callable[[SpoolEntry], None]) -> None:
-        """Hands taker every entry commit() made durable whose delivery needs no claim and may
-        start now, instead of calling the commit listeners for it: a runner delivers it from
-        memory rather than reading it back (and wakes itself when it has no room for it)."""
+        """Hands taker every entry commit() made durable whose delivery may start now and needs
+        no claim, or was claimed at its commit (on_claim), instead of calling the commit
+        listeners for it: a runner delivers it from memory rather than reading it back (and
+        wakes itself when it has no room for an unclaimed one)."""
         self._takers.append(taker)
+
+    def on_claim(self, reserve: Callable[[str], bool], release: Callable[[str], None]) -> None:
+        """For an entry of a claimed kind (a reply) that may leave at once: reserve(kind) is
+        asked before its commit whether a runner has room for it now. If it has, the entry is
+        inserted claimed, as due() would claim it a moment later (from then on `mxdesk queue
+        cancel` refuses it), and handed to the takers once durable: no read and no claim of
+        its own. release(kind) gives the room back if the transaction failed."""
+        self._claimers.append((reserve, release))
 
     def committed_elsewhere(self) -> None:
         """New entries were committed (here, or by a listener process): the listeners are
@@ -179,7 +189,9 @@ class Spool:
 
     # -- group commit ----------------------------------------------------------------------
 
-    async def _transact(self, op: Op, *, new: bool, then: Callable[[], None] | None = None) -> None:
+    async def _transact(
+        self, op: Op, *, new: bool, then: Callable[[bool], None] | None = None
+    ) -> None:
         """Runs op in the next group commit; raises SpoolError if its transaction failed."""
         try:
             await self._group.run(op, new=new, then=then)
@@ -209,18 +221,31 @@ class Spool:
         entry is delivered either way.
         """
         created = time.time()
-        taken = bool(self._takers) and entry.kind not in CLAIMED_KINDS and not entry.held
-        taken = taken and entry.not_before <= created
+        due_now = not entry.held and entry.not_before <= created
+        release = self._reserve(entry.kind) if due_now else None
+        claimed = release is not None
+        taken = claimed or (due_now and bool(self._takers) and entry.kind not in CLAIMED_KINDS)
 
-        def hand_over() -> None:
-            for taker in self._takers:
-                taker(spooled(entry, created))
+        def settled(committed: bool) -> None:
+            if committed:
+                for taker in self._takers:
+                    taker(spooled(entry, created, claimed=claimed))
+            elif release is not None:
+                release(entry.kind)
 
         await self._transact(
-            lambda conn: insert_entry(conn, entry, created),
+            lambda conn: insert_entry(conn, entry, created, claimed=claimed),
             new=not taken,
-            then=hand_over if taken else None,
+            then=settled if taken else None,
         )
+
+    def _reserve(self, kind: str) -> Callable[[str], None] | None:
+        """Room in a runner for an entry of kind claimed at its commit: how to give it back."""
+        if kind in CLAIMED_KINDS:
+            for reserve, release in self._claimers:
+                if reserve(kind):
+                    return release
+        return None
 
     async def transact(self, op: Op, *, new: bool) -> None:
         """Runs op in the next group commit (a fetcher's entries with its own state: both or

@@ -51,7 +51,9 @@ class ScriptedDeliverer:
         return {r.mailbox: step[r.mailbox] for r in entry.pending}
 
 
-def outbound_config(root: Path, **outbound: object) -> cfg.Config:
+def outbound_config(
+    root: Path, retry: Mapping[str, object] | None = None, **outbound: object
+) -> cfg.Config:
     data = {
         "mxdesk": {
             "base_domain": BASE,
@@ -61,7 +63,12 @@ def outbound_config(root: Path, **outbound: object) -> cfg.Config:
         "gateway": {
             "listen": ["127.0.0.1:0"],
             "outbound": {"send_delay": 0.0, **outbound},
-            "outbound_retry": {"initial": 0.05, "maximum": 0.2, "hold_after": 30.0},
+            "outbound_retry": {
+                "initial": 0.05,
+                "maximum": 0.2,
+                "hold_after": 30.0,
+                **(retry or {}),
+            },
         },
     }
     config = cfg.parse(data)
