@@ -113,12 +113,14 @@ class QueueRunner:
         to read it back), else left for the next read of the spool. One claimed for this
         runner at its commit has its room; if the runner stopped meanwhile it stays claimed,
         and the next start puts it back in the queue."""
-        if entry.kind != self._kind or entry.id in self._inflight:
+        if entry.kind != self._kind:
             return
         if entry.state == DELIVERING:
             self._reserved -= 1
-            if not self._stopping:
+            if not self._stopping and entry.id not in self._inflight:
                 self._inflight[entry.id] = asyncio.create_task(self._dispose_logged(entry))
+            return
+        if entry.id in self._inflight:
             return
         if self._task is None or self._stopping or len(self._inflight) >= self._concurrency:
             self._more()
