@@ -240,18 +240,7 @@ def run_gateway(args: argparse.Namespace, rate: float = 0.0) -> Run:
             1000 * (tree_seconds(p) - b) / args.messages
             for p, b in zip(pids, cpu_before, strict=True)
         )
-        rows = filed(database)
-        if len({q for q, _ in rows}) != args.messages:
-            raise RuntimeError(f"{len(rows)} messages filed for {args.messages} sent")
-        codes = (gateway.terminate(), store.terminate())
-        if codes != (0, 0):
-            raise RuntimeError(f"gateway and store exited {codes}; logs in {root}")
-        problems = sum(
-            1
-            for log in (gateway.log, store.log)
-            for line in log.read_text(errors="replace").splitlines()
-            if " WARNING " in line or " ERROR " in line
-        )
+        rows, problems = stop_checked(gateway, store, database, args.messages, root)
     finally:
         gateway.close()
         store.close()
@@ -271,6 +260,26 @@ def run_gateway(args: argparse.Namespace, rate: float = 0.0) -> Run:
         busy=busy,
         loop_busy=loop_busy,
     )
+
+
+def stop_checked(
+    gateway: Daemon, store: Daemon, database: Path, messages: int, root: Path
+) -> tuple[list[tuple[str, float]], int]:
+    """Once every message is filed: checks each was filed once, stops both daemons (they
+    must exit 0) and returns the filed rows and the warnings and errors in their logs."""
+    rows = filed(database)
+    if len({q for q, _ in rows}) != messages:
+        raise RuntimeError(f"{len(rows)} messages filed for {messages} sent")
+    codes = (gateway.terminate(), store.terminate())
+    if codes != (0, 0):
+        raise RuntimeError(f"gateway and store exited {codes}; logs in {root}")
+    problems = sum(
+        1
+        for log in (gateway.log, store.log)
+        for line in log.read_text(errors="replace").splitlines()
+        if " WARNING " in line or " ERROR " in line
+    )
+    return rows, problems
 
 
 def new_dir(args: argparse.Namespace, prefix: str) -> Path:

@@ -37,6 +37,7 @@ from accept_rate import (
     print_reproduce,
     run_interleaved,
     run_postfix,
+    stop_checked,
     tree_seconds,
     wait_until,
 )
@@ -105,18 +106,7 @@ def run_drain(args: argparse.Namespace) -> Run:
             1000 * tree_seconds(gateway.proc.pid) / args.messages,  # its start-up included
             1000 * (tree_seconds(store.proc.pid) - store_before) / args.messages,
         )
-        rows = filed(database)
-        if len({q for q, _ in rows}) != args.messages:
-            raise RuntimeError(f"{len(rows)} messages filed for {args.messages} seeded")
-        codes = (gateway.terminate(), store.terminate())
-        if codes != (0, 0):
-            raise RuntimeError(f"gateway and store exited {codes}; logs in {root}")
-        problems = sum(
-            1
-            for log in (gateway.log, store.log)
-            for line in log.read_text(errors="replace").splitlines()
-            if " WARNING " in line or " ERROR " in line
-        )
+        rows, problems = stop_checked(gateway, store, database, args.messages, root)
     finally:
         gateway.close()
         store.close()
