@@ -15,7 +15,7 @@ from conftest import wait_for
 
 from mxdesk.cli import main
 from mxdesk.state import Mailbox
-from mxdesk.store import queries
+from mxdesk.store import queries, service
 from mxdesk.store.db import open_readonly, open_tickets
 from mxdesk.store.service import ThreadedFiler
 from mxdesk.store.tickets import Delivery, Filed, TicketStore
@@ -161,6 +161,30 @@ async def test_deliveries_that_arrive_during_a_commit_are_committed_together() -
     assert await first == [Filed("Q1", 1, False)]
     assert [await o for o in others] == [[Filed("Q2", 1, False)]] * 10
     assert slow.batches == [1, 10]
+
+
+async def test_while_deliveries_keep_coming_a_small_batch_waits_for_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Right after a commit a lone delivery waits a moment and shares its commit with the next
+    one; an idle store files a delivery at once. (The moment is stretched to 0.3 s here, so
+    that the test does not depend on the machine's speed.)"""
+    monkeypatch.setattr(service, "GATHER_SECONDS", 0.3)
+    store = SlowStore()
+    store.release.set()
+    filer = ThreadedFiler(store)  # type: ignore[arg-type]
+
+    async def two_apart() -> None:
+        second = asyncio.create_task(filer.file(b"b", "", [SUPORTE]))
+        await asyncio.sleep(0.05)
+        await asyncio.gather(second, filer.file(b"c", "", [SUPORTE]))
+
+    await filer.file(b"a", "", [SUPORTE])  # idle: filed alone, at once
+    await two_apart()  # busy: the second waits for the third
+    assert store.batches == [1, 2]
+    monkeypatch.setattr(service, "BUSY_SECONDS", 0.0)  # as if the last commit were long ago
+    await two_apart()
+    assert store.batches == [1, 2, 1, 1]
 
 
 def cli(tmp_path: Path, *args: str) -> tuple[int, str]:
