@@ -20,6 +20,9 @@ Pending = tuple[Op, "asyncio.Future[None]", bool, Callable[[bool], None] | None]
 # Transactions committed one after the other before the thread lets a read that waits for it
 # have its turn.
 DRAIN_BATCHES = 8
+# How long an operation nobody outside waits for (a delivery's result) waits for company before
+# it starts a transaction of its own.
+GATHER_SECONDS = 0.001
 
 
 class CommitError(Exception):
@@ -40,19 +43,35 @@ class GroupCommit:
         self._pending: list[Pending] = []
         self._lock = threading.Lock()
         self.draining = False  # a drain is queued on the thread or running there
+        # While patient operations wait for company: the timer that starts their drain.
+        self._gathering: asyncio.TimerHandle | None = None
 
-    async def run(self, op: Op, *, new: bool, then: Callable[[bool], None] | None) -> None:
+    async def run(
+        self, op: Op, *, new: bool, then: Callable[[bool], None] | None, patient: bool = False
+    ) -> None:
         """Runs op in the next transaction with every op queued meanwhile. Once queued, op is
         committed (and then(True) called) whether or not the caller still waits; then(False)
-        if the transaction failed, which also raises CommitError."""
+        if the transaction failed, which also raises CommitError. A patient op (one no client
+        waits for: a delivery's result) that would start a transaction waits GATHER_SECONDS
+        for others to share it, unless one that is not patient comes first: under load most
+        results then ride in the transactions of new messages instead of one of their own."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         with self._lock:
             self._pending.append((op, future, new, then))
             start, self.draining = not self.draining, True
-        if start:
+        if start and patient:
+            self._gathering = loop.call_later(GATHER_SECONDS, self._start, loop)
+        elif start:
             self._executor.submit(self._drain, loop)
+        elif not patient and self._gathering is not None:
+            self._gathering.cancel()  # no drain runs while the patient ones gather
+            self._start(loop)
         await future
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._gathering = None
+        self._executor.submit(self._drain, loop)
 
     def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         """On the spool's thread: commits what is pending, and what arrived meanwhile in the

@@ -190,11 +190,17 @@ class Spool:
     # -- group commit ----------------------------------------------------------------------
 
     async def _transact(
-        self, op: Op, *, new: bool, then: Callable[[bool], None] | None = None
+        self,
+        op: Op,
+        *,
+        new: bool,
+        then: Callable[[bool], None] | None = None,
+        patient: bool = False,
     ) -> None:
-        """Runs op in the next group commit; raises SpoolError if its transaction failed."""
+        """Runs op in the next group commit (patient: see GroupCommit.run); raises SpoolError
+        if its transaction failed."""
         try:
-            await self._group.run(op, new=new, then=then)
+            await self._group.run(op, new=new, then=then, patient=patient)
         except CommitError as exc:
             raise SpoolError(str(exc)) from None
 
@@ -354,7 +360,8 @@ class Spool:
             )
             apply_results(conn, entry.id, results, retry_at, hold, error, drop_failed)
 
-        await self._transact(op, new=bool(notices))
+        # No client waits for a result: it may wait a moment to share a transaction.
+        await self._transact(op, new=bool(notices), patient=True)
 
     async def hold(self, entry_id: str, reason: str) -> None:
         """Holds a claimed entry unchanged (not an attempt): it waits for release_waiting."""

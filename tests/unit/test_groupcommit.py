@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from mxdesk.gateway.entries import NewEntry, Recipient, SpoolEntry
+from mxdesk.gateway import groupcommit
+from mxdesk.gateway.entries import DELIVERED, NewEntry, Recipient, SpoolEntry
 from mxdesk.gateway.groupcommit import DRAIN_BATCHES
 from mxdesk.gateway.spool import Spool, SpoolError
 
@@ -101,6 +102,39 @@ async def test_a_caller_that_stops_waiting_does_not_stop_its_commit(
     assert ids(tmp_path / "spool.db") == {"Q1"}
     # Committed, so handed to the inbound runner as if the caller had waited.
     assert [e.id for e in counting.taken] == ["Q1"]
+
+
+async def test_a_result_waits_a_moment_for_company(
+    tmp_path: Path, counting: Counting, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delivery's result, which no client waits for, does not start a transaction of its
+    own at once: alone it is committed after a moment, and a new message that comes meanwhile
+    takes it along in its own transaction, at once. (The moment is stretched to 0.3 s here.)"""
+    monkeypatch.setattr(groupcommit, "GATHER_SECONDS", 0.3)
+    spool = counting.spool
+    for queue_id in ("Q0", "Q1"):
+        await spool.commit(entry(queue_id))
+    await asyncio.sleep(0.05)  # the thread is done: the spool is idle
+    delivered = {RCPT.mailbox: (DELIVERED, "250 2.0.0 filed")}
+
+    def result(taken: SpoolEntry) -> asyncio.Future[None]:
+        return asyncio.ensure_future(
+            spool.update(taken, delivered, retry_at=None, hold=False, error="")
+        )
+
+    alone = result(counting.taken[0])
+    await asyncio.sleep(0.05)
+    assert counting.batches == [1, 1] and not alone.done()  # waiting for company
+    await alone
+    assert counting.batches == [1, 1, 1]
+    await asyncio.sleep(0.05)
+    accompanied = result(counting.taken[1])
+    await asyncio.sleep(0.05)
+    await spool.commit(entry("Q2"))  # a client waits for this one: no waiting
+    assert accompanied.done()
+    assert counting.batches == [1, 1, 1, 2]
+    await counting.close()
+    assert ids(tmp_path / "spool.db") == {"Q2"}
 
 
 async def test_a_failed_transaction_fails_its_operations_only(
