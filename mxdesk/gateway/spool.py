@@ -36,7 +36,7 @@ from mxdesk.gateway.entries import (
     spooled,
 )
 from mxdesk.gateway.groupcommit import CommitError, GroupCommit, Op
-from mxdesk.gateway.spoolfile import fsync_dir, lock_spool
+from mxdesk.gateway.spoolfile import fsync_dir, hold_damaged, lock_spool, recover
 from mxdesk.state import migrate
 
 log = logging.getLogger("mxdesk.gateway.spool")
@@ -84,7 +84,8 @@ class Spool:
         )
         self._listeners: list[Callable[[], None]] = []
         self._takers: list[Callable[[SpoolEntry], None]] = []
-        self._claimers: list[tuple[Callable[[str], bool], Callable[[str], None]]] = []
+        # The outbound runner's (reserve, release), see on_claim.
+        self._claimer: tuple[Callable[[str], bool], Callable[[str], None]] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -108,36 +109,10 @@ class Spool:
             # The WAL and journal files may just have been created: make their names durable.
             fsync_dir(self.path.parent)
             if not self._shared:
-                self._recover()
+                recover(conn)
         except BaseException:
             self._close()
             raise
-
-    def _recover(self) -> None:
-        """Holds damaged entries for a person to look at; puts claimed ones back in the queue."""
-        conn = self._db()
-        rows = conn.execute(
-            "SELECT id, size, length(data),"
-            " (SELECT count(*) FROM recipients WHERE entry=entries.id) FROM entries"
-            " WHERE state!=?",
-            (HELD,),
-        ).fetchall()
-        self._hold_damaged(conn, {r[0]: why for r in rows if (why := damage(*r[1:]))})
-        # A claim dies with the process that made it: the attempt did not finish.
-        stopped = "the gateway stopped during an attempt"
-        history.record_where(conn, "state=?", (DELIVERING,), history.REQUEUED, stopped)
-        conn.execute("UPDATE entries SET state=? WHERE state=?", (QUEUED, DELIVERING))
-        count = conn.execute("SELECT count(*) FROM entries WHERE state=?", (QUEUED,)).fetchone()
-        if count[0]:
-            log.info("spool recovered with %d queued entries", count[0])
-
-    def _hold_damaged(self, conn: sqlite3.Connection, reasons: dict[str, str]) -> None:
-        for entry_id, reason in reasons.items():
-            log.error("queue_id=%s %s: held, it will not be delivered", entry_id, reason)
-            conn.execute(
-                "UPDATE entries SET state=?, last_error=? WHERE id=?", (HELD, reason, entry_id)
-            )
-            history.record(conn, entry_id, history.HELD, reason)
 
     async def close(self) -> None:
         while self._group.draining:  # the commits under way and queued end first
@@ -179,7 +154,7 @@ class Spool:
         inserted claimed, as due() would claim it a moment later (from then on `mxdesk queue
         cancel` refuses it), and handed to the takers once durable: no read and no claim of
         its own. release(kind) gives the room back if the transaction failed."""
-        self._claimers.append((reserve, release))
+        self._claimer = (reserve, release)
 
     def committed_elsewhere(self) -> None:
         """New entries were committed (here, or by a listener process): the listeners are
@@ -246,11 +221,9 @@ class Spool:
         )
 
     def _reserve(self, kind: str) -> Callable[[str], None] | None:
-        """Room in a runner for an entry of kind claimed at its commit: how to give it back."""
-        if kind in CLAIMED_KINDS:
-            for reserve, release in self._claimers:
-                if reserve(kind):
-                    return release
+        """Room in the runner for an entry of kind claimed at its commit: how to give it back."""
+        if kind in CLAIMED_KINDS and self._claimer is not None and self._claimer[0](kind):
+            return self._claimer[1]
         return None
 
     async def transact(self, op: Op, *, new: bool) -> None:
@@ -281,7 +254,7 @@ class Spool:
                 for e in entries
                 if (why := damage(e.size, len(e.data), len(e.recipients)))
             }
-            self._hold_damaged(conn, damaged)
+            hold_damaged(conn, damaged)
             entries = [e for e in entries if e.id not in damaged]
             if claim:
                 # Claimed durably before anything is sent: from now on `mxdesk queue cancel`
