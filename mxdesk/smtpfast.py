@@ -7,7 +7,8 @@ import contextlib
 import re
 import types
 from collections.abc import Callable, Iterator
-from typing import AnyStr, Generic, TypeVar
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from typing import AnyStr, Generic, Protocol, Self, TypeVar
 
 from aiosmtpd.smtp import SMTP
 
@@ -39,6 +40,34 @@ def _encodable(text: str | None) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def parse_path(arg: str, local_part_limit: int = 0) -> tuple[str | None, str | None]:
+    """The address of a MAIL or RCPT argument and what follows it (its parameters); None,
+    None when it cannot be parsed. aiosmtpd's parser (email's header parser) costs a quarter
+    of a millisecond per MAIL or RCPT; a plain <local@domain> gives the same result without
+    it."""
+    match = _PLAIN_PATH.match(arg)
+    rest = match[2].lstrip(" \t") if match else ""
+    if match is None or rest.startswith("("):  # a comment: RFC 5322 CFWS, the long way
+        if not arg:
+            return "", ""
+        parse = get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec
+        try:
+            parsed, rest = parse(arg)
+            address = parsed.addr_spec
+        except Exception:  # HeaderParseError, or the parser on "<" or '"' alone
+            return None, None
+        if not _encodable(address):
+            return None, None
+    else:
+        address = match[1]
+        if not _encodable(address):  # invalid UTF-8 (kept as surrogates): no address
+            return None, None
+    local = address.rpartition("@")[0]
+    if local_part_limit and len(local) > local_part_limit:
+        return None, None
+    return address, rest
 
 
 class BlockDataSMTP(SMTP):
@@ -97,22 +126,33 @@ class BlockDataSMTP(SMTP):
         self._timeout_cb()  # type: ignore[no-untyped-call]
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        """aiosmtpd's address parser (email's header parser) costs a quarter of a millisecond
-        per MAIL or RCPT; a plain <local@domain> gives the same result without it."""
-        match = _PLAIN_PATH.match(arg)
-        rest = match[2].lstrip(" \t") if match else ""
-        if match is None or rest.startswith("("):  # a comment: RFC 5322 CFWS, the long way
-            try:
-                address, params = super()._getaddr(arg)
-            except Exception:  # the email package's parser on "<" or '"' alone: a syntax error
-                return None, None
-            return (address, params) if _encodable(address) else (None, None)
-        if not _encodable(match[1]):  # invalid UTF-8 (kept as surrogates): no address
-            return None, None
-        local = match[1].rpartition("@")[0]
-        if self.local_part_limit and len(local) > self.local_part_limit:
-            return None, None
-        return match[1], rest
+        return parse_path(arg, self.local_part_limit)
+
+    def copy(self) -> Self:
+        """aiosmtpd's constructor inspects the handler and the class with dir() and inspect on
+        every connection, a fifth of the cost of a short session; the result is the same every
+        time, so each session starts as a copy of an unconnected one, its methods rebound."""
+        session = type(self).__new__(type(self))
+        session.__dict__.update(self.__dict__)
+        reader = asyncio.StreamReader(
+            limit=self.reader_limit or self.line_length_limit, loop=self.loop
+        )
+        asyncio.StreamReaderProtocol.__init__(
+            session, reader, client_connected_cb=session._cb_client_connected, loop=self.loop
+        )
+        session._smtp_methods = {
+            name: types.MethodType(method.__func__, session)
+            for name, method in self._smtp_methods.items()
+        }
+        session._auth_methods = {
+            name: attr._replace(
+                method=types.MethodType(attr.method.__func__, session)  # type: ignore[attr-defined]
+            )
+            if attr.is_builtin
+            else attr
+            for name, attr in self._auth_methods.items()
+        }
+        return session
 
     async def smtp_DATA(self, arg: str) -> None:
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
@@ -152,55 +192,76 @@ class BlockDataSMTP(SMTP):
             reader._limit = line_limit  # type: ignore[attr-defined]
 
     async def _read_data(self) -> bytes | None:
-        """Reads the message up to the line "." and undoes dot-stuffing (RFC 5321 §4.5.2).
-
-        Only CR LF "." CR LF ends the data: a bare LF or CR next to a dot, or a NUL before it,
-        is message content, so nothing after it can be read as a second transaction (SMTP
-        smuggling). aiosmtpd reads line by line; reading in blocks does the same work in a
-        fraction of the time. Returns None when the message is larger than the limit.
-        """
-        limit = self.data_size_limit or 0
-        buf = bytearray(b"\r\n")  # so that a "." on the very first line ends the data
-        searched = 0
-        discarded = 0
-        while True:
-            end = buf.find(b"\r\n.\r\n", max(0, searched - 4))
-            if end >= 0:
-                break
-            if limit and discarded + len(buf) - 2 > limit + 3:
-                # Too big: keep reading to the end of the data, keeping only a tail.
-                discarded += len(buf) - 4
-                del buf[:-4]
-            searched = len(buf)
-            chunk = await self._reader.read(DATA_BLOCK)
-            if not chunk:
-                raise ConnectionResetError("connection closed during DATA")
+        """Reads the message up to the line "." (see MessageData). Returns None when the
+        message is larger than the limit."""
+        data = MessageData(self.data_size_limit or 0)
+        while not data.feed(await self._reader.read(DATA_BLOCK)):
             # A message that keeps coming is not idle: timeouts are per read (RFC 5321
             # §4.5.3.2), so a large message on a slow link is not cut; the session's own
             # time limit still ends a client that trickles.
             self._reset_timeout()
-            buf += chunk
         # Whatever the client pipelined after the final dot is its next command.
-        rest = bytes(buf[end + 5 :])
-        if rest:
-            self._reader._buffer[:0] = rest  # type: ignore[attr-defined]
-        body = bytes(buf[2 : end + 2])
-        if discarded or (limit and len(body) > limit):
+        if data.rest:
+            self._reader._buffer[:0] = data.rest  # type: ignore[attr-defined]
+        return data.content()
+
+
+class MessageData:
+    """The data of a DATA command as it arrives, up to the line "." (RFC 5321 §4.5.2).
+
+    Only CR LF "." CR LF ends the data: a bare LF or CR next to a dot, or a NUL before it, is
+    message content, so nothing after it can be read as a second transaction (SMTP
+    smuggling). aiosmtpd reads line by line; searching blocks does the same work in a
+    fraction of the time. Past the size limit only a tail is kept, until the end.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._buf = bytearray(b"\r\n")  # so that a "." on the very first line ends the data
+        self._searched = 0
+        self._discarded = 0
+        self._end = -1
+        self.rest = b""  # what came after the final dot: the client's next commands
+
+    def feed(self, chunk: bytes) -> bool:
+        """Takes the next block; True once the final dot has come."""
+        if not chunk:
+            raise ConnectionResetError("connection closed during DATA")
+        buf, limit = self._buf, self._limit
+        buf += chunk
+        end = buf.find(b"\r\n.\r\n", max(0, self._searched - 4))
+        if end >= 0:
+            self._end = end
+            self.rest = bytes(buf[end + 5 :])
+            return True
+        if limit and self._discarded + len(buf) - 2 > limit + 3:
+            # Too big: keep reading to the end of the data, keeping only a tail.
+            self._discarded += len(buf) - 4
+            del buf[:-4]
+        self._searched = len(buf)
+        return False
+
+    def content(self) -> bytes | None:
+        """The message with dot-stuffing undone; None when it is larger than the limit."""
+        body = bytes(self._buf[2 : self._end + 2])
+        if self._discarded or (self._limit and len(body) > self._limit):
             return None
         body = body.replace(b"\r\n.", b"\r\n")
         return body[1:] if body.startswith(b".") else body
 
 
-S = TypeVar("S", bound=BlockDataSMTP)
+class Copyable(Protocol):
+    def copy(self) -> Self:
+        """A session for a new connection, made from this unconnected one."""
+        ...
+
+
+S = TypeVar("S", bound=Copyable)
 
 
 class SessionFactory(Generic[S]):
-    """Makes an SMTP or LMTP session per connection, copying a template made once.
-
-    aiosmtpd's constructor inspects the handler and the class with dir() and inspect on every
-    connection, a fifth of the cost of a short session; the result is the same every time, so
-    each session starts as a copy of an unconnected template with its methods rebound.
-    """
+    """Makes a session per connection, copying a template made once (a reload makes a new
+    one): an SMTP or LMTP session on aiosmtpd (BlockDataSMTP.copy), or the MX's."""
 
     def __init__(self, make: Callable[[], S]) -> None:
         self._template = make()
@@ -210,24 +271,4 @@ class SessionFactory(Generic[S]):
         self._template = make()
 
     def __call__(self) -> S:
-        t = self._template
-        session = type(t).__new__(type(t))
-        session.__dict__.update(t.__dict__)
-        limit = t.reader_limit or t.line_length_limit
-        reader = asyncio.StreamReader(limit=limit, loop=t.loop)
-        asyncio.StreamReaderProtocol.__init__(
-            session, reader, client_connected_cb=session._cb_client_connected, loop=t.loop
-        )
-        session._smtp_methods = {
-            name: types.MethodType(method.__func__, session)
-            for name, method in t._smtp_methods.items()
-        }
-        session._auth_methods = {
-            name: attr._replace(
-                method=types.MethodType(attr.method.__func__, session)  # type: ignore[attr-defined]
-            )
-            if attr.is_builtin
-            else attr
-            for name, attr in t._auth_methods.items()
-        }
-        return session
+        return self._template.copy()

@@ -17,6 +17,7 @@ from mxdesk import config as cfg
 from mxdesk import state
 from mxdesk.daemon import settle_collector, setup_logging
 from mxdesk.gateway.inboundauth import InboundVerifier
+from mxdesk.gateway.mxsession import MxSession
 from mxdesk.gateway.policy import RecipientPolicy
 from mxdesk.gateway.senders import SenderPolicy
 from mxdesk.gateway.sessions import (
@@ -26,8 +27,9 @@ from mxdesk.gateway.sessions import (
     submission_session,
     tls_context,
 )
-from mxdesk.gateway.smtp import ConnectionLimits, GatewaySMTP
+from mxdesk.gateway.smtp import ConnectionLimits
 from mxdesk.gateway.spool import Spool
+from mxdesk.gateway.submission import SubmissionSMTP
 from mxdesk.metrics import GatewayMetrics
 from mxdesk.reload import merged
 from mxdesk.smtpfast import SessionFactory
@@ -99,7 +101,7 @@ async def serve(config: cfg.Config, sock: socket.socket) -> int:
     )
     limits = {"mx": Reporting(channel), "submission": Reporting(channel)}
     makers = {"mx": mx_session, "submission": submission_session}
-    factories: dict[str, SessionFactory[GatewaySMTP]] = {
+    factories: dict[str, SessionFactory[MxSession | SubmissionSMTP]] = {
         name: SessionFactory(lambda make=make, name=name: make(parts, limits[name], loop))  # type: ignore[misc]
         for name, make in makers.items()
     }
@@ -118,9 +120,9 @@ async def serve(config: cfg.Config, sock: socket.socket) -> int:
             factories[name].renew(lambda make=make, name=name: make(parts, limits[name], loop))  # type: ignore[misc]
 
     async def start_session(conn_id: str, name: str, accepted: socket.socket) -> None:
-        def made() -> GatewaySMTP:
+        def made() -> MxSession | SubmissionSMTP:
             session = factories[name]()
-            session.handoff_id = conn_id  # type: ignore[attr-defined]
+            session.handoff_id = conn_id  # type: ignore[union-attr]
             return session
 
         try:

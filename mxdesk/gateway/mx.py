@@ -14,7 +14,6 @@ from mxdesk.gateway.smtp import GatewayEnvelope
 from mxdesk.gateway.spool import NewEntry, Recipient, Spool, SpoolError, new_queue_id
 from mxdesk.gateway.verdicts import Envelope
 from mxdesk.metrics import GatewayMetrics
-from mxdesk.smtpfast import with_extensions
 from mxdesk.timefmt import header_date
 
 log = logging.getLogger("mxdesk.gateway.mx")
@@ -61,7 +60,8 @@ def received_header(
 
 
 class MxHandler:
-    """aiosmtpd hooks for the MX listener."""
+    """What the MX's sessions (mxdesk/gateway/mxsession.py) ask: may this sender and this
+    recipient come in, and the message kept."""
 
     def __init__(
         self,
@@ -83,34 +83,16 @@ class MxHandler:
         self._host_name = host_name
         self._max_recipients = max_recipients
 
-    async def handle_EHLO(
-        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
-    ) -> list[str]:
-        session.host_name = hostname
-        return with_extensions(responses)
-
-    async def handle_MAIL(
-        self,
-        server: Any,
-        session: Any,
-        envelope: GatewayEnvelope,
-        address: str,
-        mail_options: list[str],
-    ) -> str:
+    def mail(self, envelope: GatewayEnvelope, address: str, mail_options: list[str]) -> str:
+        """MAIL FROM, its syntax checked: the reply."""
         if self._space.low(declared_size(mail_options)):
             return R452_NO_SPACE
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return R250_MAIL_OK
 
-    async def handle_RCPT(
-        self,
-        server: Any,
-        session: Any,
-        envelope: GatewayEnvelope,
-        address: str,
-        rcpt_options: list[str],
-    ) -> str:
+    def rcpt(self, envelope: GatewayEnvelope, address: str, rcpt_options: list[str]) -> str:
+        """RCPT TO, its syntax checked: the recipient policy's reply."""
         envelope.attempted = address
         if len(envelope.rcpt_tos) >= self._max_recipients:
             return R452_TOO_MANY_RCPTS
@@ -146,7 +128,8 @@ class MxHandler:
             )
         return checked.header, reply, summary
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: GatewayEnvelope) -> str:
+    async def data(self, session: Any, envelope: GatewayEnvelope) -> str:
+        """The message after the final dot: verdicts, trace headers, the commit; the reply."""
         queue_id = new_queue_id()
         content = envelope.original_content or b""
         # aiosmtpd keeps the null reverse-path (bounces, RFC 5321 §4.5.5) as "<>".
@@ -191,7 +174,7 @@ class MxHandler:
         )
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
-    async def handle_exception(self, error: Exception) -> str:
+    def exception(self, error: Exception) -> str:
         log.exception("internal error in an SMTP session: %r", error)
         return R451_LOCAL_ERROR
 

@@ -33,16 +33,16 @@ from mxdesk.gateway.sessions import (
     tls_context,
 )
 from mxdesk.gateway.signer import SigningProcess
-from mxdesk.gateway.smtp import ConnectionLimits, GatewaySMTP
+from mxdesk.gateway.smtp import ConnectionLimits
 from mxdesk.gateway.spool import Spool, SpoolEntry
 from mxdesk.metrics import GatewayMetrics
 from mxdesk.secrets import installation_key, secrets_key
-from mxdesk.smtpfast import SessionFactory
+from mxdesk.smtpfast import Copyable, SessionFactory
 from mxdesk.sockets import listen_unix
 from mxdesk.startup import StartupError, address, bind_error
 
 log = logging.getLogger("mxdesk.gateway")
-S = TypeVar("S", bound=GatewaySMTP)
+S = TypeVar("S", bound=Copyable)
 SHUTDOWN_GRACE = 10.0
 
 

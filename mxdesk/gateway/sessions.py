@@ -11,9 +11,10 @@ from typing import Any
 from mxdesk.config import Config
 from mxdesk.gateway.inboundauth import InboundVerifier
 from mxdesk.gateway.mx import MxHandler
+from mxdesk.gateway.mxsession import MxSession
 from mxdesk.gateway.policy import RecipientPolicy
 from mxdesk.gateway.senders import SenderPolicy
-from mxdesk.gateway.smtp import ConnectionLimits, GatewaySMTP
+from mxdesk.gateway.smtp import ConnectionLimits
 from mxdesk.gateway.spool import Spool
 from mxdesk.gateway.submission import SubmissionHandler, SubmissionSMTP
 from mxdesk.metrics import GatewayMetrics
@@ -53,7 +54,7 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
 
 def mx_session(
     parts: SessionParts, limits: ConnectionLimits, loop: asyncio.AbstractEventLoop
-) -> GatewaySMTP:
+) -> MxSession:
     cfg = parts.config
     gw = cfg.gateway
     handler = MxHandler(
@@ -65,7 +66,16 @@ def mx_session(
         min_free_mb=gw.min_free_mb,
         verifier=parts.verifier,
     )
-    return GatewaySMTP(handler, tls_context=parts.tls, **_options(parts, limits, loop, "mxdesk"))
+    return MxSession(
+        handler,
+        limits,
+        loop,
+        hostname=cfg.general.host_name,
+        tls=parts.tls,
+        data_size_limit=gw.max_message_size,
+        idle_timeout=gw.idle_timeout,
+        session_timeout=gw.session_timeout,
+    )
 
 
 def submission_session(

@@ -167,7 +167,7 @@ class GatewaySMTP(BlockDataSMTP):
             status = status.decode("utf-8", "replace")
         # aiosmtpd echoes what the client sent ("command … not recognized"): never raw control
         # characters or undecodable bytes back on the wire.
-        status = "\r\n".join(_printable(line) for line in status.split("\r\n"))
+        status = "\r\n".join(printable(line) for line in status.split("\r\n"))
         if not self._greeting_phase:
             status = "\r\n".join(with_enhanced_code(line) for line in status.split("\r\n"))
         if status[:1] in ("4", "5") and self.envelope is not None:
@@ -202,7 +202,7 @@ class GatewaySMTP(BlockDataSMTP):
         return GatewayEnvelope()
 
 
-def _printable(line: str) -> str:
+def printable(line: str) -> str:
     if line.isprintable():  # the usual reply (a surrogate escape is not printable)
         return line
     return "".join(
