@@ -32,6 +32,8 @@ log = logging.getLogger("mxdesk.gateway.smtp")
 LINE_LIMIT = 1001  # the longest command line read (aiosmtpd's line_length_limit)
 COMMAND_LIMIT = 512  # RFC 5321 §4.5.3.1.4; MAIL after EHLO may carry SIZE and SMTPUTF8 too
 MAIL_LIMIT = COMMAND_LIMIT + 26 + 10
+BACKLOG = 65536  # octets of commands kept while a command waits, before reading stops
+OUT_BLOCK = 16384  # replies to pipelined commands sent together, up to this many octets
 BOGUS_LIMIT = 5  # unknown commands before the session is ended (aiosmtpd's)
 SYNTAX = {
     "DATA": "DATA",
@@ -109,6 +111,7 @@ class MxSession(asyncio.Protocol):
         self.envelope = GatewayEnvelope()
         self._buffer = bytearray()
         self._out: list[bytes] = []
+        self._out_size = 0
         self._data: MessageData | None = None
         self._task: asyncio.Task[None] | None = None  # a command that waits
         self._overlong = False
@@ -190,12 +193,15 @@ class MxSession(asyncio.Protocol):
         if text[:1] in ("4", "5"):
             self.handler.log_refusal(self.client, self.envelope, text)
         self.envelope.attempted = ""
-        self._out.append(text.encode("utf-8", "surrogateescape") + b"\r\n")
+        line = text.encode("utf-8", "surrogateescape") + b"\r\n"
+        self._out.append(line)
+        self._out_size += len(line)
 
     def _flush(self) -> None:
         if self._out and self.transport is not None:
-            self.transport.write(b"".join(self._out))
+            self.transport.write(b"".join(self._out))  # may call pause_writing
         self._out.clear()
+        self._out_size = 0
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -209,6 +215,8 @@ class MxSession(asyncio.Protocol):
             self._message(self._data)
         else:
             self._buffer += data
+            if self._task is not None and len(self._buffer) > BACKLOG:
+                self.transport.pause_reading()  # until what came is served
         if self._task is None:
             self._serve()
 
@@ -238,7 +246,12 @@ class MxSession(asyncio.Protocol):
                 self._command(line)
             except Exception as error:
                 self._reply(self.handler.exception(error))
+            if self._out_size > OUT_BLOCK:
+                self._flush()  # a client that does not read pauses this loop
         self._flush()
+        transport = self.transport
+        if transport is not None and self._task is None and not self._paused:
+            transport.resume_reading()
 
     def _command(self, line: bytes) -> None:
         """One command line, taken as aiosmtpd takes it."""

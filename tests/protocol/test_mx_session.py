@@ -1,0 +1,153 @@
+"""The MX's session layer (mxdesk/gateway/mxsession.py) where it reads and writes on its own:
+whole transactions in one write, overlong lines across packets, a client that does not read."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+from conftest import MAILBOX, Running, wait_for
+from wire import Wire, stored_messages
+
+from mxdesk.gateway.mx import MxHandler
+from mxdesk.gateway.mxsession import MxSession
+
+
+def _message(subject: str) -> bytes:
+    return (
+        f"Subject: {subject}\r\n\r\n.ponto no começo\r\n".replace("\r\n.", "\r\n..").encode()
+        + b".\r\n"
+    )
+
+
+async def test_a_client_that_sends_everything_at_once_gets_every_reply_in_order(
+    running: Running,
+) -> None:
+    w = await Wire.open(running.port)
+    assert (await w.reply()).startswith("220 ")
+    rcpt = f"RCPT TO:<{MAILBOX}>\r\n".encode()
+    # Not even waiting for the 354s: two transactions and QUIT in one write.
+    await w.send(
+        b"EHLO client.example\r\nMAIL FROM:<a@example.org>\r\n"
+        + rcpt
+        + b"DATA\r\n"
+        + _message("um")
+        + b"MAIL FROM:<b@example.org>\r\n"
+        + rcpt
+        + b"DATA\r\n"
+        + _message("dois")
+        + b"QUIT\r\n"
+    )
+    replies = [await w.reply() for _ in range(10)]
+    codes = [r[:3] for r in replies]
+    assert codes == ["250", "250", "250", "354", "250", "250", "250", "354", "250", "221"]
+    assert "PIPELINING" in replies[0]
+    assert replies[4].startswith("250 2.0.0 Ok: queued as ")
+    assert replies[8].startswith("250 2.0.0 Ok: queued as ") and replies[8] != replies[4]
+    await w.close()
+    db = running.config.store.database
+    rows = await wait_for(lambda: len(stored_messages(db)) == 2 and stored_messages(db))
+    assert sorted(r["subject"] for r in rows) == ["dois", "um"]
+
+
+async def test_an_overlong_line_across_packets_is_answered_500_and_the_session_goes_on(
+    running: Running,
+) -> None:
+    w = await Wire.open(running.port)
+    await w.hello()
+    for _ in range(5):  # 5,000 bytes without a line end, in pieces
+        await w.send(b"X" * 1000)
+        await asyncio.sleep(0.01)
+    await w.send(b"\r\nNOOP\r\n")
+    assert (await w.reply()).startswith("500 5.5.2 Command line too long")
+    assert (await w.reply()).startswith("250 2.0.0")
+    # One over the line limit in a single packet; one at the command limit (512 octets
+    # before the CRLF: RFC 5321 §4.5.3.1.4 counts 512 with it, aiosmtpd without), one past.
+    await w.send(b"NOOP " + b"x" * 1100 + b"\r\n")
+    assert (await w.reply()).startswith("500 5.5.2 Command line too long")
+    assert (await w.cmd("NOOP " + "x" * 507)).startswith("250 2.0.0")
+    assert (await w.cmd("NOOP " + "x" * 508)).startswith("500 5.5.2 Command line too long")
+    assert (await w.cmd("QUIT")).startswith("221")
+    await w.close()
+
+
+async def test_a_client_that_does_not_read_its_replies_is_not_read_either(
+    running: Running,
+) -> None:
+    """Replies wait in the gateway only up to the transport's high-water mark: past it the
+    session stops reading, so a client that sends without reading fills its own socket, not
+    the gateway's memory. Every reply still arrives once it reads."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):  # small, so that they fill
+        sock.setsockopt(socket.SOL_SOCKET, option, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", running.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    count = 200_000  # HELP: 6 octets in, some 80 out
+    writer.write(b"HELP\r\n" * count)
+    sending = asyncio.create_task(writer.drain())
+    await asyncio.sleep(1.0)
+    assert running.gateway is not None
+    sessions = [s for s in running.gateway.limits.sessions if isinstance(s, MxSession)]
+    assert len(sessions) == 1 and sessions[0].transport is not None
+    transport = sessions[0].transport
+    held = transport.get_write_buffer_size()
+    assert held <= 256 * 1024, f"{held} bytes of replies held for a client that does not read"
+    assert not transport.is_reading(), "the session still reads a client that does not"
+    lines = 0
+    data = b""
+    while lines < count + 1:  # the greeting, then a reply to each HELP
+        chunk = await asyncio.wait_for(reader.read(1 << 20), 30)
+        assert chunk, "the gateway closed the session"
+        data = data[-200:] + chunk
+        lines += chunk.count(b"\n")
+    await sending
+    assert data.endswith(
+        b"250 2.0.0 Supported commands: DATA EHLO HELO HELP MAIL NOOP QUIT RCPT RSET VRFY\r\n"
+    ), data[-200:]
+    writer.write(b"QUIT\r\n")
+    assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"221")
+    writer.close()
+
+
+async def test_commands_sent_while_a_message_is_committed_wait_within_bounds(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a message's reply waits (its commit, its verdicts), what the client pipelines
+    behind it is kept up to a bound; then the session stops reading until it is served."""
+    release = asyncio.Event()
+    accept = MxHandler.data
+
+    async def slow(self: MxHandler, session: Any, envelope: Any) -> str:
+        await release.wait()
+        return await accept(self, session, envelope)
+
+    monkeypatch.setattr(MxHandler, "data", slow)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", running.port))
+    w = Wire(*await asyncio.open_connection(sock=sock))
+    await w.hello()
+    await w.cmd("MAIL FROM:<a@example.org>")
+    await w.cmd(f"RCPT TO:<{MAILBOX}>")
+    assert (await w.cmd("DATA")).startswith("354")
+    count = 500_000  # 3 MB of NOOP behind the final dot
+    w.writer.write(_message("espera") + b"NOOP\r\n" * count)
+    await asyncio.sleep(1.0)
+    assert running.gateway is not None
+    (session,) = [s for s in running.gateway.limits.sessions if isinstance(s, MxSession)]
+    assert len(session._buffer) <= 64 * 1024 + 256 * 1024, len(session._buffer)
+    assert session.transport is not None and not session.transport.is_reading()
+    release.set()
+    assert (await w.reply()).startswith("250 2.0.0 Ok: queued as ")
+    received = bytearray()
+    while received.count(b"\n") < count:
+        chunk = await asyncio.wait_for(w.reader.read(1 << 20), 30)
+        assert chunk, "the gateway closed the session"
+        received += chunk
+    assert received == b"250 2.0.0 OK\r\n" * count
+    assert (await w.cmd("QUIT")).startswith("221")
+    await w.close()
