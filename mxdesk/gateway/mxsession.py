@@ -117,25 +117,22 @@ class MxSession(asyncio.Protocol):
         self._overlong = False
         self._paused = False
         self._bogus = BOGUS_LIMIT
-        self._session_timer: asyncio.TimerHandle | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
         refusal = self._limits.admit(self, self.client)
         if refusal is not None:
             self._limits.refuse(transport, self.client, refusal)
             return
         self.transport = transport
-        self._session_timer = self.loop.call_later(self._session_limit, self._end, R421_SESSION)
+        self._session_end = self.loop.time() + self._session_limit
         self._touch()
         self._reply(f"220 {self.hostname} {self.ident}")
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.transport is None and self._session_timer is None:
+        if self._timer is None:
             return  # refused
         self._limits.release(self, self.client)
-        for timer in (self._session_timer, self._idle_timer):
-            if timer is not None:
-                timer.cancel()
+        self._timer.cancel()
         if self._task is not None:
             self._task.cancel()
         self.transport = None
@@ -169,18 +166,22 @@ class MxSession(asyncio.Protocol):
         self._end("421 4.3.2 Error: service shutting down, try again later")
 
     def _touch(self) -> None:
-        """The idle timeout starts again; one timer, which looks at the deadline when it fires."""
-        self._deadline = self.loop.time() + self._idle
-        if self._idle_timer is None or self._idle_timer.when() > self._deadline:
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
-            self._idle_timer = self.loop.call_at(self._deadline, self._idle_due)
+        """The idle timeout starts again. One timer per session, for the idle timeout and the
+        session's time limit, which looks at the deadlines when it fires."""
+        self._deadline = min(self.loop.time() + self._idle, self._session_end)
+        if self._timer is None or self._timer.when() > self._deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_at(self._deadline, self._due)
 
-    def _idle_due(self) -> None:
-        if self.loop.time() < self._deadline:
-            self._idle_timer = self.loop.call_at(self._deadline, self._idle_due)
-            return
-        self._end(R421_IDLE)
+    def _due(self) -> None:
+        now = self.loop.time()
+        if now >= self._session_end:
+            self._end(R421_SESSION)
+        elif now < self._deadline:
+            self._timer = self.loop.call_at(self._deadline, self._due)
+        else:
+            self._end(R421_IDLE)
 
     # -- replies ----------------------------------------------------------------------------
 
