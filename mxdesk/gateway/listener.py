@@ -17,7 +17,6 @@ from mxdesk import config as cfg
 from mxdesk import state
 from mxdesk.daemon import settle_collector, setup_logging
 from mxdesk.gateway.inboundauth import InboundVerifier
-from mxdesk.gateway.mxsession import MxSession
 from mxdesk.gateway.policy import RecipientPolicy
 from mxdesk.gateway.senders import SenderPolicy
 from mxdesk.gateway.sessions import (
@@ -28,8 +27,8 @@ from mxdesk.gateway.sessions import (
     tls_context,
 )
 from mxdesk.gateway.smtp import ConnectionLimits
+from mxdesk.gateway.smtpsession import SmtpSession
 from mxdesk.gateway.spool import Spool
-from mxdesk.gateway.submission import SubmissionSMTP
 from mxdesk.metrics import GatewayMetrics
 from mxdesk.reload import merged
 from mxdesk.smtpfast import SessionFactory
@@ -101,7 +100,7 @@ async def serve(config: cfg.Config, sock: socket.socket) -> int:
     )
     limits = {"mx": Reporting(channel), "submission": Reporting(channel)}
     makers = {"mx": mx_session, "submission": submission_session}
-    factories: dict[str, SessionFactory[MxSession | SubmissionSMTP]] = {
+    factories: dict[str, SessionFactory[SmtpSession]] = {
         name: SessionFactory(lambda make=make, name=name: make(parts, limits[name], loop))  # type: ignore[misc]
         for name, make in makers.items()
     }
@@ -120,9 +119,9 @@ async def serve(config: cfg.Config, sock: socket.socket) -> int:
             factories[name].renew(lambda make=make, name=name: make(parts, limits[name], loop))  # type: ignore[misc]
 
     async def start_session(conn_id: str, name: str, accepted: socket.socket) -> None:
-        def made() -> MxSession | SubmissionSMTP:
+        def made() -> SmtpSession:
             session = factories[name]()
-            session.handoff_id = conn_id  # type: ignore[union-attr]
+            session.handoff_id = conn_id  # type: ignore[attr-defined]
             return session
 
         try:

@@ -60,7 +60,7 @@ def received_header(
 
 
 class MxHandler:
-    """What the MX's sessions (mxdesk/gateway/mxsession.py) ask: may this sender and this
+    """What the MX's sessions (mxdesk/gateway/smtpsession.py) ask: may this sender and this
     recipient come in, and the message kept."""
 
     def __init__(
@@ -83,7 +83,9 @@ class MxHandler:
         self._host_name = host_name
         self._max_recipients = max_recipients
 
-    def mail(self, envelope: GatewayEnvelope, address: str, mail_options: list[str]) -> str:
+    def mail(
+        self, session: Any, envelope: GatewayEnvelope, address: str, mail_options: list[str]
+    ) -> str:
         """MAIL FROM, its syntax checked: the reply."""
         if self._space.low(declared_size(mail_options)):
             return R452_NO_SPACE
@@ -91,7 +93,9 @@ class MxHandler:
         envelope.mail_options.extend(mail_options)
         return R250_MAIL_OK
 
-    def rcpt(self, envelope: GatewayEnvelope, address: str, rcpt_options: list[str]) -> str:
+    def rcpt(
+        self, session: Any, envelope: GatewayEnvelope, address: str, rcpt_options: list[str]
+    ) -> str:
         """RCPT TO, its syntax checked: the recipient policy's reply."""
         envelope.attempted = address
         if len(envelope.rcpt_tos) >= self._max_recipients:

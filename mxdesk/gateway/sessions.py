@@ -11,12 +11,12 @@ from typing import Any
 from mxdesk.config import Config
 from mxdesk.gateway.inboundauth import InboundVerifier
 from mxdesk.gateway.mx import MxHandler
-from mxdesk.gateway.mxsession import MxSession
 from mxdesk.gateway.policy import RecipientPolicy
 from mxdesk.gateway.senders import SenderPolicy
 from mxdesk.gateway.smtp import ConnectionLimits
+from mxdesk.gateway.smtpsession import SmtpSession
 from mxdesk.gateway.spool import Spool
-from mxdesk.gateway.submission import SubmissionHandler, SubmissionSMTP
+from mxdesk.gateway.submission import SubmissionHandler, SubmissionSession
 from mxdesk.metrics import GatewayMetrics
 from mxdesk.startup import StartupError
 
@@ -54,7 +54,7 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
 
 def mx_session(
     parts: SessionParts, limits: ConnectionLimits, loop: asyncio.AbstractEventLoop
-) -> MxSession:
+) -> SmtpSession:
     cfg = parts.config
     gw = cfg.gateway
     handler = MxHandler(
@@ -66,21 +66,12 @@ def mx_session(
         min_free_mb=gw.min_free_mb,
         verifier=parts.verifier,
     )
-    return MxSession(
-        handler,
-        limits,
-        loop,
-        hostname=cfg.general.host_name,
-        tls=parts.tls,
-        data_size_limit=gw.max_message_size,
-        idle_timeout=gw.idle_timeout,
-        session_timeout=gw.session_timeout,
-    )
+    return SmtpSession(handler, limits, loop, tls=parts.tls, **_options(parts))
 
 
 def submission_session(
     parts: SessionParts, limits: ConnectionLimits, loop: asyncio.AbstractEventLoop
-) -> SubmissionSMTP:
+) -> SubmissionSession:
     cfg = parts.config
     gw = cfg.gateway
     handler = SubmissionHandler(
@@ -91,23 +82,17 @@ def submission_session(
         cfg.outbound.send_delay,
         parts.metrics,
     )
-    return SubmissionSMTP(handler, **_options(parts, limits, loop, "mxdesk submission"))
+    return SubmissionSession(handler, limits, loop, tls=None, **_options(parts))
 
 
-def _options(
-    parts: SessionParts, limits: ConnectionLimits, loop: asyncio.AbstractEventLoop, ident: str
-) -> dict[str, Any]:
-    """What every session of both listeners is given: limits, timers, size, names."""
+def _options(parts: SessionParts) -> dict[str, Any]:
+    """What every session of both listeners is given: timers, size, name."""
     gw = parts.config.gateway
     return {
-        "limits": limits,
-        "session_timeout": gw.session_timeout,
-        "data_size_limit": gw.max_message_size,
-        "enable_SMTPUTF8": True,
         "hostname": parts.config.general.host_name,
-        "ident": ident,
-        "timeout": gw.idle_timeout,
-        "loop": loop,
+        "data_size_limit": gw.max_message_size,
+        "idle_timeout": gw.idle_timeout,
+        "session_timeout": gw.session_timeout,
     }
 
 

@@ -1,4 +1,4 @@
-"""The SMTP protocol object: aiosmtpd plus connection limits, session timers and enhanced codes."""
+"""What the gateway's SMTP sessions share: connection limits, the envelope, enhanced codes."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from typing import Any
 from aiosmtpd.smtp import Envelope
 
 from mxdesk.gateway.policy import Accept
-from mxdesk.smtpfast import BlockDataSMTP
 
 log = logging.getLogger("mxdesk.gateway.smtp")
 
@@ -103,103 +102,6 @@ class ConnectionLimits:
         self.open[client] -= 1
         if self.open[client] <= 0:
             del self.open[client]
-
-
-class GatewaySMTP(BlockDataSMTP):
-    """One SMTP session. Policy and storage decisions belong to the handler."""
-
-    def __init__(
-        self, handler: Any, *, limits: ConnectionLimits, session_timeout: float, **kwargs: Any
-    ) -> None:
-        super().__init__(handler, **kwargs)
-        self._limits = limits
-        self._session_timeout = session_timeout
-        self._session_timer: asyncio.TimerHandle | None = None
-        self._client = ""
-        self._refused = False
-        self._greeting_phase = False
-
-    # -- connection accounting -------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self._original_transport is not None:  # the TLS layer after STARTTLS
-            super().connection_made(transport)
-            return
-        peer = transport.get_extra_info("peername")
-        self._client = str(peer[0]) if isinstance(peer, tuple) else "local"
-        refusal = self._limits.admit(self, self._client)
-        if refusal is not None:
-            self._refused = True
-            self._limits.refuse(transport, self._client, refusal)
-            return
-        self._session_timer = self.loop.call_later(
-            self._session_timeout, self._end_session, R421_SESSION
-        )
-        super().connection_made(transport)
-
-    def connection_lost(self, error: Exception | None) -> None:
-        if self._refused:
-            return
-        self._limits.release(self, self._client)
-        if self._session_timer is not None:
-            self._session_timer.cancel()
-        super().connection_lost(error)
-
-    def _end_session(self, reply: str) -> None:
-        transport = self.transport
-        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
-            log.info("client=%s %s", self._client, reply)
-            transport.write(reply.encode() + b"\r\n")
-            transport.close()
-
-    def _timeout_cb(self) -> None:
-        # aiosmtpd closes an idle session silently; RFC 5321 §4.2 prefers a 421 first.
-        self._end_session(R421_IDLE)
-
-    def shut_down(self) -> None:
-        """Ends a session at daemon shutdown, unless a message is being committed."""
-        self._end_session("421 4.3.2 Error: service shutting down, try again later")
-
-    # -- replies ---------------------------------------------------------------------------
-
-    async def push(self, status: Any) -> None:
-        if isinstance(status, bytes):
-            status = status.decode("utf-8", "replace")
-        # aiosmtpd echoes what the client sent ("command … not recognized"): never raw control
-        # characters or undecodable bytes back on the wire.
-        status = "\r\n".join(printable(line) for line in status.split("\r\n"))
-        if not self._greeting_phase:
-            status = "\r\n".join(with_enhanced_code(line) for line in status.split("\r\n"))
-        if status[:1] in ("4", "5") and self.envelope is not None:
-            self.event_handler.log_refusal(self._client, self.envelope, status)
-        if isinstance(self.envelope, GatewayEnvelope):
-            self.envelope.attempted = ""
-        await super().push(status)
-
-    async def smtp_EHLO(self, hostname: str) -> None:
-        self._greeting_phase = True
-        try:
-            await super().smtp_EHLO(hostname)
-        finally:
-            self._greeting_phase = False
-
-    async def smtp_HELO(self, hostname: str) -> None:
-        self._greeting_phase = True
-        try:
-            await super().smtp_HELO(hostname)
-        finally:
-            self._greeting_phase = False
-
-    async def smtp_RCPT(self, arg: str | None) -> None:
-        # aiosmtpd drops a source route (<@a,@b:user@c>) and keeps user@c; we refuse it.
-        rest = (arg or "")[3:].lstrip() if (arg or "")[:3].upper() == "TO:" else ""
-        if rest.startswith("<@") and self.envelope is not None and self.envelope.mail_from:
-            await self.push(R550_SOURCE_ROUTE)
-            return
-        await super().smtp_RCPT(arg)
-
-    def _create_envelope(self) -> GatewayEnvelope:
-        return GatewayEnvelope()
 
 
 def printable(line: str) -> str:

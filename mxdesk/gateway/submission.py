@@ -21,15 +21,13 @@ import time
 from email.utils import formatdate, make_msgid
 from typing import Any
 
-from aiosmtpd.smtp import Session
-
 from mxdesk.gateway.dkim import normalise_line_endings
 from mxdesk.gateway.mx import R250_MAIL_OK, R250_RCPT_OK, R451_LOCAL_ERROR, R452_TOO_MANY_RCPTS
 from mxdesk.gateway.senders import SenderPolicy
-from mxdesk.gateway.smtp import GatewayEnvelope, GatewaySMTP
+from mxdesk.gateway.smtp import GatewayEnvelope
+from mxdesk.gateway.smtpsession import SmtpSession
 from mxdesk.gateway.spool import NewEntry, Recipient, Spool, SpoolError, new_queue_id
 from mxdesk.metrics import GatewayMetrics
-from mxdesk.smtpfast import with_extensions
 from mxdesk.timefmt import header_date
 
 log = logging.getLogger("mxdesk.gateway.submission")
@@ -68,8 +66,8 @@ def peer_user(transport: asyncio.BaseTransport) -> tuple[int, str]:
 
 
 def _split_params(arg: str) -> tuple[str, dict[str, str]] | None:
-    """Splits "FROM:<a> K=V …" into the part aiosmtpd understands and the DSN parameters,
-    keeping their values' case (aiosmtpd upper-cases every parameter)."""
+    """Splits "FROM:<a> K=V …" into the part the session's MAIL or RCPT takes and the DSN
+    parameters, keeping their values' case (the session upper-cases every parameter)."""
     end = arg.find(">")
     if end < 0:
         return arg, {}
@@ -102,55 +100,51 @@ class SubmissionEnvelope(GatewayEnvelope):
         self.recipients: list[Recipient] = []
 
 
-class SubmissionSession(Session):
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(loop)
-        self.uid = -1
-        self.user = ""
-
-
-class SubmissionSMTP(GatewaySMTP):
+class SubmissionSession(SmtpSession):
     """A session on the submission socket: the peer's user decides what it may send."""
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        if isinstance(self.session, SubmissionSession):
-            self.session.uid, self.session.user = peer_user(transport)
+    ident = "mxdesk submission"
+    extensions = ("250-DSN",)
+    uid = -1
+    user = ""
 
-    def _create_session(self) -> SubmissionSession:
-        return SubmissionSession(self.loop)
+    def met(self, transport: asyncio.Transport) -> None:
+        self.uid, self.user = peer_user(transport)
 
-    async def smtp_MAIL(self, arg: str | None) -> None:
-        split = _split_params(arg or "")
+    def new_envelope(self) -> SubmissionEnvelope:
+        return SubmissionEnvelope()
+
+    def smtp_MAIL(self, arg: str) -> None:
+        split = _split_params(arg)
         if split is None:
-            await self.push(R501_DSN_PARAM)
+            self._reply(R501_DSN_PARAM)
             return
         rest, dsn = split
         ret, envid = dsn.get("RET", "").upper(), dsn.get("ENVID", "")
         if set(dsn) - {"RET", "ENVID"} or ret not in ("", "FULL", "HDRS"):
-            await self.push(R501_DSN_PARAM)
+            self._reply(R501_DSN_PARAM)
             return
         if envid and (len(envid) > 100 or not _XTEXT.match(envid)):
-            await self.push(R501_DSN_PARAM)
+            self._reply(R501_DSN_PARAM)
             return
-        await super().smtp_MAIL(rest)
+        super().smtp_MAIL(rest)
         envelope = self.envelope
         if isinstance(envelope, SubmissionEnvelope) and envelope.mail_from is not None:
             envelope.ret, envelope.envid = ret, envid
 
-    async def smtp_RCPT(self, arg: str | None) -> None:
-        split = _split_params(arg or "")
+    def smtp_RCPT(self, arg: str) -> None:
+        split = _split_params(arg)
         if split is None:
-            await self.push(R501_DSN_PARAM)
+            self._reply(R501_DSN_PARAM)
             return
         rest, dsn = split
         notify = dsn.get("NOTIFY", "").upper()
         if set(dsn) - {"NOTIFY", "ORCPT"} or (notify and not _valid_notify(notify)):
-            await self.push(R501_DSN_PARAM)
+            self._reply(R501_DSN_PARAM)
             return
         envelope = self.envelope
-        before = len(envelope.rcpt_tos) if envelope is not None else 0
-        await super().smtp_RCPT(rest)
+        before = len(envelope.rcpt_tos)
+        super().smtp_RCPT(rest)
         if isinstance(envelope, SubmissionEnvelope) and len(envelope.rcpt_tos) > before:
             envelope.recipients[-1] = Recipient(
                 envelope.recipients[-1].original,
@@ -158,9 +152,6 @@ class SubmissionSMTP(GatewaySMTP):
                 envelope.tenant,
                 notify=notify,
             )
-
-    def _create_envelope(self) -> SubmissionEnvelope:
-        return SubmissionEnvelope()
 
 
 def _recipient(address: str) -> Recipient | None:
@@ -178,7 +169,8 @@ def _recipient(address: str) -> Recipient | None:
 
 
 class SubmissionHandler:
-    """aiosmtpd hooks for the submission listener."""
+    """What the submission socket's sessions ask: may this user send as this sender, to this
+    recipient, and the message kept."""
 
     def __init__(
         self,
@@ -196,15 +188,8 @@ class SubmissionHandler:
         self._max_recipients = max_recipients
         self._send_delay = send_delay
 
-    async def handle_EHLO(
-        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
-    ) -> list[str]:
-        session.host_name = hostname
-        lines = with_extensions(responses)
-        return [*lines[:-1], "250-DSN", lines[-1]]
-
-    async def handle_MAIL(
-        self, server: Any, session: Any, envelope: SubmissionEnvelope, address: str, opts: list[str]
+    def mail(
+        self, session: Any, envelope: SubmissionEnvelope, address: str, opts: list[str]
     ) -> str:
         if not address or address == "<>":
             return R550_NULL_SENDER
@@ -218,8 +203,8 @@ class SubmissionHandler:
         envelope.tenant = tenant
         return R250_MAIL_OK
 
-    async def handle_RCPT(
-        self, server: Any, session: Any, envelope: SubmissionEnvelope, address: str, opts: list[str]
+    def rcpt(
+        self, session: Any, envelope: SubmissionEnvelope, address: str, opts: list[str]
     ) -> str:
         if len(envelope.rcpt_tos) >= self._max_recipients:
             return R452_TOO_MANY_RCPTS
@@ -231,7 +216,7 @@ class SubmissionHandler:
         envelope.recipients.append(recipient)
         return R250_RCPT_OK
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: SubmissionEnvelope) -> str:
+    async def data(self, session: Any, envelope: SubmissionEnvelope) -> str:
         queue_id = new_queue_id()
         message = self._prepare(envelope.original_content or b"", queue_id, session)
         # Signed as it leaves (gateway/departure.py); refused now if nothing could sign it.
@@ -284,7 +269,7 @@ class SubmissionHandler:
             extra.append(f"Message-ID: {make_msgid(domain=self._host_name)}\r\n")
         return "".join(extra).encode() + message
 
-    async def handle_exception(self, error: Exception) -> str:
+    def exception(self, error: Exception) -> str:
         log.exception("internal error in a submission session: %r", error)
         return R451_LOCAL_ERROR
 

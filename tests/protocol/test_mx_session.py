@@ -1,4 +1,4 @@
-"""The MX's session layer (mxdesk/gateway/mxsession.py) where it reads and writes on its own:
+"""The MX's session layer (mxdesk/gateway/smtpwire.py) where it reads and writes on its own:
 whole transactions in one write, overlong lines across packets, a client that does not read."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from conftest import MAILBOX, Running, wait_for
 from wire import Wire, stored_messages
 
 from mxdesk.gateway.mx import MxHandler
-from mxdesk.gateway.mxsession import MxSession
+from mxdesk.gateway.smtpsession import SmtpSession
 
 
 def _message(subject: str) -> bytes:
@@ -90,7 +90,7 @@ async def test_a_client_that_does_not_read_its_replies_is_not_read_either(
     sending = asyncio.create_task(writer.drain())
     await asyncio.sleep(1.0)
     assert running.gateway is not None
-    sessions = [s for s in running.gateway.limits.sessions if isinstance(s, MxSession)]
+    sessions = [s for s in running.gateway.limits.sessions if isinstance(s, SmtpSession)]
     assert len(sessions) == 1 and sessions[0].transport is not None
     transport = sessions[0].transport
     held = transport.get_write_buffer_size()
@@ -138,7 +138,7 @@ async def test_commands_sent_while_a_message_is_committed_wait_within_bounds(
     w.writer.write(_message("espera") + b"NOOP\r\n" * count)
     await asyncio.sleep(1.0)
     assert running.gateway is not None
-    (session,) = [s for s in running.gateway.limits.sessions if isinstance(s, MxSession)]
+    (session,) = [s for s in running.gateway.limits.sessions if isinstance(s, SmtpSession)]
     assert len(session._buffer) <= 64 * 1024 + 256 * 1024, len(session._buffer)
     assert session.transport is not None and not session.transport.is_reading()
     release.set()

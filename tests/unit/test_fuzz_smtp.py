@@ -1,8 +1,8 @@
 """Property-based fuzzing of the MX listener's command handling, over a real loopback socket.
 
-The gateway (GatewaySMTP with the real MxHandler, policy and spool; no store, no verdicts) runs
-on an event loop in a thread; each example opens a session, sends random command lines (and a
-message when DATA is accepted), and checks every reply. Bounded for CI: derandomized, no example
+The gateway (its SMTP sessions with the real MxHandler, policy and spool; no store, no
+verdicts) runs on an event loop in a thread; each example opens a session, sends random command
+lines (and a message when DATA is accepted), and checks every reply. Bounded for CI: derandomized, no example
 database, a fixed number of examples.
 """
 
