@@ -1,5 +1,6 @@
 """What the SMTP layer alone costs: an SMTP server that keeps nothing, on aiosmtpd as shipped
-and on mxdesk's session layer (mxdesk/smtpfast.py), against Postfix's durable accept rate.
+and on mxdesk's session layer (mxdesk/gateway/smtpsession.py), against Postfix's durable accept
+rate.
 
 Each sink answers 250 to every command and to DATA, stores nothing and checks nothing: no
 spool, no fsync, no policy, no verdicts, no ticket. Its rate and CPU per message are the floor
@@ -18,7 +19,9 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from accept_rate import (
     add_load_arguments,
@@ -35,22 +38,48 @@ SIDES = ("postfix", "aiosmtpd", "mxdesk")
 
 
 def serve(kind: str, sock: socket.socket) -> None:
-    """The sink, in a child process: aiosmtpd's SMTP, or mxdesk's BlockDataSMTP made by its
-    SessionFactory (what the gateway's MX and submission sessions are built on)."""
+    """The sink, in a child process: aiosmtpd's SMTP, or the session the gateway's MX and
+    submission socket use (SmtpSession, made by the SessionFactory)."""
     from aiosmtpd.smtp import SMTP
 
-    from mxdesk.smtpfast import BlockDataSMTP, SessionFactory
+    from mxdesk.gateway.smtp import ConnectionLimits
+    from mxdesk.gateway.smtpsession import SmtpSession
+    from mxdesk.smtpfast import SessionFactory
 
     class Sink:
         async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
             return "250 2.0.0 Ok"
 
+        def mail(self, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+            envelope.mail_from = address
+            return "250 2.1.0 Ok"
+
+        def rcpt(self, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+            envelope.rcpt_tos.append(address)
+            return "250 2.1.5 Ok"
+
+        async def data(self, session: Any, envelope: Any) -> str:
+            return "250 2.0.0 Ok"
+
+        def exception(self, error: Exception) -> str:
+            return "451 4.3.0 Error"
+
+        def log_refusal(self, client: str, envelope: Any, reply: str) -> None:
+            pass
+
     async def main() -> None:
         loop = asyncio.get_running_loop()
+        factory: Callable[[], asyncio.Protocol]
         if kind == "aiosmtpd":
             factory = lambda: SMTP(Sink(), hostname="sink.example")  # noqa: E731
         else:
-            factory = SessionFactory(lambda: BlockDataSMTP(Sink(), hostname="sink.example"))
+            limits = ConnectionLimits(1 << 30, 1 << 30)
+            options = {"data_size_limit": 10 << 20, "idle_timeout": 300, "session_timeout": 600}
+            factory = SessionFactory(
+                lambda: SmtpSession(
+                    Sink(), limits, loop, hostname="sink.example", tls=None, **options
+                )
+            )
         server = await loop.create_server(factory, sock=sock)
         print("ready", flush=True)
         await server.serve_forever()

@@ -2,8 +2,8 @@
 
 The gateway (its SMTP sessions with the real MxHandler, policy and spool; no store, no
 verdicts) runs on an event loop in a thread; each example opens a session, sends random command
-lines (and a message when DATA is accepted), and checks every reply. Bounded for CI: derandomized, no example
-database, a fixed number of examples.
+lines (and a message when DATA is accepted), and checks every reply. Bounded for CI:
+derandomized, no example database, a fixed number of examples.
 """
 
 from __future__ import annotations
