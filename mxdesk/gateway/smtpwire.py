@@ -105,6 +105,7 @@ class SmtpWire(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None  # a command that waits
         self._overlong = False
         self._paused = False
+        self._eof = False  # the client shut its side after sending a message
         self._timer: asyncio.TimerHandle | None = None
         self.met(transport)
         refusal = self._limits.admit(self, self.client)
@@ -130,9 +131,16 @@ class SmtpWire(asyncio.Protocol):
         self.transport = None
 
     def eof_received(self) -> bool:
-        if self._task is not None:
-            self._task.cancel()
-        return False  # the transport closes
+        """The client sent all it will send. A message it sent whole is still answered, and
+        the commands behind it, before the session closes (a client that shut its sending
+        side after the final dot must not send the message again for want of a reply); TLS
+        cannot stay half open."""
+        if self._task is None or self.ssl is not None:
+            if self._task is not None:
+                self._task.cancel()
+            return False  # the transport closes
+        self._eof = True
+        return True
 
     def pause_writing(self) -> None:
         """The client does not read its replies: read no more commands until it does."""
@@ -244,7 +252,10 @@ class SmtpWire(asyncio.Protocol):
         self._flush()
         transport = self.transport
         if transport is not None and self._task is None and not self._paused:
-            transport.resume_reading()
+            if self._eof:
+                transport.close()  # all it sent is answered
+            else:
+                transport.resume_reading()
 
     # -- the message, TLS ----------------------------------------------------------------------
 

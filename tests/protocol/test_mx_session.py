@@ -151,3 +151,22 @@ async def test_commands_sent_while_a_message_is_committed_wait_within_bounds(
     assert received == b"250 2.0.0 OK\r\n" * count
     assert (await w.cmd("QUIT")).startswith("221")
     await w.close()
+
+
+async def test_a_message_sent_before_the_client_shuts_its_side_is_still_answered(
+    running: Running,
+) -> None:
+    w = await Wire.open(running.port)
+    await w.hello()
+    await w.cmd("MAIL FROM:<a@example.org>")
+    await w.cmd(f"RCPT TO:<{MAILBOX}>")
+    assert (await w.cmd("DATA")).startswith("354")
+    await w.send(_message("meio fechado") + b"QUIT\r\n")
+    w.writer.write_eof()  # all it will send: the reply must still come
+    assert (await w.reply()).startswith("250 2.0.0 Ok: queued as ")
+    assert (await w.reply()).startswith("221")
+    assert await asyncio.wait_for(w.reader.read(), 10) == b""
+    await w.close()
+    db = running.config.store.database
+    rows = await wait_for(lambda: stored_messages(db))
+    assert [r["subject"] for r in rows] == ["meio fechado"]
