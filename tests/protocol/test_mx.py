@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import os
 import ssl
+import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import MAILBOX, Running, make_config, provision, wait_for
+from conftest import MAILBOX, Running, make_config, provision, require_real, wait_for
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -320,9 +322,17 @@ async def test_starttls_when_a_certificate_is_configured(short_tmp: Path) -> Non
         errors, reply = await client.sendmail("x@example.org", [MAILBOX], MSG)
         await client.quit()
         assert not errors and reply.startswith("2.0.0 Ok: queued")
-        rows = await wait_for(lambda: stored_messages(config.store.database))
-        raw = _raw(r, rows[0]["queue_id"])
-        assert b"with ESMTPS id" in raw
+        # And a real client's TLS stack: swaks (Perl's IO::Socket::SSL, OpenSSL underneath).
+        command = [require_real("swaks"), "--server", f"127.0.0.1:{r.port}", "--tls"]
+        command += ["--from", "maria@cliente.example", "--to", MAILBOX, "--helo", "c.example"]
+        done = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True)
+        if "TLS not available" in done.stderr and os.environ.get("MXDESK_REQUIRE_REAL") != "1":
+            pytest.skip(f"swaks without TLS (libnet-ssleay-perl): {done.stderr.strip()}")
+        assert done.returncode == 0 and "TLS started" in done.stdout, done.stdout[-2000:]
+        assert "<~  250 2.0.0 Ok: queued as " in done.stdout, done.stdout[-2000:]
+        await wait_for(lambda: len(stored_messages(config.store.database)) == 2)
+        for row in stored_messages(config.store.database):
+            assert b"with ESMTPS id" in _raw(r, row["queue_id"])
     finally:
         await r.close()
 
