@@ -212,7 +212,7 @@ class SmtpSession(SmtpWire):
             self._reply("503 Error: need MAIL command")
             return
         if arg[:3].upper() == "TO:" and arg[3:].lstrip().startswith("<@"):
-            # A source route (<@a,@b:user@c>): aiosmtpd keeps user@c; the MX refuses it.
+            # A source route (<@a,@b:user@c>): the parser would keep user@c; it is refused.
             self._reply(R550_SOURCE_ROUTE)
             return
         path = self._path(arg, "RCPT", "TO:")
