@@ -12,6 +12,7 @@ from mxdesk.smtpfast import MessageData, parse_path, with_extensions
 COMMAND_LIMIT = 512  # RFC 5321 §4.5.3.1.4; MAIL after EHLO may carry SIZE and SMTPUTF8 too
 MAIL_LIMIT = COMMAND_LIMIT + 26 + 10
 BOGUS_LIMIT = 5  # unknown commands before the session is ended (aiosmtpd's)
+ECHOED = 100  # characters of the client's text a reply repeats: a reply line stays under 512
 SYNTAX = {
     "DATA": "DATA",
     "EHLO": "EHLO hostname",
@@ -78,7 +79,7 @@ class SmtpSession(SmtpWire):
                 assert self.transport is not None
                 self.transport.close()
                 return
-            self._reply(f'500 Error: command "{verb}" not recognized')
+            self._reply(f'500 Error: command "{verb[:ECHOED]}" not recognized')
             return
         self._touch()
         method(arg)
@@ -149,7 +150,7 @@ class SmtpSession(SmtpWire):
         if not arg:
             self._reply("501 Syntax: VRFY <address>")
         elif parse_path(arg)[0] is None:
-            self._reply(f"502 Could not VRFY {arg}")
+            self._reply(f"502 Could not VRFY {arg[:ECHOED]}")
         else:
             self._reply("252 Cannot VRFY user, but will accept message and attempt delivery")
 

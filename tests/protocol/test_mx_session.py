@@ -170,3 +170,14 @@ async def test_a_message_sent_before_the_client_shuts_its_side_is_still_answered
     db = running.config.store.database
     rows = await wait_for(lambda: stored_messages(db))
     assert [r["subject"] for r in rows] == ["meio fechado"]
+
+
+async def test_a_reply_that_repeats_the_client_stays_within_512_octets(running: Running) -> None:
+    """RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets with its CRLF, even when it
+    repeats a command line of 512 (aiosmtpd's replies repeated it whole)."""
+    w = await Wire.open(running.port)
+    await w.hello()
+    for line in ("X" * 512, "VRFY <" + '"' * 505, "NOOP"):
+        reply = await w.cmd(line)
+        assert len(reply.encode()) + 2 <= 512, (line[:10], len(reply))
+    await w.close()
