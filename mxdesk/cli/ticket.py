@@ -13,6 +13,7 @@ import click
 from mxdesk import state
 from mxdesk.cli.context import Context, need_state, pass_context
 from mxdesk.cli.output import emit_json, emit_table, errors_to_exit, fail, json_option
+from mxdesk.cli.ticketview import one_line, print_ticket
 from mxdesk.store import queries
 from mxdesk.store import status as ticket_status
 from mxdesk.store.db import (
@@ -26,7 +27,6 @@ from mxdesk.store.db import (
     open_readonly,
 )
 from mxdesk.store.db import open_tickets as open_writable
-from mxdesk.store.decode import without_controls
 from mxdesk.store.status import TICKET_STATES
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ def list_(ctx: Context, tenant_slug: str | None, status: str | None, as_json: bo
                     f"#{t.number}",
                     t.tenant,
                     t.mailbox,
-                    _line(t.subject, 50),
+                    one_line(t.subject, 50),
                     t.status,
                     t.messages,
                     t.pending_replies or "",
@@ -123,81 +123,7 @@ def show(ctx: Context, number: int, as_json: bool) -> None:
     if as_json:
         emit_json(ticket)
     else:
-        _print_ticket(ticket)
-
-
-def _line(text: str, width: int = 200) -> str:
-    # Mail text comes from strangers: no terminal control sequences reach the screen.
-    text = " ".join(without_controls(text).split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _size(n: int) -> str:
-    if n < 1024:
-        return f"{n} B"
-    if n < 1024 * 1024:
-        return f"{n / 1024:.1f} KiB"
-    return f"{n / 1024 / 1024:.1f} MiB"
-
-
-def _fields(pairs: list[tuple[str, str]]) -> None:
-    for name, value in pairs:
-        if value:
-            click.echo(f"{name + ':':<12}{_line(value)}")
-
-
-def _print_ticket(t: queries.TicketDetail) -> None:
-    click.echo(f"ticket #{t.number}  {t.status}  tenant {t.tenant}  mailbox {t.mailbox}")
-    people = ", ".join(f"{p.address} ({p.role})" for p in t.participants)
-    _fields(
-        [
-            ("subject", t.subject or "(no subject)"),
-            ("requester", t.requester),
-            ("created", t.created),
-            ("updated", t.updated),
-            ("flags", ", ".join(t.flags)),
-            ("note", t.note),
-            ("people", people),
-        ]
-    )
-    for i, m in enumerate(t.messages, start=1):
-        when = "written" if m.direction == "out" else "received"
-        click.echo(
-            f"\n--- message {m.id} ({m.direction}, {i} of {len(t.messages)}), {when} {m.received}"
-        )
-        sender = f"{m.from_name} <{m.from_addr}>" if m.from_name else m.from_addr
-        _fields(
-            [
-                ("From", sender),
-                ("To", ", ".join(m.to)),
-                ("Cc", ", ".join(m.cc)),
-                ("Date", m.date),
-                ("Subject", m.subject),
-                ("Message-ID", m.message_id or ""),
-                ("Queue-ID", m.queue_id),
-                ("Flags", ", ".join(m.flags)),
-                ("Note", m.note),
-                ("Verdicts", _verdicts(m)),
-                ("Operator", m.operator),
-                ("Status", f"{m.status}: {m.status_detail}" if m.status_detail else m.status),
-            ]
-        )
-        for d in m.deliveries:
-            detail = f"  {_line(d.detail)}" if d.detail else ""
-            click.echo(f"{'Delivery:':<12}{_line(d.recipient)}  {d.status}{detail}")
-        for defect in m.defects:
-            click.echo(f"{'Defect:':<12}{_line(defect)}")
-        body = without_controls(m.text_body).strip("\n")
-        click.echo(f"\n{body}\n" if body else "\n(no text body)\n")
-        for a in m.attachments:
-            click.echo(f"  attachment  {_line(a.filename)}  {a.content_type}  {_size(a.size)}")
-
-
-def _verdicts(m: queries.MessageView) -> str:
-    """The gateway's verdicts in one line, for a message that came in."""
-    if m.direction != "in":
-        return ""
-    return m.verdicts.summary() if m.verdicts else "none recorded (no Authentication-Results)"
+        print_ticket(ticket)
 
 
 def _writable(ctx: Context) -> tuple[Database, sqlite3.Connection, bytes]:

@@ -21,7 +21,7 @@ from mxdesk.store.compose import ReplyDraft, compose_reply
 from mxdesk.store.db import CANCELLED, DEFERRED, DRAFT, FAILED, NEW, QUEUED, SENT, SUBMITTING
 from mxdesk.store.parse import MAX_SUBJECT, Attachment, parse_message
 from mxdesk.store.queries import Outgoing, OutgoingError, TicketNotFound, get_outgoing
-from mxdesk.store.tickets import attachment_rows, message_row
+from mxdesk.store.rows import attachment_rows, message_row
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
