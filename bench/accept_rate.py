@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import shlex
 import shutil
 import sqlite3
@@ -39,7 +38,7 @@ from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from daemons import Daemon, provision, write_config
+from daemons import Daemon, mx_port, provision, store_and_gateway, write_config
 from dns_server import DnsServer
 from postfix_harness import PostfixInstance, postfix_binary
 
@@ -217,33 +216,28 @@ def run_gateway(args: argparse.Namespace, rate: float = 0.0) -> Run:
     processes = f"listener_processes = {args.listener_processes}"
     config = write_config(root, gateway_extra=f"{auth}\n{processes}")
     provision(config)
-    port = int(re.findall(r"127\.0\.0\.1:(\d+)", config.read_text())[0])
-    store = Daemon(config, "store", root / "store.log")
-    gateway = Daemon(config, "gateway", root / "gateway.log")
+    port = mx_port(config)
     database = root / "state" / "tickets.db"
     try:
-        store.start()
-        gateway.start()
-        assert gateway.proc is not None and store.proc is not None
-        pids = (gateway.proc.pid, store.proc.pid)
-        cpu_before = [tree_seconds(p) for p in pids]
-        ticks, loop_before = cpu_ticks(), main_thread_seconds(pids[0])
-        seconds = drive(port, args, rate)
-        busy = busy_since(ticks)
-        loop_busy = 100 * (main_thread_seconds(pids[0]) - loop_before) / seconds
-        wait_until(
-            lambda: len(filed(database)) >= args.messages,
-            args.timeout,
-            "every message to be filed on a ticket",
-        )
-        cpu_ms = tuple(
-            1000 * (tree_seconds(p) - b) / args.messages
-            for p, b in zip(pids, cpu_before, strict=True)
-        )
-        rows, problems = stop_checked(gateway, store, database, args.messages, root)
+        with store_and_gateway(config, root) as (store, gateway):
+            assert gateway.proc is not None and store.proc is not None
+            pids = (gateway.proc.pid, store.proc.pid)
+            cpu_before = [tree_seconds(p) for p in pids]
+            ticks, loop_before = cpu_ticks(), main_thread_seconds(pids[0])
+            seconds = drive(port, args, rate)
+            busy = busy_since(ticks)
+            loop_busy = 100 * (main_thread_seconds(pids[0]) - loop_before) / seconds
+            wait_until(
+                lambda: len(filed(database)) >= args.messages,
+                args.timeout,
+                "every message to be filed on a ticket",
+            )
+            cpu_ms = tuple(
+                1000 * (tree_seconds(p) - b) / args.messages
+                for p, b in zip(pids, cpu_before, strict=True)
+            )
+            rows, problems = stop_checked(gateway, store, database, args.messages, root)
     finally:
-        gateway.close()
-        store.close()
         if dns is not None:
             dns.close()
     shutil.rmtree(root, ignore_errors=True)

@@ -15,7 +15,6 @@ its command sent to its reply read. Every probe message must be accepted. The si
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import socket
 import statistics
@@ -40,7 +39,7 @@ from accept_rate import (
     sender_dns,
     smtp_source,
 )
-from daemons import Daemon, provision, write_config
+from daemons import mx_port, provision, store_and_gateway, write_config
 from postfix_harness import PostfixInstance
 
 VERSION: dict[str, str] = {}  # Postfix's, for the machine line
@@ -117,17 +116,10 @@ def on_gateway(args: argparse.Namespace) -> dict[str, list[float]]:
     auth = f'inbound_auth = {{ nameservers = ["{dns.host}:{dns.port}"] }}'
     config = write_config(root, gateway_extra=auth)
     provision(config)
-    port = int(re.findall(r"127\.0\.0\.1:(\d+)", config.read_text())[0])
-    store = Daemon(config, "store", root / "store.log")
-    gateway = Daemon(config, "gateway", root / "gateway.log")
     try:
-        store.start()
-        gateway.start()
-        with loaded(port, args):
-            return probe(port, args.probes, args.size)
+        with store_and_gateway(config, root), loaded(mx_port(config), args):
+            return probe(mx_port(config), args.probes, args.size)
     finally:
-        gateway.close()
-        store.close()
         dns.close()
         shutil.rmtree(root, ignore_errors=True)
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -67,6 +69,11 @@ def write_config(root: Path, port: int | None = None, gateway_extra: str = "") -
     path = root / "mxdesk.toml"
     path.write_text(CONFIG.format(root=root, port=port or free_port(), gateway_extra=gateway_extra))
     return path
+
+
+def mx_port(config: Path) -> int:
+    """The MX port of a config from write_config."""
+    return int(re.findall(r"127\.0\.0\.1:(\d+)", config.read_text())[0])
 
 
 def cli(
@@ -174,6 +181,21 @@ class Daemon:
         self._sock.close()
         os.unlink(self._sock_path)
         os.rmdir(self._dir)
+
+
+@contextlib.contextmanager
+def store_and_gateway(config: Path, logs: Path) -> Iterator[tuple[Daemon, Daemon]]:
+    """The store and the gateway as two daemons from one config file, as systemd starts them
+    (the store first), their logs in logs; killed when the block ends if still running."""
+    store = Daemon(config, "store", logs / "store.log")
+    gateway = Daemon(config, "gateway", logs / "gateway.log")
+    try:
+        store.start()
+        gateway.start()
+        yield store, gateway
+    finally:
+        gateway.close()
+        store.close()
 
 
 def config_with_remote_mx(root: Path, smtp_port: int, dns: DnsServer) -> Path:

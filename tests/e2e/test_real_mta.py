@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import MAILBOX, require_real, wait_for
-from daemons import Daemon, cli, provision, write_config
+from daemons import Daemon, cli, mx_port, provision, store_and_gateway, write_config
 from postfix_harness import PostfixInstance
 from wire import stored_messages
 
@@ -52,18 +52,10 @@ def mxdesk(short_tmp: Path) -> Iterator[Mxdesk]:
     """The store and the gateway as two daemons from one config file; stopped with SIGTERM."""
     config = write_config(short_tmp)
     provision(config)
-    port = int(re.findall(r"127\.0\.0\.1:(\d+)", config.read_text())[0])
-    store = Daemon(config, "store", short_tmp / "store.log")
-    gateway = Daemon(config, "gateway", short_tmp / "gateway.log")
-    try:
-        store.start()
-        gateway.start()
-        yield Mxdesk(config, port, short_tmp, store, gateway)
+    with store_and_gateway(config, short_tmp) as (store, gateway):
+        yield Mxdesk(config, mx_port(config), short_tmp, store, gateway)
         assert gateway.terminate() == 0, gateway.log.read_text()
         assert store.terminate() == 0, store.log.read_text()
-    finally:
-        gateway.close()
-        store.close()
 
 
 @pytest.fixture
