@@ -107,8 +107,6 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     set_level(level)
-    # aiosmtpd logs every command at INFO; its events reach our log through the handler.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
 def set_level(level: str) -> None:

@@ -3,9 +3,7 @@ being fixed."""
 
 from __future__ import annotations
 
-import re
 import sys
-from importlib import metadata
 
 from mxdesk.startup import StartupError
 from mxdesk.store.parse import parse_message
@@ -27,18 +25,18 @@ CVE_2023_27043 = (
     ('"alice@example.org" <bob@example.net>', "bob@example.net"),
     ("Alice <alice@example.org>", "alice@example.org"),
 )
-# aiosmtpd 1.4.5 fixed CVE-2024-27305 (SMTP smuggling: a bare LF before "." ended DATA) and
-# 1.4.6 CVE-2024-34083 (commands pipelined behind STARTTLS ran inside the TLS session). mxdesk
-# reads DATA itself (mxdesk.smtpfast) but relies on aiosmtpd for STARTTLS.
-AIOSMTPD_NEEDED = (1, 4, 6)
+# CVE-2024-27305 (SMTP smuggling) and CVE-2024-34083 (commands behind STARTTLS), aiosmtpd's,
+# do not concern mxdesk: its SMTP and LMTP sessions are its own (mxdesk/gateway/smtpwire.py),
+# which end DATA only at CR LF "." CR LF and discard what is pipelined behind STARTTLS
+# (tests/protocol/test_mx.py, test_starttls_injection.py).
 
 
 def check() -> None:
     """Raises StartupError (exit 3) naming the version to install when a known flaw mxdesk
     relies on being fixed is present."""
-    for problem in (address_headers(), aiosmtpd()):
-        if problem:
-            raise StartupError(problem)
+    problem = address_headers()
+    if problem:
+        raise StartupError(problem)
 
 
 def address_headers() -> str:
@@ -52,30 +50,3 @@ def address_headers() -> str:
                 f" (CVE-2023-27043): use Python 3.13, or 3.12.6, 3.11.10 or later"
             )
     return ""
-
-
-def aiosmtpd() -> str:
-    """Why the installed aiosmtpd cannot be used; "" when it can."""
-    needed = ".".join(str(n) for n in AIOSMTPD_NEEDED)
-    try:
-        installed = metadata.version("aiosmtpd")
-    except metadata.PackageNotFoundError:
-        return f"aiosmtpd is not installed: install aiosmtpd {needed} or later"
-    if _release(installed) < AIOSMTPD_NEEDED:
-        return (
-            f"aiosmtpd {installed} has known SMTP flaws (CVE-2024-27305, CVE-2024-34083):"
-            f" install aiosmtpd {needed} or later (pip install 'aiosmtpd>={needed}')"
-        )
-    return ""
-
-
-def _release(version: str) -> tuple[int, ...]:
-    """The release numbers of a version ("1.4.4.post2" → (1, 4, 4)); a pre-release of x.y.z
-    ("1.4.6rc1", "1.4.6.dev0") counts as x.y.(z-1)."""
-    match = re.match(r"(\d+(?:\.\d+)*)(.*)", version.strip())
-    if match is None:
-        return ()
-    release = tuple(int(n) for n in match[1].split("."))
-    if re.match(r"[.-]?(a|b|c|rc|dev|alpha|beta|pre)", match[2]):
-        return (*release[:-1], release[-1] - 1)
-    return release

@@ -24,8 +24,8 @@ DAEMON_EPILOG = """\b
 Exit status: 0 after SIGTERM (work in flight finished); 2 when the
 configuration is wrong (each error with its file and line); 3 when it
 cannot start and a person must act (the port is in use, no permission to
-bind it, a socket in use by a running daemon, a Python or aiosmtpd with a
-known mail-parsing flaw: the line names the version needed); 1 on anything
+bind it, a socket in use by a running daemon, a Python with a known
+mail-parsing flaw: the line names the version needed); 1 on anything
 else. A failure is one line on stderr; log_level = "debug" logs the
 traceback too.
 

@@ -13,7 +13,7 @@ from mxdesk.gateway.dkim import normalise_line_endings
 
 MAX_REPLY_LINES = 100
 MAX_LINE = 4096
-# The store closes sessions idle for 300 s (aiosmtpd's default); ours are dropped well before.
+# The store closes sessions idle for 300 s (mxdesk/store/lmtp.py); ours are dropped well before.
 IDLE_SECONDS = 60.0
 
 

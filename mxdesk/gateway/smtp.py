@@ -10,8 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiosmtpd.smtp import Envelope
-
 from mxdesk.gateway.policy import Accept
 
 log = logging.getLogger("mxdesk.gateway.smtp")
@@ -56,11 +54,18 @@ def with_enhanced_code(line: str) -> str:
     return f"{code}{sep or ' '}{_DEFAULT_ENHANCED[code]} {text}"
 
 
-class GatewayEnvelope(Envelope):
-    """An envelope that also remembers where each accepted recipient goes."""
+class GatewayEnvelope:
+    """A transaction's envelope as the commands build it, and where each accepted recipient
+    goes."""
 
     def __init__(self) -> None:
-        super().__init__()
+        self.mail_from: str | None = None
+        self.mail_options: list[str] = []
+        self.smtp_utf8 = False
+        self.rcpt_tos: list[str] = []
+        self.rcpt_options: list[str] = []
+        self.content: bytes | None = None
+        self.original_content: bytes | None = None
         self.routes: list[Accept] = []
         self.attempted = ""
 

@@ -46,6 +46,7 @@ class SmtpSession(SmtpWire):
     """One SMTP session. What is accepted and how it is kept is the handler's."""
 
     extensions: tuple[str, ...] = ()  # EHLO lines of this listener's own (250-DSN)
+    syntax = SYNTAX  # the commands taken, and their syntax for HELP and 501 replies
     _bogus = BOGUS_LIMIT
 
     def _command(self, line: bytes) -> None:
@@ -64,7 +65,7 @@ class SmtpSession(SmtpWire):
         if len(line) > limit:
             self._reply("500 Command line too long")
             return
-        method = getattr(self, f"smtp_{verb}", None) if verb in SYNTAX else None
+        method = getattr(self, f"smtp_{verb}", None) if verb in self.syntax else None
         if verb == "AUTH":
             self._reply(R503_NO_AUTH)  # no listener takes a login, encrypted or not
             return
@@ -102,8 +103,12 @@ class SmtpSession(SmtpWire):
         self._reply(f"250 {self.hostname}", enhanced=False)
 
     def smtp_EHLO(self, arg: str) -> None:
+        self._extended_hello(arg, "EHLO")
+
+    def _extended_hello(self, arg: str, verb: str) -> None:
+        """EHLO's reply (LMTP's LHLO's): the session starts again, the extensions offered."""
         if not arg:
-            self._reply("501 Syntax: EHLO hostname", enhanced=False)
+            self._reply(f"501 Syntax: {self.syntax[verb]}", enhanced=False)
             return
         self.envelope = self.new_envelope()
         self.extended_smtp = True
@@ -137,12 +142,12 @@ class SmtpSession(SmtpWire):
         self.transport.close()
 
     def smtp_HELP(self, arg: str) -> None:
-        available = sorted(v for v in SYNTAX if v != "STARTTLS" or self._tls is not None)
+        available = sorted(v for v in self.syntax if v != "STARTTLS" or self._tls is not None)
         if arg:
             verb = arg.upper()
             if verb in available:
                 extra = PARAMETERS if verb in ("MAIL", "RCPT") and self.extended_smtp else ""
-                self._reply(f"250 Syntax: {SYNTAX[verb]}{extra}")
+                self._reply(f"250 Syntax: {self.syntax[verb]}{extra}")
                 return
         self._reply(f"{501 if arg else 250} Supported commands: {' '.join(available)}")
 
@@ -156,7 +161,7 @@ class SmtpSession(SmtpWire):
 
     def _path(self, arg: str, verb: str, keyword: str) -> tuple[str, list[str]] | None:
         """MAIL's or RCPT's address and parameters; None once the error is answered."""
-        syntax = f"501 Syntax: {SYNTAX[verb]}"
+        syntax = f"501 Syntax: {self.syntax[verb]}"
         if self.extended_smtp:
             syntax += PARAMETERS
         if arg[: len(keyword)].upper() != keyword:
@@ -182,7 +187,7 @@ class SmtpSession(SmtpWire):
             self._reply("503 Error: nested MAIL command")
             return
         params = _params(options)
-        syntax = f"501 Syntax: {SYNTAX['MAIL']}{PARAMETERS}"
+        syntax = f"501 Syntax: {self.syntax['MAIL']}{PARAMETERS}"
         if params is None:
             self._reply(syntax)
             return
@@ -222,7 +227,7 @@ class SmtpSession(SmtpWire):
         address, options = path
         params = _params(options)
         if params is None:
-            self._reply(f"501 Syntax: {SYNTAX['RCPT']}{PARAMETERS}")
+            self._reply(f"501 Syntax: {self.syntax['RCPT']}{PARAMETERS}")
             return
         if params:
             self._reply("555 RCPT TO parameters not recognized or not implemented")

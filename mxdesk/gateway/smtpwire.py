@@ -1,11 +1,11 @@
-"""The reading and writing of an SMTP session, served from the protocol's callbacks.
+"""The reading and writing of an SMTP or LMTP session, served from the protocol's callbacks.
 
-aiosmtpd, which the store's LMTP socket still uses, runs each session as a task that awaits
-every command line on a stream reader, each command a chain of coroutines. On the MX, where
-every message is a short session of eight round trips, that machinery cost a fifth of the
-gateway's CPU per message. Here data_received takes the complete lines and answers them at
-once; only what waits for something (the message's commit, the TLS handshake) runs in a task.
-What the commands do is mxdesk/gateway/smtpsession.py's.
+aiosmtpd, which served these sessions before, runs each session as a task that awaits every
+command line on a stream reader, each command a chain of coroutines. On the MX, where every
+message is a short session of eight round trips, that machinery cost a fifth of the gateway's
+CPU per message. Here data_received takes the complete lines and answers them at once; only
+what waits for something (the message's commit, the TLS handshake) runs in a task. What the
+commands do is mxdesk/gateway/smtpsession.py's (the store's LMTP: mxdesk/store/lmtp.py).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
 from typing import Any, Protocol, Self
 
 from mxdesk.gateway.smtp import (
@@ -30,6 +31,24 @@ log = logging.getLogger("mxdesk.gateway.smtp")
 LINE_LIMIT = 1001  # the longest command line read (aiosmtpd's line_length_limit)
 BACKLOG = 65536  # octets of commands kept while a command waits, before reading stops
 OUT_BLOCK = 16384  # replies to pipelined commands sent together, up to this many octets
+
+
+class Chunk:
+    """A BDAT chunk as it arrives (RFC 3030): size octets taken as they are, kept or dropped."""
+
+    def __init__(self, size: int, keep: bool, then: Callable[[bytes], None]) -> None:
+        self.left = size
+        self.keep = keep
+        self.then = then  # called with the chunk (b"" when dropped) once it is whole
+        self.parts = bytearray()
+
+    def feed(self, data: bytes) -> bytes:
+        """Takes what belongs to the chunk; returns what follows it."""
+        taken = data[: self.left]
+        self.left -= len(taken)
+        if self.keep:
+            self.parts += taken
+        return data[len(taken) :]
 
 
 class Handler(Protocol):
@@ -102,6 +121,7 @@ class SmtpWire(asyncio.Protocol):
         self._out: list[bytes] = []
         self._out_size = 0
         self._data: MessageData | None = None
+        self._chunk: Chunk | None = None  # a BDAT chunk being read
         self._task: asyncio.Task[None] | None = None  # a command that waits
         self._overlong = False
         self._paused = False
@@ -214,6 +234,9 @@ class SmtpWire(asyncio.Protocol):
             if not self._data.feed(data):
                 return
             self._message(self._data)
+        elif self._chunk is not None:
+            self._touch()
+            self._chunk_fed(data)
         else:
             self._buffer += data
             if self._task is not None and len(self._buffer) > BACKLOG:
@@ -224,7 +247,9 @@ class SmtpWire(asyncio.Protocol):
     def _serve(self) -> None:
         """Answers the complete command lines in the buffer, in order, then sends the replies."""
         buffer = self._buffer
-        while self._task is None and self._data is None and not self._paused:
+        while (
+            self._task is None and self._data is None and self._chunk is None and not self._paused
+        ):
             if self.transport is None or self.transport.is_closing():
                 return
             end = buffer.find(b"\n")
@@ -251,11 +276,34 @@ class SmtpWire(asyncio.Protocol):
                 self._flush()  # a client that does not read pauses this loop
         self._flush()
         transport = self.transport
-        if transport is not None and self._task is None and not self._paused:
+        waiting = self._task is not None or self._chunk is not None
+        if transport is not None and not waiting and not self._paused:
             if self._eof:
                 transport.close()  # all it sent is answered
             else:
                 transport.resume_reading()
+
+    def _read_chunk(self, size: int, keep: bool, then: Callable[[bytes], None]) -> None:
+        """The next size octets are a BDAT chunk, not commands: then(chunk) once they are
+        read (b"" if not kept), at once when the client sent them with the command."""
+        self._chunk = Chunk(size, keep, then)
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        self._chunk_fed(rest)
+
+    def _chunk_fed(self, data: bytes) -> None:
+        chunk = self._chunk
+        assert chunk is not None
+        rest = chunk.feed(data)
+        if chunk.left:
+            return
+        self._chunk = None
+        self._buffer[:0] = rest  # the client's next commands
+        chunk.then(bytes(chunk.parts))
+
+    def _after_message(self, status: str, envelope: GatewayEnvelope) -> str:
+        """The reply to a whole message (LMTP: one line for each recipient, RFC 2033 §4.2)."""
+        return status
 
     # -- the message, TLS ----------------------------------------------------------------------
 
@@ -267,8 +315,10 @@ class SmtpWire(asyncio.Protocol):
         content = data.content()
         if content is None:
             self.in_data = False
+            too_big = "552 Error: message size exceeds fixed maximum message size"
+            reply = self._after_message(too_big, self.envelope)
             self.envelope = self.new_envelope()
-            self._reply("552 Error: message size exceeds fixed maximum message size")
+            self._reply(reply)
             return
         self._flush()
         self.envelope.content = self.envelope.original_content = content
@@ -278,7 +328,7 @@ class SmtpWire(asyncio.Protocol):
         try:
             status = await self.handler.data(self, envelope)
         except Exception as error:
-            status = self.handler.exception(error)
+            status = self._after_message(self.handler.exception(error), envelope)
         self.in_data = False
         self._task = None
         self.envelope = self.new_envelope()

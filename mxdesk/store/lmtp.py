@@ -1,17 +1,21 @@
-"""The store's LMTP server (RFC 2033) on a Unix socket; it only translates the wire to a handler."""
+"""The store's LMTP server (RFC 2033) on a Unix socket; it only translates the wire to a handler.
+
+Its sessions are the gateway's SMTP sessions (mxdesk/gateway/smtpsession.py) with LHLO for
+HELO and EHLO, BDAT (RFC 3030), and a reply for each accepted recipient after the message.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
+import sys
 from collections.abc import Sequence
-from typing import Any, AnyStr, Protocol
+from typing import Any, Protocol
 
-from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import SMTP, Envelope, Session
-
-from mxdesk.smtpfast import DATA_BLOCK, BlockDataSMTP, with_extensions
+from mxdesk.gateway.smtp import ConnectionLimits, GatewayEnvelope
+from mxdesk.gateway.smtpsession import SYNTAX, SmtpSession
 from mxdesk.sockets import SocketError, listen_unix
 from mxdesk.state import Mailbox
 from mxdesk.store.decode import without_controls
@@ -24,6 +28,7 @@ log = logging.getLogger("mxdesk.store")
 R250_FILED = "250 2.0.0 {queue_id} ticket #{ticket}"
 R250_ALREADY_FILED = "250 2.0.0 {queue_id} ticket #{ticket} already stored"
 R250_RECIPIENT_OK = "250 2.1.5 OK"
+R250_SENDER_OK = "250 OK"
 R451_LOCAL_ERROR = "451 4.3.0 Temporary failure in the ticket store, try again later"
 R452_TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 R550_NO_MAILBOX = "550 5.1.1 <{address}>: no such mailbox"
@@ -36,6 +41,14 @@ R503_DATA_AFTER_BDAT = "503 5.5.1 Error: DATA after BDAT in one transaction"
 R552_TOO_BIG = "552 5.3.4 Error: message size exceeds fixed maximum message size"
 # RFC 3030 §2: "BDAT" SP chunk-size [ SP end-marker ]; a size beyond 18 digits is not a size.
 _BDAT = re.compile(r"(\d{1,18})(?: +(LAST))?", re.IGNORECASE)
+# LMTP's commands: LHLO instead of HELO and EHLO (RFC 2033 §4.1), BDAT, no STARTTLS.
+LMTP_SYNTAX = {
+    **{verb: text for verb, text in SYNTAX.items() if verb not in ("HELO", "EHLO", "STARTTLS")},
+    "LHLO": "LHLO hostname",
+    "BDAT": "BDAT chunk-size [LAST]",
+}
+# A delivery connection stays open between messages; the gateway drops it after 60 s idle.
+IDLE_SECONDS = 300.0
 
 
 class MailboxDirectory(Protocol):
@@ -52,35 +65,32 @@ class Filer(Protocol):
     ) -> list[Filed | None]: ...
 
 
-class LmtpEnvelope(Envelope):
-    """An envelope that remembers the mailbox each accepted recipient resolved to."""
+class LmtpEnvelope(GatewayEnvelope):
+    """An envelope that remembers the mailbox each accepted recipient resolved to, and the
+    BDAT chunks of its message so far (None once one was refused, until the transaction
+    ends)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.mailboxes: list[Mailbox] = []
+        self.chunks: bytearray | None = bytearray()
 
 
 class LmtpHandler:
-    """aiosmtpd hooks: RCPT asks the mailbox directory, DATA hands the message to the filer."""
+    """What the sessions ask: MAIL is taken, RCPT asks the mailbox directory, the message
+    goes to the filer."""
 
     def __init__(self, mailboxes: MailboxDirectory, filer: Filer, max_recipients: int) -> None:
         self.mailboxes = mailboxes
         self.filer = filer
         self.max_recipients = max_recipients
 
-    async def handle_EHLO(
-        self, server: SMTP, session: Session, envelope: Envelope, host: str, responses: list[str]
-    ) -> list[str]:
-        session.host_name = host
-        # RFC 2033 §5: an LMTP server must offer both (PIPELINING, ENHANCEDSTATUSCODES); and
-        # CHUNKING (RFC 3030), so that a client sends a message with its envelope in one write.
-        extended = with_extensions(responses)
-        return [*extended[:-1], "250-CHUNKING", extended[-1]]
+    def mail(self, session: Any, envelope: LmtpEnvelope, address: str, options: list[str]) -> str:
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return R250_SENDER_OK
 
-    async def handle_RCPT(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
-    ) -> str:
-        assert isinstance(envelope, LmtpEnvelope)
+    def rcpt(self, session: Any, envelope: LmtpEnvelope, address: str, options: list[str]) -> str:
         if len(envelope.mailboxes) >= self.max_recipients:
             return R452_TOO_MANY_RECIPIENTS
         address = _printable(address).lower()[:MAX_ECHOED_ADDRESS]
@@ -101,8 +111,7 @@ class LmtpHandler:
         envelope.mailboxes.append(mailbox)
         return R250_RECIPIENT_OK
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        assert isinstance(envelope, LmtpEnvelope)
+    async def data(self, session: Any, envelope: LmtpEnvelope) -> str:
         sender = _printable(envelope.mail_from or "")
         envelope_from = "" if sender == "<>" else sender
         try:
@@ -115,129 +124,127 @@ class LmtpHandler:
         # RFC 2033 §4.2: one reply per accepted recipient, in RCPT order.
         return "\r\n".join(_reply(r) for r in results)
 
-    async def handle_exception(self, error: Exception) -> str:
+    def exception(self, error: Exception) -> str:
         log.error("LMTP session error", exc_info=error)
         return R451_LOCAL_ERROR
 
+    def log_refusal(self, client: str, envelope: Any, reply: str) -> None:
+        """A refusal is the gateway's to log: it keeps the entry and says why it waits."""
 
-class LmtpSession(LMTP, BlockDataSMTP):
-    """aiosmtpd's LMTP that answers every accepted recipient after DATA, errors included, and
-    takes BDAT (RFC 3030)."""
 
-    # The chunks of the message so far; None once one was refused (too big), until the
-    # transaction ends. Each connection gets its own (connection_made resets the state).
-    _chunks: bytearray | None
-    # The gateway writes MAIL, RCPT and BDAT with the message in one go (4 KiB and more).
-    reader_limit = DATA_BLOCK
+class LmtpSession(SmtpSession):
+    """One delivery connection from the gateway."""
 
-    def __init__(self, handler: LmtpHandler, sessions: set[LmtpSession], **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self.sessions = sessions
-        self.replies_due = 0
+    syntax = LMTP_SYNTAX
+    extensions = ("250-CHUNKING",)  # so that a message leaves with its envelope in one write
 
-    def _create_envelope(self) -> Envelope:
+    def __init__(
+        self,
+        handler: LmtpHandler,
+        sessions: set[Any],
+        *,
+        hostname: str,
+        data_size_limit: int = 0,
+        ident: str = "mxdesk store",
+        idle_timeout: float = IDLE_SECONDS,
+    ) -> None:
+        limits = ConnectionLimits(sys.maxsize, sys.maxsize, sessions=sessions)
+        super().__init__(
+            handler,
+            limits,
+            asyncio.get_running_loop(),
+            hostname=hostname,
+            tls=None,
+            data_size_limit=data_size_limit,
+            idle_timeout=idle_timeout,
+            session_timeout=math.inf,
+        )
+        self.ident = ident
+
+    def new_envelope(self) -> LmtpEnvelope:
         return LmtpEnvelope()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.sessions.add(self)
-        super().connection_made(transport)
+    def smtp_LHLO(self, arg: str) -> None:
+        self._extended_hello(arg, "LHLO")
 
-    def connection_lost(self, error: Exception | None) -> None:
-        self.sessions.discard(self)
-        super().connection_lost(error)
+    def _after_message(self, status: str, envelope: GatewayEnvelope) -> str:
+        # A size error or a failure of ours is said once by the session: RFC 2033 §4.2 wants
+        # it for each accepted recipient.
+        if "\r\n" in status or len(envelope.rcpt_tos) < 2:
+            return status
+        return "\r\n".join([status] * len(envelope.rcpt_tos))
 
-    async def push(self, status: AnyStr) -> None:
-        text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
-        if self.replies_due and not text.startswith("354"):
-            # After the data, aiosmtpd answers a size or line-length error (and our 451 for an
-            # exception) once: RFC 2033 §4.2 wants that answer for each accepted recipient.
-            due, self.replies_due = self.replies_due, 0
-            if len(text.split("\r\n")) != due:
-                text = "\r\n".join([text] * due)
-        await super().push(text)
-        if text.startswith("354") and self.envelope is not None:
-            self.replies_due = len(self.envelope.rcpt_tos)
+    def smtp_DATA(self, arg: str) -> None:
+        chunks = self._envelope().chunks
+        if chunks is None or chunks:
+            # RFC 3030 §3: a message is sent with DATA or with BDAT, never both.
+            self._reply(R503_DATA_AFTER_BDAT)
+            return
+        super().smtp_DATA(arg)
 
-    async def smtp_BDAT(self, arg: str | None) -> None:
+    def _envelope(self) -> LmtpEnvelope:
+        envelope = self.envelope
+        assert isinstance(envelope, LmtpEnvelope)
+        return envelope
+
+    def smtp_BDAT(self, arg: str) -> None:
         """RFC 3030 CHUNKING: the message in chunks of a stated size, taken as they are (no
         dot-stuffing, no end line). Every chunk is read whole, refused or not, so that what
         follows it is read as the next command; one reply to each chunk, and after the LAST
         one a reply for each accepted recipient (RFC 2033 §4.2), as after DATA's final dot."""
-        match = _BDAT.fullmatch(arg or "")
+        match = _BDAT.fullmatch(arg)
         if match is None:
             # Without a size the chunk's end cannot be found: its bytes would be read as
             # commands. The session ends.
-            await self.push(R501_BDAT)
+            self._reply(R501_BDAT)
+            self._flush()
             assert self.transport is not None
             self.transport.close()
             return
         size, last = int(match[1]), match[2] is not None
+        envelope = self._envelope()
         refusal = None
-        if await self.check_helo_needed():
-            refusal = ""  # said by check_helo_needed
-        elif self.envelope is None or not self.envelope.rcpt_tos:
+        if not self.host_name:
+            refusal = "503 Error: send LHLO first"
+        elif not envelope.rcpt_tos:
             refusal = R503_BDAT_NO_RCPT
-        elif self._chunks is None:
+        elif envelope.chunks is None:
             refusal = R503_BDAT_FAILED
-        limit = self.data_size_limit or 0
-        if refusal is None and limit and len(self._chunks or b"") + size > limit:
-            refusal, self._chunks = R552_TOO_BIG, None  # the rest of the message is refused too
-        kept = await self._read_chunk(size, keep=refusal is None)
+        limit = self._size_limit
+        if refusal is None and limit and len(envelope.chunks or b"") + size > limit:
+            refusal, envelope.chunks = R552_TOO_BIG, None  # the rest of the message is refused too
+
+        def read(kept: bytes) -> None:
+            self._chunk_read(envelope, size, last, refusal, kept)
+
+        self._read_chunk(size, keep=refusal is None, then=read)
+
+    def _chunk_read(
+        self, envelope: LmtpEnvelope, size: int, last: bool, refusal: str | None, kept: bytes
+    ) -> None:
         if refusal in (R552_TOO_BIG, R503_BDAT_FAILED) and last:
             # The end of a message with recipients: each is answered, as after DATA.
-            assert self.envelope is not None
-            refusal = "\r\n".join([refusal] * len(self.envelope.rcpt_tos))
-            self._set_post_data_state()
+            self._reply("\r\n".join([refusal] * len(envelope.rcpt_tos)))
+            self.envelope = self.new_envelope()
+            return
         if refusal is not None:
-            if refusal:
-                await self.push(refusal)
+            self._reply(refusal)
             return
-        assert self.envelope is not None and self._chunks is not None
+        assert envelope.chunks is not None
         if not last:
-            self._chunks += kept
-            await self.push(R250_CHUNK.format(size=size))
+            envelope.chunks += kept
+            self._reply(R250_CHUNK.format(size=size))
             return
-        content = bytes(self._chunks + kept) if self._chunks else kept
-        self._chunks = bytearray()  # whatever the handler does, the next message starts anew
-        self.envelope.content = self.envelope.original_content = content
-        self.replies_due = len(self.envelope.rcpt_tos)  # for handle_exception's reply
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()
-        await self.push(status)
-
-    async def smtp_DATA(self, arg: str) -> None:
-        if self._chunks or self._chunks is None:
-            # RFC 3030 §3: a message is sent with DATA or with BDAT, never both.
-            await self.push(R503_DATA_AFTER_BDAT)
-            return
-        await super().smtp_DATA(arg)
-
-    async def _read_chunk(self, size: int, keep: bool) -> bytes:
-        """The next size bytes (b"" when not kept: read in blocks and dropped)."""
-        kept = bytearray()
-        with self.taking_data():
-            while size:
-                block = await self._reader.read(min(size, DATA_BLOCK))
-                if not block:
-                    raise ConnectionResetError("connection closed during BDAT")
-                self._reset_timeout()
-                size -= len(block)
-                if keep:
-                    kept += block
-        return bytes(kept)
-
-    def _set_post_data_state(self) -> None:
-        super()._set_post_data_state()  # type: ignore[no-untyped-call]
-        self._chunks = bytearray()  # after DATA, BDAT LAST, RSET, LHLO and on connecting
-
-    async def handle_exception(self, error: Exception) -> str:
-        if self.replies_due:
-            self.envelope = self._create_envelope()  # the transaction is over, whatever failed
-        return await super().handle_exception(error)
+        content = bytes(envelope.chunks + kept) if envelope.chunks else kept
+        envelope.chunks = bytearray()
+        envelope.content = envelope.original_content = content
+        self.in_data = True
+        self._flush()
+        self._task = self.loop.create_task(self._accept(envelope))
 
 
 def _printable(text: str) -> str:
-    # aiosmtpd keeps undecodable bytes as surrogates; they cannot be encoded in a reply.
+    # Undecodable bytes are kept as surrogates; they cannot be encoded in a reply.
     return without_controls(text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
 
 

@@ -207,7 +207,6 @@ def _template(
             hostname=config.general.host_name,
             ident="mxdesk store",
             data_size_limit=config.gateway.max_message_size + HEADER_HEADROOM,
-            enable_SMTPUTF8=True,
         )
 
     return template

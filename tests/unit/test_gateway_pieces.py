@@ -1,5 +1,3 @@
-import asyncio
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -8,7 +6,7 @@ from mxdesk.gateway.authresults import _fold, _lines, _split_outside_quotes
 from mxdesk.gateway.lmtp import _dot_stuff_lines, dot_stuff
 from mxdesk.gateway.retry import RetryPolicy
 from mxdesk.gateway.smtp import with_enhanced_code
-from mxdesk.smtpfast import BlockDataSMTP
+from mxdesk.smtpfast import parse_path
 from mxdesk.timefmt import header_date
 
 
@@ -76,74 +74,7 @@ def test_enhanced_codes_added_only_where_missing() -> None:
 def test_fast_address_parser_agrees_with_aiosmtpd(arg: str) -> None:
     from aiosmtpd.smtp import SMTP
 
-    from mxdesk.smtpfast import BlockDataSMTP
-
-    fast = BlockDataSMTP(object())
-    slow = SMTP(object())
-    assert fast._getaddr(arg) == slow._getaddr(arg)
-
-
-class _Writer:
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
-
-    async def drain(self) -> None:
-        pass
-
-
-def _session(pending: bytes) -> tuple[BlockDataSMTP, _Writer]:
-    """A session object with only what push() uses: a reader holding pending, a writer."""
-    session = BlockDataSMTP.__new__(BlockDataSMTP)
-    session.enable_SMTPUTF8 = True
-    reader = asyncio.StreamReader()
-    reader.feed_data(pending)
-    writer = _Writer()
-    session._reader, session._writer = reader, writer  # type: ignore[assignment]
-    return session, writer
-
-
-async def test_replies_to_pipelined_commands_leave_in_one_write() -> None:
-    session, writer = _session(b"RCPT TO:<a@marca.example>\r\nDATA\r\n")
-    await session.push("250 2.1.0 Ok")  # MAIL's: RCPT and DATA are waiting
-    await session._reader.readline()
-    await session.push("250 2.1.5 Ok")  # RCPT's: DATA is waiting
-    await session._reader.readline()
-    assert writer.writes == []
-    await session.push("354 End data with <CR><LF>.<CR><LF>")
-    assert writer.writes == [
-        b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n"
-    ]
-
-
-@pytest.mark.parametrize(
-    ("reply", "pending"),
-    [
-        ("250 2.0.0 Ok", b""),  # nothing behind it
-        ("250 2.0.0 Ok", b"RCPT TO:<a@marca.exa"),  # only part of a command behind it
-        ("220 2.0.0 Ready to start TLS", b"MAIL FROM:<x@y>\r\n"),  # STARTTLS: never held
-        ("550 5.1.1 no such mailbox", b"DATA\r\n"),
-    ],
-)
-async def test_other_replies_leave_at_once(reply: str, pending: bytes) -> None:
-    session, writer = _session(pending)
-    await session.push(reply)
-    assert writer.writes == [reply.encode() + b"\r\n"]
-
-
-async def test_the_lines_of_a_reply_leave_in_one_write() -> None:
-    session, writer = _session(b"")
-    for line in ("250-mx.helpdesk.example", "250-SIZE 1000", "250-8BITMIME"):
-        await session.push(line)
-    assert writer.writes == []
-    await session.push("250 HELP")
-    assert writer.writes == [
-        b"250-mx.helpdesk.example\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250 HELP\r\n"
-    ]
-    await session.push("250-a\r\n250 b")  # a whole reply at once
-    assert writer.writes[1:] == [b"250-a\r\n250 b\r\n"]
+    assert parse_path(arg) == SMTP(object())._getaddr(arg)
 
 
 @settings(max_examples=500, deadline=None)
