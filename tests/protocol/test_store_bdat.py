@@ -184,3 +184,39 @@ async def test_bdat_before_lhlo_is_refused_and_its_chunk_skipped(
         assert "CHUNKING" in await w.cmd(f"LHLO gateway.{BASE}")
     finally:
         await w.close()
+
+
+async def test_a_message_too_big_after_data_is_refused_for_each_recipient(
+    small: tuple[Path, Recording],
+) -> None:
+    path, filer = small
+    w = await lmtp(path)
+    try:
+        await envelope(w, ["a@x.example", "b@x.example"])
+        assert (await w.cmd("DATA")).startswith("354")
+        await w.send(b"Subject: big\r\n\r\n" + b"x" * 200 + b"\r\n.\r\n")
+        # RFC 2033 §4.2: each accepted recipient gets its answer, errors too.
+        assert [(await w.reply())[:9] for _ in range(2)] == ["552 5.3.4"] * 2
+        assert (await w.cmd("NOOP")).startswith("250")
+        await envelope(w, ["a@x.example"])
+        assert (await chunk(w, b"ok\r\n", last="LAST")).startswith("250 2.0.0")
+    finally:
+        await w.close()
+    assert filer.raws == [b"ok\r\n"]
+
+
+async def test_helo_and_ehlo_are_not_lmtp(small: tuple[Path, Recording]) -> None:
+    path, _ = small
+    w = Wire(*await open_unix_connection(str(path)))
+    try:
+        assert (await w.reply()).startswith("220")
+        # RFC 2033 §4.1: LHLO, not HELO or EHLO, starts an LMTP session.
+        assert await w.cmd("HELO gateway.example") == (
+            '500 5.5.2 Error: command "HELO" not recognized'
+        )
+        assert (await w.cmd("EHLO gateway.example")).startswith("500 5.5.2")
+        assert (await w.cmd("MAIL FROM:<a@b.example>")).startswith("503")
+        assert "CHUNKING" in await w.cmd(f"LHLO gateway.{BASE}")
+        assert (await w.cmd("MAIL FROM:<a@b.example>")).startswith("250")
+    finally:
+        await w.close()

@@ -4,6 +4,8 @@ in one line that names the version needed, with exit status 3."""
 from __future__ import annotations
 
 import email.utils
+import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -79,3 +81,14 @@ def test_a_daemon_stops_with_one_line_and_exit_3(
         "mxdesk: Python 3.11.7 reads From: alice@example.org <bob@example.net> as 'a@b'"
         " (CVE-2023-27043): use Python 3.13, or 3.12.6, 3.11.10 or later"
     )
+
+
+def test_the_daemons_do_not_import_aiosmtpd() -> None:
+    # A production install has no aiosmtpd (a test dependency only): nothing the daemons or
+    # the CLI load may need it.
+    code = (
+        "import sys, mxdesk.cli, mxdesk.cli.daemons, mxdesk.gateway.service,"
+        " mxdesk.gateway.listener, mxdesk.store.service; print('aiosmtpd' in sys.modules)"
+    )
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "False"
