@@ -274,7 +274,10 @@ class SmtpWire(asyncio.Protocol):
                 self._reply(self.handler.exception(error))
             if self._out_size > OUT_BLOCK:
                 self._flush()  # a client that does not read pauses this loop
-        self._flush()
+        if self._task is None:
+            # Else the replies so far leave with the reply of the command that waits (RFC
+            # 2920 §3.2): LMTP's MAIL, RCPT and BDAT, pipelined, are answered in one write.
+            self._flush()
         transport = self.transport
         waiting = self._task is not None or self._chunk is not None
         if transport is not None and not waiting and not self._paused:

@@ -239,7 +239,8 @@ class LmtpSession(SmtpSession):
         envelope.chunks = bytearray()
         envelope.content = envelope.original_content = content
         self.in_data = True
-        self._flush()
+        # The replies to MAIL and RCPT wait for the message's: the gateway, which pipelines
+        # them with the chunk, reads all of them in one go.
         self._task = self.loop.create_task(self._accept(envelope))
 
 
