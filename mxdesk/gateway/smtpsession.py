@@ -47,6 +47,7 @@ class SmtpSession(SmtpWire):
 
     extensions: tuple[str, ...] = ()  # EHLO lines of this listener's own (250-DSN)
     syntax = SYNTAX  # the commands taken, and their syntax for HELP and 501 replies
+    hello = "HELO"  # the greeting a transaction needs first (LMTP: LHLO)
     _bogus = BOGUS_LIMIT
 
     def _command(self, line: bytes) -> None:
@@ -89,7 +90,7 @@ class SmtpSession(SmtpWire):
 
     def _helo_needed(self) -> bool:
         if not self.host_name:
-            self._reply("503 Error: send HELO first")
+            self._reply(f"503 Error: send {self.hello} first")
             return True
         return False
 

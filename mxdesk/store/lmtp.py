@@ -136,6 +136,7 @@ class LmtpSession(SmtpSession):
     """One delivery connection from the gateway."""
 
     syntax = LMTP_SYNTAX
+    hello = "LHLO"
     extensions = ("250-CHUNKING",)  # so that a message leaves with its envelope in one write
 
     def __init__(
@@ -205,7 +206,7 @@ class LmtpSession(SmtpSession):
         envelope = self._envelope()
         refusal = None
         if not self.host_name:
-            refusal = "503 Error: send LHLO first"
+            refusal = f"503 Error: send {self.hello} first"
         elif not envelope.rcpt_tos:
             refusal = R503_BDAT_NO_RCPT
         elif envelope.chunks is None:
@@ -224,7 +225,7 @@ class LmtpSession(SmtpSession):
     ) -> None:
         if refusal in (R552_TOO_BIG, R503_BDAT_FAILED) and last:
             # The end of a message with recipients: each is answered, as after DATA.
-            self._reply("\r\n".join([refusal] * len(envelope.rcpt_tos)))
+            self._reply(self._after_message(refusal, envelope))
             self.envelope = self.new_envelope()
             return
         if refusal is not None:

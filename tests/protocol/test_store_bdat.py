@@ -215,7 +215,7 @@ async def test_helo_and_ehlo_are_not_lmtp(small: tuple[Path, Recording]) -> None
             '500 5.5.2 Error: command "HELO" not recognized'
         )
         assert (await w.cmd("EHLO gateway.example")).startswith("500 5.5.2")
-        assert (await w.cmd("MAIL FROM:<a@b.example>")).startswith("503")
+        assert await w.cmd("MAIL FROM:<a@b.example>") == "503 5.5.1 Error: send LHLO first"
         assert "CHUNKING" in await w.cmd(f"LHLO gateway.{BASE}")
         assert (await w.cmd("MAIL FROM:<a@b.example>")).startswith("250")
     finally:
