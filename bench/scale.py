@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import platform
-import re
 import shlex
 import shutil
 import subprocess
@@ -47,7 +46,7 @@ from accept_rate import (
     smtp_source,
     wait_until,
 )
-from daemons import MXDESK, Daemon, provision, write_config
+from daemons import MXDESK, Daemon, mx_port, provision, write_config
 from dns_server import DnsServer
 from spoolseed import seed_spool
 
@@ -72,7 +71,7 @@ class Instance:
         auth = f'inbound_auth = {{ nameservers = ["{dns.host}:{dns.port}"] }}'
         self.config = write_config(self.root, gateway_extra=f"{auth}\n{extra}")
         provision(self.config)
-        self.port = int(re.findall(r"127\.0\.0\.1:(\d+)", self.config.read_text())[0])
+        self.port = mx_port(self.config)
         self.store = Daemon(self.config, "store", self.root / "store.log")
         self.gateway = Daemon(self.config, "gateway", self.root / "gateway.log")
         self.database = self.root / "state" / "tickets.db"

@@ -19,6 +19,7 @@ R421_TOO_MANY_FROM_YOU = "421 4.7.0 Error: too many connections from your addres
 R421_IDLE = "421 4.4.2 Error: timeout exceeded"
 R421_SESSION = "421 4.4.2 Error: session time limit exceeded"
 R550_SOURCE_ROUTE = "550 5.7.1 Recipient address rejected: source routes are not relayed"
+R552_TOO_BIG = "552 5.3.4 Error: message size exceeds fixed maximum message size"
 
 _ENHANCED = re.compile(r"^\d\.\d{1,3}\.\d{1,3}( |$)")
 # Enhanced status codes (RFC 3463) for the replies aiosmtpd writes itself.

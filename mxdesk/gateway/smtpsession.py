@@ -5,7 +5,7 @@ with enhanced status codes (RFC 2034): the MX's sessions, and the submission soc
 
 from __future__ import annotations
 
-from mxdesk.gateway.smtp import R550_SOURCE_ROUTE
+from mxdesk.gateway.smtp import R550_SOURCE_ROUTE, R552_TOO_BIG
 from mxdesk.gateway.smtpwire import SmtpWire
 from mxdesk.smtpfast import MessageData, parse_path, with_extensions
 
@@ -88,11 +88,15 @@ class SmtpSession(SmtpWire):
 
     # -- commands ---------------------------------------------------------------------------
 
+    def _no_hello(self) -> str | None:
+        """The refusal of a transaction's command before the greeting; None after it."""
+        return None if self.host_name else f"503 Error: send {self.hello} first"
+
     def _helo_needed(self) -> bool:
-        if not self.host_name:
-            self._reply(f"503 Error: send {self.hello} first")
-            return True
-        return False
+        refusal = self._no_hello()
+        if refusal is not None:
+            self._reply(refusal)
+        return refusal is not None
 
     def smtp_HELO(self, arg: str) -> None:
         if not arg:
@@ -204,7 +208,7 @@ class SmtpSession(SmtpWire):
             self._reply(syntax)
             return
         if size is not None and self._size_limit and int(size) > self._size_limit:
-            self._reply("552 Error: message size exceeds fixed maximum message size")
+            self._reply(R552_TOO_BIG)
             return
         if params:
             self._reply("555 MAIL FROM parameters not recognized or not implemented")

@@ -19,6 +19,7 @@ from typing import Any, Protocol, Self
 from mxdesk.gateway.smtp import (
     R421_IDLE,
     R421_SESSION,
+    R552_TOO_BIG,
     ConnectionLimits,
     GatewayEnvelope,
     printable,
@@ -40,14 +41,14 @@ class Chunk:
         self.left = size
         self.keep = keep
         self.then = then  # called with the chunk (b"" when dropped) once it is whole
-        self.parts = bytearray()
+        self.parts: list[bytes] = []  # one, without a copy, when it came in one read
 
     def feed(self, data: bytes) -> bytes:
         """Takes what belongs to the chunk; returns what follows it."""
         taken = data[: self.left]
         self.left -= len(taken)
-        if self.keep:
-            self.parts += taken
+        if self.keep and taken:
+            self.parts.append(taken)
         return data[len(taken) :]
 
 
@@ -302,7 +303,7 @@ class SmtpWire(asyncio.Protocol):
             return
         self._chunk = None
         self._buffer[:0] = rest  # the client's next commands
-        chunk.then(bytes(chunk.parts))
+        chunk.then(b"".join(chunk.parts))
 
     def _after_message(self, status: str, envelope: GatewayEnvelope) -> str:
         """The reply to a whole message (LMTP: one line for each recipient, RFC 2033 §4.2)."""
@@ -317,15 +318,24 @@ class SmtpWire(asyncio.Protocol):
         self._buffer[:0] = data.rest  # the client's next commands
         content = data.content()
         if content is None:
-            self.in_data = False
-            too_big = "552 Error: message size exceeds fixed maximum message size"
-            reply = self._after_message(too_big, self.envelope)
-            self.envelope = self.new_envelope()
-            self._reply(reply)
-            return
-        self._flush()
-        self.envelope.content = self.envelope.original_content = content
-        self._task = self.loop.create_task(self._accept(self.envelope))
+            self._refuse_message(R552_TOO_BIG)
+        else:
+            self._take_message(content)
+
+    def _take_message(self, content: bytes) -> None:
+        """The whole message (after DATA's dot or BDAT's LAST chunk) goes to the handler, from
+        a task; the replies queued so far leave with its reply."""
+        envelope = self.envelope
+        envelope.content = envelope.original_content = content
+        self.in_data = True
+        self._task = self.loop.create_task(self._accept(envelope))
+
+    def _refuse_message(self, refusal: str) -> None:
+        """The whole message is refused; the transaction is over."""
+        self.in_data = False
+        reply = self._after_message(refusal, self.envelope)
+        self.envelope = self.new_envelope()
+        self._reply(reply)
 
     async def _accept(self, envelope: GatewayEnvelope) -> None:
         try:

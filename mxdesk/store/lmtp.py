@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from mxdesk.gateway.smtp import ConnectionLimits, GatewayEnvelope
+from mxdesk.gateway.smtp import R552_TOO_BIG, ConnectionLimits, GatewayEnvelope
 from mxdesk.gateway.smtpsession import SYNTAX, SmtpSession
 from mxdesk.sockets import SocketError, listen_unix
 from mxdesk.state import Mailbox
@@ -38,7 +38,6 @@ R501_BDAT = "501 5.5.4 Syntax: BDAT chunk-size [LAST]"
 R503_BDAT_NO_RCPT = "503 5.5.1 Error: need RCPT command"
 R503_BDAT_FAILED = "503 5.5.1 Error: an earlier chunk of this message was refused"
 R503_DATA_AFTER_BDAT = "503 5.5.1 Error: DATA after BDAT in one transaction"
-R552_TOO_BIG = "552 5.3.4 Error: message size exceeds fixed maximum message size"
 # RFC 3030 §2: "BDAT" SP chunk-size [ SP end-marker ]; a size beyond 18 digits is not a size.
 _BDAT = re.compile(r"(\d{1,18})(?: +(LAST))?", re.IGNORECASE)
 # LMTP's commands: LHLO instead of HELO and EHLO (RFC 2033 §4.1), BDAT, no STARTTLS.
@@ -204,12 +203,10 @@ class LmtpSession(SmtpSession):
             return
         size, last = int(match[1]), match[2] is not None
         envelope = self._envelope()
-        refusal = None
-        if not self.host_name:
-            refusal = f"503 Error: send {self.hello} first"
-        elif not envelope.rcpt_tos:
+        refusal = self._no_hello()
+        if refusal is None and not envelope.rcpt_tos:
             refusal = R503_BDAT_NO_RCPT
-        elif envelope.chunks is None:
+        elif refusal is None and envelope.chunks is None:
             refusal = R503_BDAT_FAILED
         limit = self._size_limit
         if refusal is None and limit and len(envelope.chunks or b"") + size > limit:
@@ -224,9 +221,7 @@ class LmtpSession(SmtpSession):
         self, envelope: LmtpEnvelope, size: int, last: bool, refusal: str | None, kept: bytes
     ) -> None:
         if refusal in (R552_TOO_BIG, R503_BDAT_FAILED) and last:
-            # The end of a message with recipients: each is answered, as after DATA.
-            self._reply(self._after_message(refusal, envelope))
-            self.envelope = self.new_envelope()
+            self._refuse_message(refusal)  # each recipient answered, as after DATA
             return
         if refusal is not None:
             self._reply(refusal)
@@ -238,11 +233,9 @@ class LmtpSession(SmtpSession):
             return
         content = bytes(envelope.chunks + kept) if envelope.chunks else kept
         envelope.chunks = bytearray()
-        envelope.content = envelope.original_content = content
-        self.in_data = True
-        # The replies to MAIL and RCPT wait for the message's: the gateway, which pipelines
+        # The replies to MAIL and RCPT leave with the message's: the gateway, which pipelines
         # them with the chunk, reads all of them in one go.
-        self._task = self.loop.create_task(self._accept(envelope))
+        self._take_message(content)
 
 
 def _printable(text: str) -> str:

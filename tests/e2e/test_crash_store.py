@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import re
 from pathlib import Path
 
-from daemons import Daemon, provision, write_config
+from daemons import Daemon, mx_port, provision, write_config
 from filing import deferred_deliveries, drained_and_filed
 from wire import send_message
 
@@ -27,7 +26,7 @@ MAILBOX = "suporte@marca.helpdesk.example"
 async def test_kill_9_of_the_store_under_load_files_each_message_once(short_tmp: Path) -> None:
     config = write_config(short_tmp)  # the store retried within half a second
     provision(config)
-    port = int(re.findall(r"127\.0\.0\.1:(\d+)", config.read_text())[0])
+    port = mx_port(config)
     store = Daemon(config, "store", short_tmp / "store.log")
     gateway = Daemon(config, "gateway", short_tmp / "gateway.log")
     store.start()

@@ -22,7 +22,7 @@ import pytest
 from authdns import Knot, base_zone, free_port
 from conftest import MAILBOX, require_real, wait_for_sync
 from cryptography.hazmat.primitives import serialization
-from daemons import Daemon, provision, write_config
+from daemons import Daemon, mx_port, provision, write_config
 from postfix_harness import PostfixInstance, port_open
 
 from mxdesk.gateway.dkim import generate_key
@@ -176,7 +176,7 @@ def site() -> Iterator[Site]:
         auth = f'inbound_auth = {{ nameservers = ["127.0.0.1:{knot.port}"], dns_timeout = 3 }}'
         config = write_config(root, gateway_extra=auth)
         provision(config)
-        port = int(re.findall(r"127\.0\.0\.1:(\d+)", config.read_text())[0])
+        port = mx_port(config)
         for name in ("store", "gateway"):
             daemon = Daemon(config, name, root / f"{name}.log")
             stack.callback(daemon.close)

@@ -6,11 +6,10 @@ message the gateway accepted is on a ticket exactly once."""
 from __future__ import annotations
 
 import asyncio
-import re
 from collections import Counter
 from pathlib import Path
 
-from daemons import Daemon, provision, write_config
+from daemons import Daemon, mx_port, provision, write_config
 from filing import deferred_deliveries, drained_and_filed
 from fiu_control import FailureInjection
 from wire import send_message
@@ -31,7 +30,7 @@ async def test_store_write_and_fsync_failures_lose_and_double_nothing(short_tmp:
     fiu = FailureInjection(short_tmp)
     config = write_config(short_tmp)  # the gateway retries the store within half a second
     provision(config)
-    port = int(re.findall(r"127\.0\.0\.1:(\d+)", config.read_text())[0])
+    port = mx_port(config)
     store = Daemon(config, "store", short_tmp / "store.log", env=fiu.env)
     gateway = Daemon(config, "gateway", short_tmp / "gateway.log")
     store.start()
