@@ -38,8 +38,8 @@ import dns.message
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from accept_rate import cpus, interpreter
 from authdns import BASE, TsigKey, base_zone, knot_pair
+from machine import cpus, interpreter
 
 from mxdesk import config as cfg
 from mxdesk.dns.check import AuthoritativeChecker, CheckReport

@@ -32,16 +32,14 @@ from accept_rate import (
     Run,
     add_load_arguments,
     filed,
-    machine,
     new_dir,
     print_reproduce,
     run_interleaved,
     run_postfix,
     stop_checked,
-    tree_seconds,
-    wait_until,
 )
 from daemons import Daemon, provision, write_config
+from machine import machine, tree_seconds, wait_until
 
 from mxdesk.gateway.entries import INBOUND, SCHEMA, NewEntry, Recipient, insert_entry, new_queue_id
 from mxdesk.state import migrate

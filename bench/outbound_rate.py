@@ -31,19 +31,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from accept_rate import (
-    add_load_arguments,
-    busy_since,
-    cpu_ticks,
-    machine,
-    main_thread_seconds,
-    print_reproduce,
-    run_interleaved,
-    tree_seconds,
-    wait_until,
-)
+from accept_rate import add_load_arguments, print_reproduce, run_interleaved
 from daemons import Daemon, cli, provision, write_config
 from dns_server import DnsServer
+from machine import busy_since, cpu_ticks, machine, main_thread_seconds, tree_seconds, wait_until
 from postfix_harness import PostfixInstance, port_open, postfix_binary
 from sink import Sink
 

@@ -34,12 +34,12 @@ from accept_rate import (
     MAILBOX,
     SENDER,
     add_load_arguments,
-    machine,
     new_dir,
     sender_dns,
     smtp_source,
 )
 from daemons import mx_port, provision, store_and_gateway, write_config
+from machine import machine
 from postfix_harness import PostfixInstance
 
 VERSION: dict[str, str] = {}  # Postfix's, for the machine line

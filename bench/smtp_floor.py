@@ -23,16 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from accept_rate import (
-    add_load_arguments,
-    busy_since,
-    cpu_seconds,
-    cpu_ticks,
-    drive,
-    machine,
-    run_postfix,
-    smtp_source,
-)
+from accept_rate import add_load_arguments, drive, run_postfix, smtp_source
+from machine import busy_since, cpu_seconds, cpu_ticks, machine
 
 SIDES = ("postfix", "aiosmtpd", "mxdesk")
 

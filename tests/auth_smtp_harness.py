@@ -22,7 +22,7 @@ On both ports:
 * TLS first: on the STARTTLS port EHLO offers no AUTH and MAIL FROM gets 530 until STARTTLS
   (``smtpd_tls_security_level = encrypt``, ``smtpd_tls_auth_only = yes``).
 * AUTH PLAIN and LOGIN against the one user and password; a wrong password gets 535 5.7.8.
-* With ``oauth2=`` (an ``oauth_server.OAuth2Keys``) also AUTH XOAUTH2 and OAUTHBEARER with an
+* With ``oauth2=`` (an ``oauth_jwt.OAuth2Keys``) also AUTH XOAUTH2 and OAUTHBEARER with an
   access token of that issuer whose ``email`` is the login: Dovecot checks the JWT's signature
   and expiry itself. A refused token gets 334 and a base64 JSON error first (the client answers
   with an empty line), then 535 5.7.8; PLAIN and LOGIN still take only the password.
@@ -44,29 +44,23 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime
 import hashlib
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from ipaddress import ip_address
 from pathlib import Path
 
 from conftest import require_real
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from daemons import free_port
-from oauth_server import OAuth2Keys
+from dovecot_common import end_session, oauth2_settings, wait_for
+from oauth_jwt import OAuth2Keys
 from postfix_harness import MASTER_CF, PostfixError, PostfixInstance, port_open, postfix_binary
+from tls_files import make_tls_files
 
 REQUIRED_PROGRAMS = ("postfix", "dovecot")
 MAILDIR_OWNER = "nobody"
@@ -105,69 +99,6 @@ service auth {{
 }}
 """
 
-# XOAUTH2 and OAUTHBEARER with access tokens that Dovecot validates itself (passdb oauth2,
-# introspection_mode = local): it checks the JWT's signature with the key stored under
-# <key dict>/<azp>/<alg>/<kid> (lib-oauth2/oauth2-jwt.c), then exp, nbf, iat and iss; it never
-# talks to the issuer. Each passdb answers its own mechanisms only: otherwise a token would also
-# be tried as a password, and a password as a token.
-OAUTH2_MECHANISMS = " xoauth2 oauthbearer"
-PASSWORD_MECHANISMS = "\n  mechanisms = plain login"
-OAUTH2_PASSDB = """\
-passdb {{
-  driver = oauth2
-  mechanisms = xoauth2 oauthbearer
-  args = {conf}
-  # Logs why a token was refused ("Local validation failed: Token has expired").
-  auth_verbose = yes
-}}
-"""
-OAUTH2_CONF = """\
-introspection_mode = local
-local_validation_key_dict = fs:posix:prefix={keys}/
-# The JWT names its user in "email"; it must equal the login (username_format %Lu lowercases).
-username_attribute = email
-issuers = {issuer}
-# Dovecot would refuse a token whose "active" claim is not "true"; these tokens have none.
-active_attribute =
-active_value =
-"""
-
-
-def _dict_key(identifier: str) -> str:
-    """A JWT's azp or kid as Dovecot turns it into a path component (escape_identifier)."""
-    return identifier.replace("%", "%25").replace("/", "%2f")
-
-
-def oauth2_settings(directory: Path, keys: OAuth2Keys | None, uid: int, gid: int) -> dict[str, str]:
-    """The values of the ``{oauth2_mechanisms}``, ``{password_mechanisms}`` and
-    ``{oauth2_passdb}`` fields of a Dovecot config template: all empty without keys, so that the
-    config stays what it was. With keys, writes the key dict and dovecot-oauth2.conf.ext into
-    directory, readable only by uid and gid (Dovecot's auth process)."""
-    if keys is None:
-        return {"oauth2_mechanisms": "", "password_mechanisms": "", "oauth2_passdb": ""}
-    if not keys.issuer or any(c.isspace() for c in keys.issuer):
-        raise ValueError(f"issuer {keys.issuer!r}: one URL, no spaces")
-    for name in (keys.azp, keys.kid):
-        if not name or name.startswith(".") or any(c.isspace() for c in name):
-            raise ValueError(f"azp/kid {name!r}: not empty, no leading '.', no spaces")
-    keys_dir = directory / "oauth2-keys"
-    algorithm_dir = keys_dir / _dict_key(keys.azp) / "HS256"
-    algorithm_dir.mkdir(parents=True)
-    key_file = algorithm_dir / _dict_key(keys.kid)
-    # Base64 without a newline: that is what Dovecot decodes for an HMAC key.
-    key_file.write_bytes(base64.b64encode(keys.secret))
-    conf = directory / "dovecot-oauth2.conf.ext"
-    conf.write_text(OAUTH2_CONF.format(keys=keys_dir, issuer=keys.issuer))
-    for path in (keys_dir, algorithm_dir.parent, algorithm_dir, key_file, conf):
-        os.chown(path, uid, gid)
-        os.chmod(path, 0o700 if path.is_dir() else 0o600)
-    return {
-        "oauth2_mechanisms": OAUTH2_MECHANISMS,
-        "password_mechanisms": PASSWORD_MECHANISMS,
-        "oauth2_passdb": OAUTH2_PASSDB.format(conf=conf),
-    }
-
-
 # One smtpd per port, virtual(8) for the Maildir, tlsmgr(8) for TLS; then PostfixInstance's.
 SMTPD_SERVICES = """\
 127.0.0.1:{ssl_port} inet n - n - - smtpd
@@ -182,73 +113,6 @@ tlsmgr    unix  -       -       n       1000?   1       tlsmgr
 
 class AuthSmtpError(RuntimeError):
     """The server could not be set up or started; the message says which part and why."""
-
-
-CA_NAME = "mxdesk test CA"
-# KeyUsage flags in order: digital_signature … crl_sign, encipher_only, decipher_only.
-CA_USAGE = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
-SERVER_USAGE = x509.KeyUsage(True, False, False, False, False, False, False, False, False)
-
-
-def _certificate(
-    subject: str,
-    public: ec.EllipticCurvePublicKey,
-    ca_key: ec.EllipticCurvePrivateKey,
-    extensions: list[x509.ExtensionType],
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CA_NAME)]))
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-    )
-    for extension in extensions:
-        critical = isinstance(extension, (x509.BasicConstraints, x509.KeyUsage))
-        builder = builder.add_extension(extension, critical=critical)
-    return builder.sign(ca_key, hashes.SHA256())
-
-
-def make_tls_files(directory: Path, host_name: str) -> tuple[Path, Path, Path]:
-    """A test CA and a server certificate it signed for host_name, localhost and 127.0.0.1,
-    with the extensions strict verifiers insist on (key usage, key identifiers).
-    Returns the paths of the CA certificate, the server certificate and its key."""
-    directory.mkdir(parents=True, exist_ok=True)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca = _certificate(
-        CA_NAME, ca_key.public_key(), ca_key, [x509.BasicConstraints(True, 0), CA_USAGE]
-    )
-    names = [x509.DNSName(host_name), x509.DNSName("localhost")]
-    cert = _certificate(
-        host_name,
-        key.public_key(),
-        ca_key,
-        [
-            x509.BasicConstraints(ca=False, path_length=None),
-            SERVER_USAGE,
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-            x509.SubjectAlternativeName([*names, x509.IPAddress(ip_address("127.0.0.1"))]),
-        ],
-    )
-    paths = (directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].touch(mode=0o600)
-    paths[2].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return paths
 
 
 @dataclass
@@ -332,7 +196,12 @@ class AuthSmtpServer:
             self._start_dovecot(timeout)
             self._postfix = self._make_postfix()
             self._postfix.start(timeout)
-            _wait(lambda: port_open(self.ssl_port), timeout, f"smtpd on port {self.ssl_port}")
+            wait_for(
+                lambda: port_open(self.ssl_port),
+                timeout,
+                f"smtpd on port {self.ssl_port}",
+                error=AuthSmtpError,
+            )
         except BaseException:
             self.close()
             raise
@@ -363,7 +232,13 @@ class AuthSmtpServer:
                 stderr=stderr,
                 start_new_session=True,
             )
-        _wait(self._auth_ready, timeout, "Dovecot's auth socket", self._dovecot_log)
+        wait_for(
+            self._auth_ready,
+            timeout,
+            "Dovecot's auth socket",
+            self._dovecot_log,
+            error=AuthSmtpError,
+        )
 
     def _auth_ready(self) -> bool:
         if self._dovecot is not None and self._dovecot.poll() is not None:
@@ -414,7 +289,7 @@ class AuthSmtpServer:
             self._postfix.stop()
             self._postfix = None
         if self._dovecot is not None:
-            _end_session(self._dovecot)
+            end_session(self._dovecot)
             self._dovecot = None
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
@@ -443,7 +318,13 @@ class AuthSmtpServer:
         def found() -> list[bytes]:
             return [m for m in self.messages() if containing in m]
 
-        _wait(lambda: len(found()) >= count, timeout, f"{count} message(s)", self.log_text)
+        wait_for(
+            lambda: len(found()) >= count,
+            timeout,
+            f"{count} message(s)",
+            self.log_text,
+            AuthSmtpError,
+        )
         return found()
 
     def log_text(self) -> str:
@@ -454,27 +335,6 @@ class AuthSmtpServer:
     def _dovecot_log(self) -> str:
         paths = [self._dovecot_dir / name for name in ("stderr", "dovecot.log")]
         return "".join(p.read_text(errors="replace") for p in paths if p.exists())
-
-
-def _end_session(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to Dovecot's master (it stops its children); SIGKILL to its session if not."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(15)
-
-
-def _wait(
-    condition: Callable[[], bool], timeout: float, what: str, log: Callable[[], str] = str
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AuthSmtpError(f"timed out after {timeout}s waiting for {what}: {log()[-2000:]}")
-        time.sleep(0.05)
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""Real authoritative DNS servers for tests: Knot, BIND and PowerDNS on 127.0.0.1.
+"""Real authoritative DNS servers for tests: Knot and BIND on 127.0.0.1 (PowerDNS: powerdns.py).
 
 Each server runs in the foreground as a subprocess, from its own short temporary directory under
 /tmp that holds its config, zone files, database and log (`server.log`). start() returns once the
@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import secrets
 import shutil
 import socket
-import sqlite3
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import dns.exception
 import dns.flags
@@ -39,7 +35,6 @@ from conftest import require_real
 BASE = "helpdesk.example"
 HOST = "127.0.0.1"
 START_TIMEOUT = 15.0
-PDNS_SCHEMA = Path("/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql")
 
 
 @dataclass(frozen=True)
@@ -114,7 +109,7 @@ def txt_values(host: str, port: int, name: str) -> list[str]:
     return [b"".join(rdata.strings).decode() for rdata in rrset]
 
 
-def _soa_serial(host: str, port: int, zone: str, timeout: float = 2.0) -> int:
+def soa_serial(host: str, port: int, zone: str, timeout: float = 2.0) -> int:
     response = query(host, port, zone, "SOA", timeout=timeout)
     rrset = response.get_rrset(
         response.answer, dns.name.from_text(zone), dns.rdataclass.IN, dns.rdatatype.SOA
@@ -140,7 +135,7 @@ def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> Non
     raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last!r})")
 
 
-class _Server:
+class AuthServer:
     """The shared part: a foreground daemon in its own temp dir, logging to server.log."""
 
     binary = ""
@@ -187,7 +182,7 @@ class _Server:
 
     def serial(self, zone: str = BASE) -> int:
         """The SOA serial this server serves now."""
-        return _soa_serial(self.host, self.port, zone)
+        return soa_serial(self.host, self.port, zone)
 
     def close(self) -> None:
         if self.proc is not None:
@@ -204,7 +199,7 @@ class _Server:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-class Knot(_Server):
+class Knot(AuthServer):
     """One knotd. A primary serves `zones` (name → zone text) from copies in its directory and
     lets `key` update them; a secondary transfers the same zone names from `primary` (the texts
     are ignored), with no NOTIFY, so it lags behind until refresh()."""
@@ -269,7 +264,7 @@ class Knot(_Server):
 
     def ready(self) -> bool:
         for zone in self.zones:
-            _soa_serial(self.host, self.port, zone, timeout=0.2)
+            soa_serial(self.host, self.port, zone, timeout=0.2)
         return True
 
     def refresh(self, zone: str = BASE, timeout: float = 10.0) -> None:
@@ -289,7 +284,7 @@ class Knot(_Server):
         )
 
 
-class Bind(_Server):
+class Bind(AuthServer):
     """One named, primary for `zones` (name → zone text). `key` may update only names under
     `grants` (one `grant KEY subdomain NAME. ANY;` each), or the whole zone when grants is None."""
 
@@ -338,97 +333,8 @@ class Bind(_Server):
 
     def ready(self) -> bool:
         for zone in self.zones:
-            _soa_serial(self.host, self.port, zone, timeout=0.2)
+            soa_serial(self.host, self.port, zone, timeout=0.2)
         return True
-
-
-class PowerDns(_Server):
-    """pdns_server with the gsqlite3 backend and its HTTP API (api_key), DNS UPDATE allowed
-    from 127.0.0.0/8, security polling off (works offline)."""
-
-    binary = "pdns_server"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.api_port = free_port()
-        self.api_key = secrets.token_hex(16)
-        self.api_url = f"http://{self.host}:{self.api_port}"
-
-    def config(self) -> str:
-        settings = {
-            "launch": "gsqlite3",
-            "gsqlite3-database": str(self.root / "pdns.sqlite3"),
-            "local-address": self.host,
-            "local-port": str(self.port),
-            "socket-dir": str(self.root),
-            "daemon": "no",
-            "guardian": "no",
-            "disable-syslog": "yes",
-            "setuid": "",
-            "setgid": "",
-            "security-poll-suffix": "",
-            "api": "yes",
-            "api-key": self.api_key,
-            "webserver": "yes",
-            "webserver-address": self.host,
-            "webserver-port": str(self.api_port),
-            "webserver-allow-from": "127.0.0.0/8",
-            "dnsupdate": "yes",
-            "allow-dnsupdate-from": "127.0.0.0/8",
-        }
-        return "".join(f"{name}={value}\n" for name, value in settings.items())
-
-    def command(self, binary: str) -> list[str]:
-        if not PDNS_SCHEMA.exists():
-            require_real("pdns-backend-sqlite3")  # not a program: skips (or fails) with its name
-        with contextlib.closing(sqlite3.connect(self.root / "pdns.sqlite3")) as db:
-            db.executescript(PDNS_SCHEMA.read_text())
-        (self.root / "pdns.conf").write_text(self.config())
-        return [binary, f"--config-dir={self.root}"]
-
-    def ready(self) -> bool:
-        # No zone yet: any DNS answer (REFUSED) will do, and the API must answer too. Not a name
-        # a test will use: the packet cache would keep that REFUSED for 20 s after create_zone.
-        query(self.host, self.port, "ready.invalid", "SOA", timeout=0.2)
-        self.api("GET", "/api/v1/servers/localhost")
-        return True
-
-    def api(self, method: str, path: str, body: Any = None) -> Any:
-        """Calls the HTTP API; returns the decoded JSON answer (None when empty)."""
-        request = urllib.request.Request(
-            self.api_url + path,
-            data=None if body is None else json.dumps(body).encode(),
-            method=method,
-            headers={"X-API-Key": self.api_key, "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                data = response.read()
-        except urllib.error.HTTPError as e:
-            raise RuntimeError(f"PowerDNS API {method} {path}: {e.code} {e.read()!r}") from None
-        return json.loads(data) if data else None
-
-    def create_zone(self, zone: str, zone_text: str) -> None:
-        """Creates a Native zone holding every RRset of zone_text (its SOA included)."""
-        parsed = dns.zone.from_text(zone_text, origin=zone, relativize=False)
-        rrsets = [
-            {
-                "name": name.to_text(),
-                "type": dns.rdatatype.to_text(rdataset.rdtype),
-                "ttl": rdataset.ttl,
-                "records": [{"content": rdata.to_text(), "disabled": False} for rdata in rdataset],
-            }
-            for name, rdataset in parsed.iterate_rdatasets()
-        ]
-        body = {"name": f"{zone}.", "kind": "Native", "nameservers": [], "rrsets": rrsets}
-        self.api("POST", "/api/v1/servers/localhost/zones", body)
-
-    def add_tsig_key(self, key: TsigKey, zone: str) -> None:
-        """Adds key and makes it required for DNS UPDATEs of zone."""
-        body = {"name": key.name, "algorithm": key.algorithm, "key": key.secret}
-        self.api("POST", "/api/v1/servers/localhost/tsigkeys", body)
-        path = f"/api/v1/servers/localhost/zones/{zone}./metadata/TSIG-ALLOW-DNSUPDATE"
-        self.api("PUT", path, {"metadata": [key.name]})
 
 
 @contextlib.contextmanager
@@ -450,16 +356,6 @@ def bind_server(
     zones: dict[str, str], key: TsigKey, grants: tuple[str, ...] | None = None
 ) -> Iterator[Bind]:
     server = Bind(zones, key, grants)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
-
-
-@contextlib.contextmanager
-def powerdns_server() -> Iterator[PowerDns]:
-    server = PowerDns()
     try:
         server.start()
         yield server

@@ -47,30 +47,22 @@ starting anything, and doveadm, run as root, drops to the mail owner by itself.
 from __future__ import annotations
 
 import base64
-import grp
 import hashlib
 import os
-import pwd
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-from auth_smtp_harness import (
-    AuthSmtpError,
-    _end_session,
-    _wait,
-    make_tls_files,
-    oauth2_settings,
-)
 from conftest import require_real
 from daemons import free_port
-from oauth_server import OAuth2Keys
+from dovecot_common import MailServerError, end_session, mail_owner, oauth2_settings, wait_for
+from oauth_jwt import OAuth2Keys
 from postfix_harness import postfix_binary
+from tls_files import make_tls_files
 
 REQUIRED_PROGRAMS = ("dovecot", "doveadm")
 DH_PARAMETERS = Path("/usr/share/dovecot/dh.pem")
@@ -153,33 +145,6 @@ service pop3-login {{
 """
 
 
-class MailServerError(RuntimeError):
-    """The server could not start or a doveadm command failed; the message says why."""
-
-
-@dataclass(frozen=True)
-class MailOwner:
-    """The unprivileged user that owns the Maildirs and runs Dovecot's processes."""
-
-    user: str
-    group: str
-    uid: int
-    gid: int
-
-
-def mail_owner() -> MailOwner:
-    """The current user, or ``nobody`` for root: Dovecot will not touch mail as uid 0."""
-    try:
-        entry = pwd.getpwnam("nobody") if os.geteuid() == 0 else pwd.getpwuid(os.geteuid())
-        group = grp.getgrgid(entry.pw_gid).gr_name
-    except KeyError as e:
-        raise MailServerError(
-            f"{e}: Dovecot runs as the user and group of the tests, and needs their names;"
-            " run the tests as a user listed in /etc/passwd"
-        ) from e
-    return MailOwner(entry.pw_name, group, entry.pw_uid, entry.pw_gid)
-
-
 def _free_ports(count: int) -> list[int]:
     ports: set[int] = set()
     while len(ports) < count:
@@ -200,7 +165,7 @@ class MailServer:
     """Dovecot serving IMAP and POP3, with and without implicit TLS, to the given users.
 
     ``users`` maps each login (an address) to its password. With ``oauth2`` (an
-    ``oauth_server.OAuth2Keys``) every one of them can also log in with AUTHENTICATE XOAUTH2 /
+    ``oauth_jwt.OAuth2Keys``) every one of them can also log in with AUTHENTICATE XOAUTH2 /
     OAUTHBEARER (IMAP) and AUTH XOAUTH2 / OAUTHBEARER (POP3) and an access token of that issuer
     whose ``email`` claim is the login. Everything lives in a new directory under /tmp, removed
     on close.
@@ -276,7 +241,7 @@ class MailServer:
     def close(self) -> None:
         """Stops Dovecot and removes its directory."""
         if self._dovecot is not None:
-            _end_session(self._dovecot)
+            end_session(self._dovecot)
             self._dovecot = None
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -367,10 +332,7 @@ class MailServer:
 
     def _wait(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
         """Polls condition; MailServerError with the end of Dovecot's log after timeout."""
-        try:
-            _wait(condition, timeout, what, self.log_text)
-        except AuthSmtpError as e:
-            raise MailServerError(str(e)) from None
+        wait_for(condition, timeout, what, self.log_text, MailServerError)
 
     def _write_passwd(self) -> None:
         lines = []

@@ -30,8 +30,6 @@ only the first line.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import json
 import secrets
@@ -39,9 +37,11 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from oauth_jwt import OAuth2Keys, make_jwt
 
 from mxdesk.oauth2 import OAuth2Provider
 
@@ -52,32 +52,6 @@ TRACE = "\r\nTrace ID: 0f3c2a9e-1b7d-4c11-9b3e-5d2f8a6c7e10\r\nCorrelation ID: 6
 REVOKED = "AADSTS50173: The provided grant has expired due to it being revoked." + TRACE
 ROTATED = "AADSTS70008: The provided authorization code or refresh token has expired." + TRACE
 UNKNOWN = "AADSTS9002313: Invalid request. The refresh token is not known." + TRACE
-
-
-@dataclass(frozen=True)
-class OAuth2Keys:
-    """What a mail server needs to validate this server's access tokens without asking it:
-    the HS256 secret, its key id (the JWT ``kid``), the client the tokens are issued to (their
-    ``azp``) and the issuer (their ``iss``)."""
-
-    secret: bytes = field(repr=False)
-    kid: str
-    azp: str
-    issuer: str
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def make_jwt(claims: dict[str, Any], secret: bytes, kid: str) -> str:
-    """An HS256 JWS in compact form (RFC 7515, RFC 7519)."""
-    header = {"alg": "HS256", "typ": "JWT", "kid": kid}
-    signing_input = ".".join(
-        _b64url(json.dumps(part, separators=(",", ":")).encode()) for part in (header, claims)
-    )
-    signature = hmac.new(secret, signing_input.encode("ascii"), hashlib.sha256).digest()
-    return f"{signing_input}.{_b64url(signature)}"
 
 
 @dataclass

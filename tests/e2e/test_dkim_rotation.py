@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from authdns import BASE, _soa_serial, txt_values
+from authdns import BASE, soa_serial, txt_values
 from conftest import wait_for_sync
 from daemons import cli
 from dkimwatch import (
@@ -190,7 +190,7 @@ def test_an_own_domain_delegated_to_the_dkim_zone_rotates_without_touching_its_z
     for (name, rtype), values in by_name.items():
         knot.customer_update(OWN, name, rtype, *values)
     go_active(s, knot, OWN, BASE, OWN)
-    customer_serial = _soa_serial(knot.primary.host, knot.primary.port, OWN)
+    customer_serial = soa_serial(knot.primary.host, knot.primary.port, OWN)
     log = ServedLog(knot, OWN, {"mxa", "mxb"})
     replies = Replies(s.root / "run" / "gateway" / "submit.sock", f"suporte@{OWN}")
     try:
@@ -208,7 +208,7 @@ def test_an_own_domain_delegated_to_the_dkim_zone_rotates_without_touching_its_z
     assert found.unsigned == 0 and found.unpublished == [] and found.failed == []
     assert found.by_selector["mxa"] > 0 and found.by_selector["mxb"] > 0
     # Nothing changed in the customer's zone; the old key's TXT is gone from the DKIM zone.
-    assert _soa_serial(knot.primary.host, knot.primary.port, OWN) == customer_serial
+    assert soa_serial(knot.primary.host, knot.primary.port, OWN) == customer_serial
     assert knot.served_txt(f"mxa._domainkey.{label}.{DKIM_ZONE}") == []
 
 

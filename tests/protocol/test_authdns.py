@@ -17,15 +17,14 @@ from authdns import (
     BASE,
     Bind,
     Knot,
-    PowerDns,
     TsigKey,
     base_zone,
     bind_server,
     knot_pair,
-    powerdns_server,
     query,
     txt_values,
 )
+from powerdns import PowerDns, powerdns_server
 
 pytestmark = pytest.mark.real
 

@@ -22,15 +22,14 @@ from authdns import (
     BASE,
     Bind,
     Knot,
-    PowerDns,
     TsigKey,
     base_zone,
     bind_server,
     free_port,
-    powerdns_server,
     query,
     txt_values,
 )
+from powerdns import PowerDns, powerdns_server
 
 from mxdesk import config as cfg
 from mxdesk.dns.providers import ProviderError
