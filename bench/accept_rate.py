@@ -24,7 +24,6 @@ import argparse
 import os
 import shlex
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ from machine import (
     wait_until,
 )
 from postfix_harness import PostfixInstance, postfix_binary
+from ticketsdb import filed
 
 DOMAIN = "helpdesk.example"
 MAILBOX = f"suporte@marca.{DOMAIN}"
@@ -142,19 +142,6 @@ def run_postfix(args: argparse.Namespace) -> Run:
         instance.stop()
         instance.cleanup()
     return Run("postfix", args.messages, seconds, [], problems=problems, version=version, busy=busy)
-
-
-def filed(database: Path) -> list[tuple[str, float]]:
-    """(queue id, created) of every message in tickets.db."""
-    if not database.exists():
-        return []
-    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
-    try:
-        return conn.execute("SELECT queue_id, created FROM messages").fetchall()
-    except sqlite3.OperationalError:  # the store has not made its schema yet
-        return []
-    finally:
-        conn.close()
 
 
 def accept_time(queue_id: str) -> float:

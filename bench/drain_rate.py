@@ -31,7 +31,6 @@ from accept_rate import (
     SENDER,
     Run,
     add_load_arguments,
-    filed,
     new_dir,
     print_reproduce,
     run_interleaved,
@@ -40,6 +39,7 @@ from accept_rate import (
 )
 from daemons import Daemon, provision, write_config
 from machine import machine, tree_seconds, wait_until
+from ticketsdb import filed
 
 from mxdesk.gateway.entries import INBOUND, SCHEMA, NewEntry, Recipient, insert_entry, new_queue_id
 from mxdesk.state import migrate

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +16,7 @@ from pathlib import Path
 from accept_rate import new_dir
 from daemons import Daemon, provision, write_config
 from dovecot_mail import MailServer
+from ticketsdb import message_rows
 
 USER = "caixa@empresa.example"  # the company mailbox, a Dovecot login
 PASSWORD = "s3nha-caixa"
@@ -137,15 +137,7 @@ class Mailbox:
 
 def filed(database: Path) -> list[tuple[str | None, str | None, float]]:
     """(queue id, Message-ID, created) of every message in tickets.db."""
-    if not database.exists():
-        return []
-    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
-    try:
-        return conn.execute("SELECT queue_id, message_id, created FROM messages").fetchall()
-    except sqlite3.OperationalError:  # the store has not made its schema yet
-        return []
-    finally:
-        conn.close()
+    return message_rows(database, "queue_id, message_id, created")
 
 
 def check_once(rows: list[tuple[str | None, str | None, float]], count: int) -> None:

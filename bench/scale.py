@@ -33,11 +33,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from accept_rate import MAILBOX, add_load_arguments, drive, filed, new_dir, sender_dns, smtp_source
+from accept_rate import MAILBOX, add_load_arguments, drive, new_dir, sender_dns, smtp_source
 from daemons import MXDESK, Daemon, mx_port, provision, write_config
 from dns_server import DnsServer
 from machine import cpu_seconds, interpreter, machine, wait_until
 from spoolseed import seed_spool
+from ticketsdb import filed
 
 RSS_TARGET_MB = 150.0
 RATE_TARGET = 0.9

@@ -42,8 +42,7 @@ async def chunk(w: Wire, data: bytes, last: str = "") -> str:
 async def test_lhlo_offers_chunking_and_one_chunk_files_the_message(
     config: cfg.Config, store: StoreService
 ) -> None:
-    w = await lmtp(config.store.lmtp_socket)
-    try:
+    async with lmtp(config.store.lmtp_socket) as w:
         assert "250-CHUNKING" in await w.cmd("LHLO gateway.example")
         data = message(subject="Em partes")
         # The envelope and the message in one write, as the gateway sends them.
@@ -56,8 +55,6 @@ async def test_lhlo_offers_chunking_and_one_chunk_files_the_message(
         assert [r[:3] for r in replies[:3]] == ["250"] * 3  # MAIL and the two RCPT
         assert [ticket_of(r) for r in replies[3:]] == [1, 2]
         assert (await w.cmd("NOOP")).startswith("250")  # nothing more was answered
-    finally:
-        await w.close()
     stored = rows(config, "SELECT subject FROM tickets ORDER BY number")
     assert [t["subject"] for t in stored] == ["Em partes", "Em partes"]
 
@@ -68,14 +65,11 @@ async def test_chunks_make_one_message_byte_for_byte_without_dot_unstuffing(
     body = b"..dois pontos no inicio\r\n.\r\nlinha com um ponto so\r\n"
     data = message(subject="Pontos") + body
     cut = [data[:7], data[7:100], data[100:]]
-    w = await lmtp(config.store.lmtp_socket)
-    try:
+    async with lmtp(config.store.lmtp_socket) as w:
         await envelope(w, [MAILBOX])
         for part in cut[:-1]:
             assert await chunk(w, part) == f"250 2.0.0 {len(part)} octets received"
         assert ticket_of(await chunk(w, cut[-1], last="last")) == 1
-    finally:
-        await w.close()
     (raw,) = rows(config, "SELECT raw FROM messages")
     assert bytes(raw["raw"]).endswith(body)  # a "." line is content here, not the end
 
@@ -116,16 +110,13 @@ async def test_a_chunk_without_recipients_is_read_whole_and_refused(
     small: tuple[Path, Recording],
 ) -> None:
     path, filer = small
-    w = await lmtp(path)
-    try:
+    async with lmtp(path) as w:
         # "MAIL FROM" inside the chunk is data to skip, never a command.
         chunk = b"MAIL FROM:<x@y>\r\nRCPT TO:<z@w>\r\n"
         await w.send(f"BDAT {len(chunk)} LAST\r\n".encode() + chunk + b"NOOP\r\n")
         assert await w.reply() == "503 5.5.1 Error: need RCPT command"
         assert (await w.reply()).startswith("250")  # the NOOP after the chunk
         assert (await w.cmd("MAIL FROM:<a@b.example>")).startswith("250")
-    finally:
-        await w.close()
     assert filer.raws == []
 
 
@@ -133,8 +124,7 @@ async def test_too_big_is_refused_for_each_recipient_and_the_next_message_goes(
     small: tuple[Path, Recording],
 ) -> None:
     path, filer = small
-    w = await lmtp(path)
-    try:
+    async with lmtp(path) as w:
         await envelope(w, ["a@x.example", "b@x.example"])
         first = b"a" * 60
         assert await chunk(w, first) == "250 2.0.0 60 octets received"
@@ -147,8 +137,6 @@ async def test_too_big_is_refused_for_each_recipient_and_the_next_message_goes(
         # The transaction is over; the next one is filed whole.
         await envelope(w, ["a@x.example"])
         assert (await chunk(w, b"ok\r\n", last="LAST")).startswith("250 2.0.0 Q1 ticket #7")
-    finally:
-        await w.close()
     assert filer.raws == [b"ok\r\n"]
 
 
@@ -156,8 +144,7 @@ async def test_data_after_a_chunk_is_refused_and_a_bad_bdat_ends_the_session(
     small: tuple[Path, Recording],
 ) -> None:
     path, filer = small
-    w = await lmtp(path)
-    try:
+    async with lmtp(path) as w:
         await envelope(w, ["a@x.example"])
         assert (await chunk(w, b"abc")).startswith("250")
         assert await w.cmd("DATA") == "503 5.5.1 Error: DATA after BDAT in one transaction"
@@ -167,8 +154,6 @@ async def test_data_after_a_chunk_is_refused_and_a_bad_bdat_ends_the_session(
         assert await w.cmd("BDAT LAST") == "501 5.5.4 Syntax: BDAT chunk-size [LAST]"
         with pytest.raises(ConnectionError):
             await w.cmd("NOOP")
-    finally:
-        await w.close()
     assert filer.raws == []
 
 
@@ -190,8 +175,7 @@ async def test_a_message_too_big_after_data_is_refused_for_each_recipient(
     small: tuple[Path, Recording],
 ) -> None:
     path, filer = small
-    w = await lmtp(path)
-    try:
+    async with lmtp(path) as w:
         await envelope(w, ["a@x.example", "b@x.example"])
         assert (await w.cmd("DATA")).startswith("354")
         await w.send(b"Subject: big\r\n\r\n" + b"x" * 200 + b"\r\n.\r\n")
@@ -200,8 +184,6 @@ async def test_a_message_too_big_after_data_is_refused_for_each_recipient(
         assert (await w.cmd("NOOP")).startswith("250")
         await envelope(w, ["a@x.example"])
         assert (await chunk(w, b"ok\r\n", last="LAST")).startswith("250 2.0.0")
-    finally:
-        await w.close()
     assert filer.raws == [b"ok\r\n"]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 import sqlite3
@@ -32,13 +33,18 @@ async def store(config: cfg.Config) -> AsyncIterator[StoreService]:
     await service.close()
 
 
-async def lmtp(path: Path) -> Wire:
+@contextlib.asynccontextmanager
+async def lmtp(path: Path) -> AsyncIterator[Wire]:
+    """An LMTP session on the store's socket, greeted and past LHLO; closed at the end."""
     reader, writer = await asyncio.open_unix_connection(str(path))
     w = Wire(reader, writer)
-    assert (await w.reply()).startswith("220 ")
-    lhlo = await w.cmd("LHLO gateway.example")
-    assert "PIPELINING" in lhlo and "ENHANCEDSTATUSCODES" in lhlo
-    return w
+    try:
+        assert (await w.reply()).startswith("220 ")
+        lhlo = await w.cmd("LHLO gateway.example")
+        assert "PIPELINING" in lhlo and "ENHANCEDSTATUSCODES" in lhlo
+        yield w
+    finally:
+        await w.close()
 
 
 def message(subject: str = "Ajuda", queue_id: str | None = "Q1", **headers: str) -> bytes:
@@ -66,14 +72,11 @@ async def transaction(
 
 
 async def deliver(path: Path, rcpts: Sequence[str], data: bytes, **kw: str) -> list[str]:
-    w = await lmtp(path)
-    try:
+    async with lmtp(path) as w:
         _, replies = await transaction(w, rcpts, data, **kw)
         # Nothing more is pending: the next command gets its own reply.
         assert (await w.cmd("NOOP")).startswith("250")
         return replies
-    finally:
-        await w.close()
 
 
 def ticket_of(reply: str) -> int:
@@ -94,14 +97,11 @@ def rows(config: cfg.Config, sql: str, *args: object) -> list[sqlite3.Row]:
 async def test_unknown_recipient_refused_at_rcpt_and_one_reply_after_data(
     config: cfg.Config, store: StoreService
 ) -> None:
-    w = await lmtp(config.store.lmtp_socket)
-    try:
+    async with lmtp(config.store.lmtp_socket) as w:
         rcpt, final = await transaction(w, ["nobody@" + BASE, MAILBOX.upper()], message())
         assert rcpt == [f"550 5.1.1 <nobody@{BASE}>: no such mailbox", "250 2.1.5 OK"]
         assert len(final) == 1 and final[0].startswith("250 2.0.0 Q1 ticket #")
         assert (await w.cmd("NOOP")).startswith("250")
-    finally:
-        await w.close()
     assert [r["recipient"] for r in rows(config, "SELECT recipient FROM messages")] == [MAILBOX]
 
 
@@ -115,8 +115,7 @@ async def test_a_mailbox_added_while_the_store_runs_is_found(
 ) -> None:
     # The store remembers its lookups; a change to the state database (the CLI's) is seen.
     new = f"vendas@marca.{BASE}"
-    w = await lmtp(config.store.lmtp_socket)
-    try:
+    async with lmtp(config.store.lmtp_socket) as w:
         rcpt, _ = await transaction(w, [new, MAILBOX], message())
         assert rcpt[0].startswith("550 5.1.1")
         conn = state.connect(config.general.state_db)
@@ -125,30 +124,24 @@ async def test_a_mailbox_added_while_the_store_runs_is_found(
         await asyncio.sleep(0.01)
         rcpt, final = await transaction(w, [new], message("Outra", "Q2"))
         assert rcpt == ["250 2.1.5 OK"] and final[0].startswith("250 2.0.0")
-    finally:
-        await w.close()
 
 
 async def test_a_command_line_over_1000_octets_is_refused_and_the_session_goes_on(
     config: cfg.Config, store: StoreService
 ) -> None:
     # The reader takes a whole pipelined message at once; the line limit is still kept.
-    w = await lmtp(config.store.lmtp_socket)
-    try:
+    async with lmtp(config.store.lmtp_socket) as w:
         assert (await w.cmd(f"MAIL FROM:<{'a' * 1100}@example.com>")).startswith("500")
         rcpt, final = await transaction(w, [MAILBOX], message())
         assert rcpt == ["250 2.1.5 OK"] and final[0].startswith("250 2.0.0")
-    finally:
-        await w.close()
 
 
 async def test_close_ends_idle_sessions_and_removes_the_socket(config: cfg.Config) -> None:
     service = await start_store(config)
-    w = await lmtp(config.store.lmtp_socket)
-    await service.close()
-    with pytest.raises(ConnectionError):
-        await w.cmd("NOOP")
-    await w.close()
+    async with lmtp(config.store.lmtp_socket) as w:
+        await service.close()
+        with pytest.raises(ConnectionError):
+            await w.cmd("NOOP")
     assert not config.store.lmtp_socket.exists()
 
 
@@ -300,12 +293,12 @@ async def test_storage_errors_answer_451_per_recipient_without_details(short_tmp
             "451 4.3.0 Temporary failure in the ticket store, try again later",
             "250 2.0.0 Q1 ticket #42",
         ]
-        w = await lmtp(path)
-        rcpt = await w.cmd("MAIL FROM:<a@x.example>") and await w.cmd("RCPT TO:<boom@x.example>")
-        assert rcpt == "451 4.3.0 Temporary failure in the ticket store, try again later"
-        over = [await w.cmd(f"RCPT TO:<r{i}@x.example>") for i in range(4)]
-        assert over[-1] == "452 4.5.3 Too many recipients"
-        await w.close()
+        async with lmtp(path) as w:
+            assert (await w.cmd("MAIL FROM:<a@x.example>")).startswith("250")
+            rcpt = await w.cmd("RCPT TO:<boom@x.example>")
+            assert rcpt == "451 4.3.0 Temporary failure in the ticket store, try again later"
+            over = [await w.cmd(f"RCPT TO:<r{i}@x.example>") for i in range(4)]
+            assert over[-1] == "452 4.5.3 Too many recipients"
     finally:
         server.close()
 
@@ -314,13 +307,12 @@ async def test_an_exception_while_filing_gives_451_for_each_recipient(short_tmp:
     path = short_tmp / "s" / "lmtp.sock"
     server = await serve_fake(path, FailingFiler(raise_text="secret detail"))
     try:
-        w = await lmtp(path)
-        _, final = await transaction(w, ["a@x.example", "b@x.example"], message())
-        assert [r[:9] for r in final] == ["451 4.3.0", "451 4.3.0"]
-        assert all("secret" not in r for r in final)
-        # The transaction is over: a new one can start on the same connection.
-        assert (await w.cmd("MAIL FROM:<a@x.example>")).startswith("250")
-        await w.close()
+        async with lmtp(path) as w:
+            _, final = await transaction(w, ["a@x.example", "b@x.example"], message())
+            assert [r[:9] for r in final] == ["451 4.3.0", "451 4.3.0"]
+            assert all("secret" not in r for r in final)
+            # The transaction is over: a new one can start on the same connection.
+            assert (await w.cmd("MAIL FROM:<a@x.example>")).startswith("250")
     finally:
         server.close()
 
@@ -333,11 +325,10 @@ async def test_a_long_line_reaches_the_filer_and_each_recipient_is_answered(
     path = short_tmp / "s" / "lmtp.sock"
     server = await serve_fake(path, FailingFiler())
     try:
-        w = await lmtp(path)
-        data = b"Subject: x\r\n\r\n" + b"a" * 5000 + b"\r\n"
-        _, final = await transaction(w, ["a@x.example", "b@x.example"], data)
-        assert [r[:3] for r in final] == ["451", "250"]  # what the filer answers
-        assert (await w.cmd("NOOP")).startswith("250")
-        await w.close()
+        async with lmtp(path) as w:
+            data = b"Subject: x\r\n\r\n" + b"a" * 5000 + b"\r\n"
+            _, final = await transaction(w, ["a@x.example", "b@x.example"], data)
+            assert [r[:3] for r in final] == ["451", "250"]  # what the filer answers
+            assert (await w.cmd("NOOP")).startswith("250")
     finally:
         server.close()
