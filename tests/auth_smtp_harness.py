@@ -57,7 +57,7 @@ from pathlib import Path
 
 from conftest import require_real
 from daemons import free_port
-from dovecot_common import end_session, oauth2_settings, wait_for
+from dovecot_common import end_session, oauth2_settings, wait_logged
 from oauth_jwt import OAuth2Keys
 from postfix_harness import MASTER_CF, PostfixError, PostfixInstance, port_open, postfix_binary
 from tls_files import make_tls_files
@@ -196,7 +196,7 @@ class AuthSmtpServer:
             self._start_dovecot(timeout)
             self._postfix = self._make_postfix()
             self._postfix.start(timeout)
-            wait_for(
+            wait_logged(
                 lambda: port_open(self.ssl_port),
                 timeout,
                 f"smtpd on port {self.ssl_port}",
@@ -232,7 +232,7 @@ class AuthSmtpServer:
                 stderr=stderr,
                 start_new_session=True,
             )
-        wait_for(
+        wait_logged(
             self._auth_ready,
             timeout,
             "Dovecot's auth socket",
@@ -318,7 +318,7 @@ class AuthSmtpServer:
         def found() -> list[bytes]:
             return [m for m in self.messages() if containing in m]
 
-        wait_for(
+        wait_logged(
             lambda: len(found()) >= count,
             timeout,
             f"{count} message(s)",

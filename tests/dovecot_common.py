@@ -97,7 +97,7 @@ def end_session(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(15)
 
 
-def wait_for(
+def wait_logged(
     condition: Callable[[], bool],
     timeout: float,
     what: str,

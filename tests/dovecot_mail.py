@@ -59,7 +59,7 @@ from pathlib import Path
 
 from conftest import require_real
 from daemons import free_port
-from dovecot_common import MailServerError, end_session, mail_owner, oauth2_settings, wait_for
+from dovecot_common import MailServerError, end_session, mail_owner, oauth2_settings, wait_logged
 from oauth_jwt import OAuth2Keys
 from postfix_harness import postfix_binary
 from tls_files import make_tls_files
@@ -332,7 +332,7 @@ class MailServer:
 
     def _wait(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
         """Polls condition; MailServerError with the end of Dovecot's log after timeout."""
-        wait_for(condition, timeout, what, self.log_text, MailServerError)
+        wait_logged(condition, timeout, what, self.log_text, MailServerError)
 
     def _write_passwd(self) -> None:
         lines = []

@@ -10,11 +10,11 @@ import ssl
 from pathlib import Path
 
 import pytest
-from auth_smtp_harness import make_tls_files
 from conftest import wait_for_sync
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from daemons import Daemon, free_port, provision, write_config
+from tls_files import make_tls_files
 
 MAILBOX = "suporte@marca.helpdesk.example"
 

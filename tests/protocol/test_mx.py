@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
 import os
 import ssl
 import subprocess
@@ -11,10 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import MAILBOX, Running, make_config, provision, require_real, wait_for
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from tls_files import make_tls_files
 from wire import Wire, send_message, stored_messages
 
 from mxdesk.gateway.queuectl import list_entries
@@ -273,36 +269,10 @@ async def test_disconnect_right_after_final_dot_leaves_no_partial_entry(
     assert len({r["queue_id"] for r in rows}) == len(rows)
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mx.helpdesk.example")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 async def test_starttls_when_a_certificate_is_configured(short_tmp: Path) -> None:
     import aiosmtplib
 
-    cert, key = _self_signed(short_tmp)
+    _, cert, key = make_tls_files(short_tmp / "tls", "mx.helpdesk.example")
     config = make_config(short_tmp, tls_cert=str(cert), tls_key=str(key))
     provision(config)
     r = Running(config)

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
-from auth_smtp_harness import make_tls_files
 from conftest import wait_for
 from daemons import free_port
 from dns_server import DnsServer
 from postfix_harness import port_open
 from sink import Sink
+from tls_files import make_tls_files
 
 from mxdesk.config import Listen, OutboundConfig
 from mxdesk.gateway import outbound

@@ -7,8 +7,8 @@ import ssl
 from pathlib import Path
 
 import pytest
-from auth_smtp_harness import make_tls_files
 from conftest import MAILBOX, Running, make_config, provision, wait_for
+from tls_files import make_tls_files
 from wire import Wire, stored_messages
 
 HOST = "mx.helpdesk.example"
