@@ -7,14 +7,6 @@ from collections.abc import Callable
 from email._header_value_parser import get_addr_spec, get_angle_addr
 from typing import Generic, Protocol, Self, TypeVar
 
-
-def with_extensions(responses: list[str]) -> list[str]:
-    """EHLO's (LHLO's) lines plus PIPELINING (RFC 2920) and ENHANCEDSTATUSCODES (RFC 2034),
-    which every listener honours, less AUTH: no mxdesk listener takes a login."""
-    kept = [line for line in responses[:-1] if not line.startswith("250-AUTH")]
-    return [*kept, "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
-
-
 # <local@domain> with a dot-atom local part (RFC 5321 §4.1.2), then whatever follows: the common
 # case, parsed here in microseconds; anything else (quotes, UTF-8, <>) takes email's header
 # parser, as aiosmtpd does.

@@ -16,7 +16,7 @@ MEASURE_EVERY = 1.0
 
 
 def declared_size(mail_options: list[str]) -> int:
-    """The SIZE=n a client declared at MAIL FROM (RFC 1870), 0 when none; aiosmtpd has
+    """The SIZE=n a client declared at MAIL FROM (RFC 1870), 0 when none; the session has
     already refused a malformed one."""
     for option in mail_options:
         name, _, value = option.partition("=")

@@ -136,7 +136,7 @@ class MxHandler:
         """The message after the final dot: verdicts, trace headers, the commit; the reply."""
         queue_id = new_queue_id()
         content = envelope.original_content or b""
-        # aiosmtpd keeps the null reverse-path (bounces, RFC 5321 §4.5.5) as "<>".
+        # The session keeps the null reverse-path (bounces, RFC 5321 §4.5.5) as "<>".
         mail_from = "" if envelope.mail_from == "<>" else envelope.mail_from or ""
         auth, refused, verdicts = await self._authenticate(session, content, mail_from, queue_id)
         if refused is not None:

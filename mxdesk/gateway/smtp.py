@@ -22,7 +22,8 @@ R550_SOURCE_ROUTE = "550 5.7.1 Recipient address rejected: source routes are not
 R552_TOO_BIG = "552 5.3.4 Error: message size exceeds fixed maximum message size"
 
 _ENHANCED = re.compile(r"^\d\.\d{1,3}\.\d{1,3}( |$)")
-# Enhanced status codes (RFC 3463) for the replies aiosmtpd writes itself.
+# Enhanced status codes (RFC 3463) for the session's replies written without one (its syntax
+# and sequence errors, as aiosmtpd wrote them).
 _DEFAULT_ENHANCED = {
     "221": "2.0.0",
     "250": "2.0.0",

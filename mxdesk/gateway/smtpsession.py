@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from mxdesk.gateway.smtp import R550_SOURCE_ROUTE, R552_TOO_BIG
 from mxdesk.gateway.smtpwire import SmtpWire
-from mxdesk.smtpfast import MessageData, parse_path, with_extensions
+from mxdesk.smtpfast import MessageData, parse_path
 
 COMMAND_LIMIT = 512  # RFC 5321 §4.5.3.1.4; MAIL after EHLO may carry SIZE and SMTPUTF8 too
 MAIL_LIMIT = COMMAND_LIMIT + 26 + 10
@@ -124,8 +124,10 @@ class SmtpSession(SmtpWire):
         lines += ["250-8BITMIME", "250-SMTPUTF8"]
         if self._tls is not None and self.ssl is None:
             lines.append("250-STARTTLS")
-        lines += [*self.extensions, "250 HELP"]
-        self._reply("\r\n".join(with_extensions(lines)), enhanced=False)
+        # Every listener honours PIPELINING (RFC 2920) and ENHANCEDSTATUSCODES (RFC 2034); none
+        # takes a login, so no AUTH.
+        lines += [*self.extensions, "250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250 HELP"]
+        self._reply("\r\n".join(lines), enhanced=False)
 
     def smtp_NOOP(self, arg: str) -> None:
         self._reply(R250_OK)

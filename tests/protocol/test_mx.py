@@ -25,6 +25,7 @@ async def test_ehlo_advertises_extensions(running: Running) -> None:
     for ext in ("SIZE 26214400", "8BITMIME", "SMTPUTF8", "PIPELINING", "ENHANCEDSTATUSCODES"):
         assert f"250-{ext}" in ehlo
     assert "STARTTLS" not in ehlo
+    assert "AUTH" not in ehlo  # no listener takes a login
     await w.close()
 
 
