@@ -64,7 +64,6 @@ class Run:
     filing_rate: float = 0.0  # messages filed per second, first accept to last ticket
     problems: int = 0  # warnings and errors in the daemons' logs, deferred deliveries
     cpu_ms: tuple[float, float] = (0.0, 0.0)  # gateway and store CPU time per message
-    version: str = ""
     busy: float = 0.0  # share of both CPUs in use during the load (anyone's work), %
     loop_busy: float = 0.0  # the gateway's event loop thread on a CPU during the load, %
 
@@ -127,7 +126,6 @@ def run_postfix(args: argparse.Namespace) -> Run:
     instance = PostfixInstance.discarding(DOMAIN, [MAILBOX], root=new_dir(args, "pf"))
     try:
         instance.start()
-        version = instance.version()
         ticks = cpu_ticks()
         seconds = drive(instance.port, args)
         busy = busy_since(ticks)
@@ -141,7 +139,7 @@ def run_postfix(args: argparse.Namespace) -> Run:
     finally:
         instance.stop()
         instance.cleanup()
-    return Run("postfix", args.messages, seconds, [], problems=problems, version=version, busy=busy)
+    return Run("postfix", args.messages, seconds, [], problems=problems, busy=busy)
 
 
 def accept_time(queue_id: str) -> float:
@@ -301,7 +299,7 @@ def report(args: argparse.Namespace, runs: list[Run]) -> None:
         f"{args.messages} messages of {args.size} bytes, {args.sessions} sessions,"
         " one connection per message"
     )
-    for line in machine(args, best_p.version):
+    for line in machine(args):
         print(line)
     print()
     print(

@@ -128,7 +128,7 @@ def report(args: argparse.Namespace, runs: list[Run]) -> None:
     best_d = max(drains, key=lambda r: r.filing_rate)
     print()
     print(f"{args.messages} messages of {args.size} bytes")
-    for line in machine(args, best_p.version):
+    for line in machine(args):
         print(line)
     print()
     print(f"{'run':<5}{'side':<9}{'accepted/s':>12}{'filed/s':>9}{'CPUs busy':>11}{'problems':>10}")

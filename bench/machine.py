@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from postfix_harness import postfix_version
+
 
 def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
@@ -86,9 +88,10 @@ def interpreter() -> str:
     return f"Python {platform.python_version()} ({os.path.realpath(sys.executable)})"
 
 
-def machine(args: argparse.Namespace, postfix: str) -> list[str]:
+def machine(args: argparse.Namespace) -> list[str]:
+    """The lines on the machine a report starts with: CPUs, kernel, Python, Postfix, disk."""
     return [
         cpus(),
-        f"kernel: {platform.release()}, {interpreter()}, Postfix {postfix or '?'}",
+        f"kernel: {platform.release()}, {interpreter()}, Postfix {postfix_version() or '?'}",
         f"work directory: {args.workdir}, {filesystem(Path(args.workdir).resolve())}",
     ]

@@ -50,7 +50,6 @@ class Run:
     seconds: float
     problems: int = 0
     cpu_ms: float = 0.0
-    version: str = ""
     load_seconds: float = 0.0  # until smtp-source had every message accepted
     busy: float = 0.0  # share of both CPUs in use until the last delivery (anyone's work), %
     loop_busy: float = 0.0  # the gateway's event loop thread on a CPU until then, %
@@ -114,7 +113,6 @@ def run_postfix(args: argparse.Namespace) -> Run:
         seconds = time.perf_counter() - start
         busy = busy_since(ticks)
         problems = sum(len(instance.deliveries(s)) for s in ("deferred", "bounced"))
-        version = instance.version()
     finally:
         instance.stop()
         instance.cleanup()
@@ -125,7 +123,6 @@ def run_postfix(args: argparse.Namespace) -> Run:
         args.messages,
         seconds,
         problems=problems,
-        version=version,
         load_seconds=load_seconds,
         busy=busy,
     )
@@ -207,7 +204,7 @@ def report(args: argparse.Namespace, runs: list[Run]) -> None:
     best_g = max(gateway, key=lambda r: r.rate)
     print()
     print(f"{args.messages} messages of {args.size} bytes, {args.sessions} submitting sessions")
-    for line in machine(args, best_p.version):
+    for line in machine(args):
         print(line)
     print()
     print(

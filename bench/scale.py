@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import platform
 import shlex
 import shutil
 import subprocess
@@ -36,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accept_rate import MAILBOX, add_load_arguments, drive, new_dir, sender_dns, smtp_source
 from daemons import MXDESK, Daemon, mx_port, provision, write_config
 from dns_server import DnsServer
-from machine import cpu_seconds, interpreter, machine, wait_until
+from machine import cpu_seconds, machine, wait_until
 from spoolseed import seed_spool
 from ticketsdb import filed
 
@@ -313,10 +312,8 @@ def main() -> None:
         f"load: {args.messages} messages of {args.size} bytes, {args.sessions} sessions, one"
         " connection per message, inbound verdicts on"
     )
-    for line in machine(args, ""):
-        if not line.startswith("kernel"):
-            print(line)
-    print(f"kernel: {platform.release()}, {interpreter()}")
+    for line in machine(args):
+        print(line)
     for line in out:
         print(line)
     print("smtp-source command:")

@@ -21,12 +21,12 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from accept_rate import (
     DOMAIN,
@@ -35,6 +35,7 @@ from accept_rate import (
     SENDER,
     add_load_arguments,
     new_dir,
+    run_interleaved,
     sender_dns,
     smtp_source,
 )
@@ -42,7 +43,6 @@ from daemons import mx_port, provision, store_and_gateway, write_config
 from machine import machine
 from postfix_harness import PostfixInstance
 
-VERSION: dict[str, str] = {}  # Postfix's, for the machine line
 STEPS = ("connect, 220", "HELO", "MAIL", "RCPT", "DATA", "message, dot", "QUIT")
 START_AFTER = 0.5  # seconds of load before the probe's first session
 
@@ -102,7 +102,6 @@ def on_postfix(args: argparse.Namespace) -> dict[str, list[float]]:
     instance = PostfixInstance.discarding(DOMAIN, [MAILBOX], root=new_dir(args, "pf"))
     try:
         instance.start()
-        VERSION["postfix"] = instance.version()
         with loaded(instance.port, args):
             return probe(instance.port, args.probes, args.size)
     finally:
@@ -150,22 +149,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.listener_processes:
         sys.exit("session_steps.py runs the gateway with listener_processes = 0")
-    sides: dict[str, Callable[[argparse.Namespace], dict[str, list[float]]]] = {
-        "postfix": on_postfix,
-        "gateway": on_gateway,
-    }
-    runs: dict[str, list[dict[str, list[float]]]] = {side: [] for side in sides}
-    for i in range(args.repeat):
-        for side, run in sides.items():
-            print(f"run {i + 1}/{args.repeat}: {side} …", flush=True)
-            runs[side].append(run(args))
-    print("\n" + "\n".join(machine(args, VERSION.get("postfix", ""))))
+    runs = run_interleaved(args, on_postfix, on_gateway)  # postfix, gateway, postfix, …
+    print("\n" + "\n".join(machine(args)))
     print(
         f"load: {args.messages} messages of {args.size} bytes, {args.sessions} sessions,"
         f" a connection per message; probe: {args.probes} sessions a run, one at a time"
     )
-    for side in sides:
-        report(side, runs[side])
+    report("postfix", runs[0::2])
+    report("gateway", runs[1::2])
     print(
         "\nreproduce:\n  .venv/bin/python bench/session_steps.py"
         f" --messages {args.messages} --sessions {args.sessions} --size {args.size}"

@@ -118,14 +118,12 @@ def main() -> None:
         sys.exit("run as root: Postfix is started with `postfix start`")
     rates: dict[str, list[float]] = {side: [] for side in SIDES}
     cpu: dict[str, list[float]] = {side: [] for side in SIDES[1:]}
-    version = ""
     for i in range(args.repeat):
         for side in SIDES:
             print(f"run {i + 1}/{args.repeat}: {side} …", flush=True)
             if side == "postfix":
                 run = run_postfix(args)
                 rates[side].append(run.rate)
-                version = run.version
                 print(f"  {run.rate:.0f} msg/s, CPUs busy {run.busy:.0f}%")
             else:
                 rate, ms, busy = run_sink(side, args)
@@ -135,7 +133,7 @@ def main() -> None:
     print()
     print(f"{args.messages} messages of {args.size} bytes, {args.sessions} sessions,")
     print("one connection per message; the sinks keep nothing, Postfix queues with fsync")
-    for line in machine(args, version):
+    for line in machine(args):
         print(line)
     best = {side: max(r) for side, r in rates.items()}
     print(f"Postfix (durable):           {best['postfix']:6.0f} msg/s (best of {args.repeat})")

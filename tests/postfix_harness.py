@@ -133,6 +133,16 @@ def postfix_binary(name: str = "postfix") -> str | None:
     )
 
 
+def postfix_version() -> str:
+    """The installed Postfix's version (e.g. 3.7.11), "" without postconf."""
+    binary = postfix_binary("postconf")
+    if binary is None:
+        return ""
+    return subprocess.run(
+        [binary, "-d", "-h", "mail_version"], capture_output=True, text=True, timeout=30
+    ).stdout.strip()
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):
@@ -338,18 +348,6 @@ class PostfixInstance:
         )
         if proc.returncode != 0:
             raise PostfixError(f"sendmail exited {proc.returncode}: {proc.stderr!r}")
-
-    def version(self) -> str:
-        """Postfix's version, e.g. 3.7.11."""
-        binary = postfix_binary("postconf")
-        if binary is None:
-            raise PostfixError("postconf is not installed")
-        return subprocess.run(
-            [binary, "-c", str(self.config_dir), "-h", "mail_version"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout.strip()
 
     def log_text(self) -> str:
         try:
