@@ -6,7 +6,6 @@ from __future__ import annotations
 import email.utils
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -52,16 +51,6 @@ def test_a_store_relying_on_an_unfixed_getaddresses_is_refused(
         "Python 3.11.7 reads From: alice@example.org <bob@example.net> as 'alice@example.org'"
         " (CVE-2023-27043): use Python 3.13, or 3.12.6, 3.11.10 or later"
     )
-
-
-def test_aiosmtpd_is_not_what_the_daemons_rely_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The SMTP and LMTP sessions are mxdesk's own: an aiosmtpd with known flaws, or none at
-    # all, does not stop a daemon.
-    def missing(name: str) -> str:
-        raise metadata.PackageNotFoundError(name)
-
-    monkeypatch.setattr(metadata, "version", missing)
-    versions.check()
 
 
 @pytest.mark.parametrize("command", ["store", "gateway", "serve"])
