@@ -181,3 +181,35 @@ async def test_a_reply_that_repeats_the_client_stays_within_512_octets(running: 
         reply = await w.cmd(line)
         assert len(reply.encode()) + 2 <= 512, (line[:10], len(reply))
     await w.close()
+
+
+def count_writes(session: SmtpSession) -> list[bytes]:
+    """What the session writes to its client from now on, one item per write."""
+    transport = session.transport
+    assert transport is not None
+    writes: list[bytes] = []
+    write = transport.write
+
+    def counted(data: bytes | bytearray | memoryview) -> None:
+        writes.append(bytes(data))
+        write(data)
+
+    transport.write = counted  # type: ignore[method-assign]
+    return writes
+
+
+async def test_the_replies_of_pipelined_commands_leave_in_one_write(running: Running) -> None:
+    """RFC 2920 §3.2: the replies to MAIL, RCPT and DATA sent together go out together, one
+    write (and one segment) instead of three for the client to read."""
+    w = await Wire.open(running.port)
+    await w.hello()
+    assert running.gateway is not None
+    (session,) = [s for s in running.gateway.limits.sessions if isinstance(s, SmtpSession)]
+    writes = count_writes(session)
+    await w.send(f"MAIL FROM:<a@example.org>\r\nRCPT TO:<{MAILBOX}>\r\nDATA\r\n".encode())
+    assert [(await w.reply())[:3] for _ in range(3)] == ["250", "250", "354"]
+    assert len(writes) == 1 and writes[0].count(b"\r\n") == 3
+    await w.send(_message("junto") + b"QUIT\r\n")
+    assert (await w.reply()).startswith("250 2.0.0 Ok: queued as ")
+    assert (await w.reply()).startswith("221")
+    await w.close()

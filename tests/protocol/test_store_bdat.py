@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BASE, MAILBOX
+from test_mx_session import count_writes
 from test_store_lmtp import OTHER_TENANT, lmtp, message, rows, ticket_of
 from wire import Wire
 
@@ -102,6 +103,34 @@ async def small(short_tmp: Path) -> AsyncIterator[tuple[Path, Recording]]:
     )
     try:
         yield path, filer
+    finally:
+        server.close()
+
+
+async def test_the_envelope_replies_leave_with_the_message_replies_in_one_write(
+    short_tmp: Path,
+) -> None:
+    """The gateway pipelines MAIL, RCPT and the BDAT chunk; the store answers all of them in
+    one write once the message is filed, which the gateway reads in one go."""
+    path, sessions = short_tmp / "s" / "lmtp.sock", set[LmtpSession]()
+    handler = LmtpHandler(Anyone(), Recording(), max_recipients=3)
+    server = await listen_unix(
+        path,
+        lambda: LmtpSession(handler, sessions, hostname="store.test"),
+    )
+    try:
+        async with lmtp(path) as w:
+            (session,) = sessions
+            writes = count_writes(session)
+            data = b"Subject: x\r\n\r\nola\r\n"
+            await w.send(
+                b"MAIL FROM:<a@x.example>\r\nRCPT TO:<b@x.example>\r\nRCPT TO:<c@x.example>\r\n"
+                + f"BDAT {len(data)} LAST\r\n".encode()
+                + data
+            )
+            replies = [await w.reply() for _ in range(5)]
+            assert [r[:3] for r in replies] == ["250"] * 5
+            assert len(writes) == 1 and writes[0].count(b"\r\n") == 5
     finally:
         server.close()
 
