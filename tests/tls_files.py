@@ -3,7 +3,11 @@ tests (Postfix, Dovecot) and for the clients that verify them."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from ipaddress import ip_address
 from pathlib import Path
 
@@ -81,3 +85,24 @@ def make_tls_files(directory: Path, host_name: str) -> tuple[Path, Path, Path]:
         )
     )
     return paths
+
+
+@asynccontextmanager
+async def served_at_another_address(
+    directory: Path, greeting: bytes
+) -> AsyncIterator[tuple[ssl.SSLContext, int]]:
+    """A TLS listener at 127.0.0.2 that sends greeting, with a certificate for localhost and
+    127.0.0.1 only; yields a client context that trusts its CA, and its port. A client that
+    checks the name it connected to refuses it; one that checks another name does not."""
+    ca, cert, key = make_tls_files(directory, "other.example")
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+
+    async def greet(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(greeting)
+
+    listener = await asyncio.start_server(greet, "127.0.0.2", 0, ssl=served)
+    try:
+        yield ssl.create_default_context(cafile=str(ca)), listener.sockets[0].getsockname()[1]
+    finally:
+        listener.close()

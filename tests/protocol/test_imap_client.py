@@ -10,11 +10,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 from conftest import wait_for
 from daemons import free_port
 from dovecot_mail import MailServer, mail_server
+from tls_files import served_at_another_address
 
 from mxdesk.gateway.fetch.errors import (
     AuthFailed,
@@ -103,9 +105,14 @@ async def test_connect_login_and_select(
         await client.logout()
 
 
-async def test_the_host_name_is_verified_as_sent(server: MailServer, tls: ssl.SSLContext) -> None:
+async def test_the_host_name_is_verified_as_sent(
+    server: MailServer, tls: ssl.SSLContext, tmp_path: Path
+) -> None:
     client = await ImapClient.connect("localhost", server.imaps_port, "ssl", tls, TIMEOUT)
     client.close()
+    async with served_at_another_address(tmp_path, GREETING) as (trusting, port):
+        with pytest.raises(TlsFailed, match=r"^127\.0\.0\.2: certificate verify failed: IP"):
+            await ImapClient.connect("127.0.0.2", port, "ssl", trusting, TIMEOUT)
 
 
 async def test_a_password_with_a_quote_backslash_and_accents(

@@ -9,10 +9,12 @@ import re
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 from daemons import free_port
 from dovecot_mail import MailServer, mail_server
+from tls_files import served_at_another_address
 
 from mxdesk.gateway.fetch.errors import (
     AuthFailed,
@@ -106,6 +108,12 @@ async def test_the_default_context_refuses_a_certificate_of_a_private_ca(
     assert f"{server.host}:{port}" in str(failed.value)
     # The harness signs the server's certificate with its own CA, which the system lacks.
     assert "certificate not accepted: unable to get local issuer certificate" in str(failed.value)
+
+
+async def test_the_host_name_is_verified_as_sent(tmp_path: Path) -> None:
+    async with served_at_another_address(tmp_path, b"+OK ready\r\n") as (trusting, port):
+        with pytest.raises(TlsFailed, match=r"IP address mismatch"):
+            await Pop3Client.connect("127.0.0.2", port, "ssl", trusting, timeout=10)
 
 
 @pytest.mark.real
