@@ -11,7 +11,7 @@ from daemons import free_port
 
 
 class Sink:
-    """smtp-sink on 127.0.0.1, dumping each transaction to a file (LF line endings).
+    """smtp-sink on 127.0.0.1 (or host), dumping each transaction to a file (LF line endings).
 
     flags are smtp-sink's own switches, e.g. ("-r", "rcpt") answers RCPT with 4xx, ("-f",
     "rcpt") with 5xx, ("-q", ".") hangs up after the final dot without replying. A port may be
@@ -25,16 +25,17 @@ class Sink:
         port: int | None = None,
         dump: bool = True,
         backlog: int = 100,
+        host: str = "127.0.0.1",
     ) -> None:
         """dump=False keeps nothing (a benchmark's receiver): messages() is then empty."""
         self.port = port or free_port()
-        self.dumps = root / f"sink{self.port}"
+        self.dumps = root / (f"sink{self.port}" if host == "127.0.0.1" else f"sink{host}-{port}")
         self.dumps.mkdir(exist_ok=True)
         os.chmod(root, 0o755)
         os.chmod(self.dumps, 0o777)  # it writes as nobody
         user = ["-u", "nobody"] if os.geteuid() == 0 else []
         dumping = ["-d", f"{self.dumps}/%M."] if dump else []
-        listen = [f"127.0.0.1:{self.port}", str(backlog)]
+        listen = [f"{host}:{self.port}", str(backlog)]
         self.proc = subprocess.Popen(
             [require_real("smtp-sink"), *user, *dumping, *flags, *listen],
             stdout=subprocess.DEVNULL,

@@ -125,6 +125,24 @@ async def test_greeting_refused_by_every_host(
     assert reply.code == code and "refused to talk to me" in reply.text
 
 
+async def test_a_5xx_greeting_is_skipped_for_the_next_mx(
+    dns: DnsServer, sink: Any, short_tmp: Path
+) -> None:
+    """RFC 5321 §3.1: a 554 greeting is that host's refusal; the next MX takes the message."""
+    dns.add("c.example", "MX", "10 cheio.c.example.", "20 up.c.example.")
+    dns.add("cheio.c.example", "A", "127.0.0.2").add("up.c.example", "A", "127.0.0.1")
+    s = await sink()
+    refusing = Sink(short_tmp, ("-f", "connect"), port=s.port, host="127.0.0.2")
+    try:
+        await wait_for(lambda: port_open(s.port, "127.0.0.2"), what="the refusing sink")
+        replies = await deliverer(dns, s.port).deliver(make_entry("um@c.example"))
+    finally:
+        refusing.close()
+    assert replies["um@c.example"].code == 250, replies
+    assert getattr(replies["um@c.example"], "remote", "") == "up.c.example[127.0.0.1]"
+    await wait_for(lambda: len(s.messages()) == 1, what="the message at the second MX")
+
+
 async def test_first_mx_down_second_takes_it(dns: DnsServer, sink: Any) -> None:
     dns.add("c.example", "MX", "10 down.c.example.", "20 up.c.example.")
     dns.add("down.c.example", "A", "127.0.0.2").add("up.c.example", "A", "127.0.0.1")
