@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import smtplib
 import socket
@@ -14,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import wait_for_sync
+from conftest import require_real, wait_for_sync
 from daemons import MXDESK, Daemon, cli, free_port, provision, write_config
 
 BASE = "helpdesk.example"
@@ -81,10 +80,7 @@ def test_no_permission_to_bind_port_25(short_tmp: Path) -> None:
     command = [*MXDESK, "--config", str(conf), "gateway"]
     if os.geteuid() == 0:
         # Root without CAP_NET_BIND_SERVICE, as the unit would be without it.
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("setpriv is not installed: cannot drop CAP_NET_BIND_SERVICE as root")
-        command = [setpriv, "--bounding-set=-net_bind_service", *command]
+        command = [require_real("setpriv"), "--bounding-set=-net_bind_service", *command]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode == EXIT_STARTUP
     assert one_line(result) == (
