@@ -3,15 +3,15 @@
 Each message of tests/data/mail (see its README for where they come from) and each generated
 one below is parsed and filed in a fresh tickets.db: it must be stored, with its raw bytes and
 its defects, exactly as tests/data/mail_corpus.golden.json says. After a deliberate change,
-`MXDESK_REGENERATE_GOLDEN=1 .venv/bin/pytest tests/unit/test_mail_corpus.py` rewrites the golden
-file; review its diff before committing it.
+`.venv/bin/python tests/unit/test_mail_corpus.py` rewrites the golden file; review its diff
+before committing it.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +33,6 @@ from mxdesk.store.tickets import TicketStore
 DATA = Path(__file__).resolve().parents[1] / "data"
 CORPUS = DATA / "mail"
 GOLDEN = DATA / "mail_corpus.golden.json"
-REGENERATE = os.environ.get("MXDESK_REGENERATE_GOLDEN") == "1"
 NOT_MAIL = {"README.md", "LICENSE", ".gitattributes"}
 SUPORTE = Mailbox("suporte@marca.example", "marca", "Suporte Marca", False, True, 0.0)
 
@@ -138,7 +137,6 @@ def golden() -> dict[str, Any]:
     return loaded
 
 
-@pytest.mark.skipif(REGENERATE, reason="MXDESK_REGENERATE_GOLDEN=1 rewrites the golden file")
 @pytest.mark.parametrize("name", list(MESSAGES))
 def test_each_message_is_stored_as_the_golden_file_says(name: str, tmp_path: Path) -> None:
     raw = MESSAGES[name]()
@@ -150,15 +148,6 @@ def test_each_message_is_stored_as_the_golden_file_says(name: str, tmp_path: Pat
 
 def test_the_golden_file_names_every_message_and_no_other() -> None:
     assert sorted(golden()) == sorted(MESSAGES)
-
-
-@pytest.mark.skipif(not REGENERATE, reason="set MXDESK_REGENERATE_GOLDEN=1 to rewrite it")
-def test_regenerate_golden_file(tmp_path: Path) -> None:
-    results = {
-        name: file_one(make(), tmp_path / str(i)) for i, (name, make) in enumerate(MESSAGES.items())
-    }
-    text = json.dumps(results, indent=1, sort_keys=True, ensure_ascii=False)
-    GOLDEN.write_text(text + "\n", "utf-8")
 
 
 # -- bounds the corpus relies on ----------------------------------------------------------------
@@ -239,3 +228,19 @@ def test_a_message_too_costly_to_parse_is_kept_as_text(monkeypatch: pytest.Monke
 def test_an_address_header_is_read_from_its_first_characters_only() -> None:
     parsed = parse_message(addresses(100_000))
     assert parsed.to_addrs == tuple(f"p{i}@example.com" for i in range(MAX_ADDRESSES))
+
+
+def regenerate() -> None:
+    """Rewrites the golden file with what the store makes of each message now."""
+    with tempfile.TemporaryDirectory() as where:
+        results = {
+            name: file_one(make(), Path(where) / str(i))
+            for i, (name, make) in enumerate(MESSAGES.items())
+        }
+    text = json.dumps(results, indent=1, sort_keys=True, ensure_ascii=False)
+    GOLDEN.write_text(text + "\n", "utf-8")
+    print(f"{GOLDEN.name}: {len(results)} messages; review `git diff` before committing it")
+
+
+if __name__ == "__main__":
+    regenerate()
