@@ -96,6 +96,28 @@ def set_tenant(
     return state.get_tenant(conn, slug)
 
 
+def add_tenant(
+    conn: sqlite3.Connection,
+    config: Config,
+    slug: str,
+    owner: str,
+    plan: str,
+    reserved: frozenset[str],
+) -> state.Tenant:
+    """Creates a tenant and its default inbox. Refused for the slug of a removed tenant whose
+    tickets tickets.db still keeps: they are filed under the slug, so a new tenant of that name
+    would see them, reply on them, and have its customers' mail joined to them."""
+    name = slug.strip().lower()
+    exists = conn.execute("SELECT 1 FROM tenants WHERE slug=?", (name,)).fetchone()
+    _, kept = references.tickets(config.store.database, tenant=name)
+    if kept and not exists:
+        raise StateError(
+            f"tenant slug {name!r} belonged to a removed tenant whose"
+            f" {plural(kept, 'ticket')} tickets.db keeps under that name: choose another slug"
+        )
+    return state.add_tenant(conn, config.general.base_domain, slug, owner, plan, reserved)
+
+
 def set_tenant_status(
     conn: sqlite3.Connection, slug: str, active: bool
 ) -> tuple[state.Tenant, bool]:

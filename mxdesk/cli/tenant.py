@@ -23,10 +23,10 @@ def tenant_group() -> None:
 @pass_context
 @errors_to_exit(state.StateError)
 def add(ctx: Context, slug: str, owner: str, plan: str, as_json: bool) -> None:
-    """Create tenant SLUG and its default inbox SLUG@<base domain>."""
-    t = state.add_tenant(
-        need_state(ctx), ctx.config.general.base_domain, slug, owner, plan, ctx.reserved()
-    )
+    """Create tenant SLUG and its default inbox SLUG@<base domain>.
+
+    The slug of a removed tenant whose tickets are kept is not given out again."""
+    t = tenants.add_tenant(need_state(ctx), ctx.config, slug, owner, plan, ctx.reserved())
     inbox = f"{t.slug}@{ctx.config.general.base_domain}"
     if as_json:
         emit_json({"tenant": t, "default_inbox": inbox})

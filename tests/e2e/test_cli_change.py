@@ -125,6 +125,14 @@ def test_tenant_remove_refuses_then_force_keeps_the_tickets(conf: Path, port: in
     assert json.loads(cli(conf, "domain", "list", "--json").stdout) == []
     # The history is still there, under the slug it was filed with.
     assert [t["subject"] for t in tickets(conf, "--tenant", "marca")] == ["Pedido"]
+    # A new customer never gets that history: the slug is not given out again.
+    line = refused(conf, "tenant", "add", "Marca", "--owner", "nova@outra.example")
+    assert line == (
+        "mxdesk: tenant slug 'marca' belonged to a removed tenant whose 1 ticket tickets.db"
+        " keeps under that name: choose another slug"
+    )
+    assert json.loads(cli(conf, "tenant", "list", "--json").stdout) == []
+    cli(conf, "tenant", "add", "marca2", "--owner", "nova@outra.example")
 
 
 def test_nothing_queued_is_removed(conf: Path, port: int) -> None:
