@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shlex
+import shutil
 import sqlite3
+import sys
 import tomllib
 from pathlib import Path
 
@@ -11,6 +14,7 @@ from mxdesk import domains, state
 from mxdesk.configlines import key_lines
 from mxdesk.dns.lifecycle import activate
 from mxdesk.names import reserved_labels
+from mxdesk.secrets import secrets_key
 
 DEMO_CONFIG = """\
 # mxdesk demo: everything under this directory, SMTP on 127.0.0.1:{port}.
@@ -81,8 +85,10 @@ def _updated(text: str, port: int) -> str | None:
 
 
 def provision(config: cfg.Config) -> None:
-    """The demo tenant with an active hosted domain and the mailbox suporte@ on it; what an
-    earlier run made is kept."""
+    """The demo tenant with an active hosted domain and the mailbox suporte@ on it, and the
+    secrets key (as `mxdesk init` makes it: the outbox and channels need it); what an earlier
+    run made is kept."""
+    secrets_key(config.general, create=True)
     conn = state.connect(config.general.state_db)
     base = config.general.base_domain
     reserved = reserved_labels(None)
@@ -109,5 +115,20 @@ def banner(config: cfg.Config, addresses: list[str]) -> str:
         f"mxdesk demo: tenant '{TENANT}', mailbox {mailbox(config)},"
         f" SMTP on {', '.join(addresses)}\n"
         f"  send:   swaks --server {addresses[0]} --to {mailbox(config)}\n"
-        f"  read:   MXDESK_CONFIG={config.source} mxdesk ticket list\n"
+        f"  read:   MXDESK_CONFIG={config.source} {this_command()} ticket list\n"
     )
+
+
+def this_command() -> str:
+    """How to run the mxdesk that runs now, from the current directory: the script of a
+    virtual environment is usually not on the PATH."""
+    script = Path(sys.argv[0])
+    if script.name != "mxdesk":  # python -m mxdesk
+        return f"{shlex.quote(sys.executable)} -m mxdesk"
+    on_path = shutil.which("mxdesk")
+    if on_path is not None and Path(on_path).resolve() == script.resolve():
+        return "mxdesk"
+    try:
+        return shlex.quote(str(script.absolute().relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(script.absolute()))
