@@ -24,6 +24,12 @@ WHAT = {
     dkimkeys.REVOKED: "revoked, published as an empty p=",
     dkimkeys.REMOVING: "old, its record being removed",
 }
+# In a zone mxdesk does not publish (no provider for it), the zone's keeper does these steps.
+BY_HAND = {
+    dkimkeys.PENDING: "new, signs once served for publish_lag: publish its record",
+    dkimkeys.REVOKED: "revoked: replace its record with an empty p= in the zone",
+    dkimkeys.REMOVING: "old: delete its record from the zone",
+}
 
 
 @click.group("dkim")
@@ -37,15 +43,24 @@ def _when(seconds: float | None) -> str:
 
 def status_of(conn: sqlite3.Connection, config: Config, name: str) -> dict[str, Any]:
     """A domain's rotation phase, when its next step is due and each key with its dates."""
-    from mxdesk.dns.rotation import phase_of
+    from mxdesk.dns.rotation import phase_of, publishable
 
     keys = dkimkeys.keys_of(conn, name)
     phase = phase_of(keys, config)
+    try:
+        published = publishable(conn, config, name)
+    except state.StateError:  # no plan of its records (the base domain without mx_addresses)
+        published = False
+    next_step, detail = phase.due, phase.detail
+    if phase.name == "steady" and not published:
+        # rotate_every starts rotations only where mxdesk publishes the records.
+        next_step, detail = None, "rotated by hand: mxdesk does not publish this zone"
     return {
         "domain": name,
         "phase": phase.name,
-        "next": phase.due,
-        "detail": phase.detail,
+        "next": next_step,
+        "detail": detail,
+        "published_by_mxdesk": published,
         "keys": [
             {
                 "selector": k.selector,
@@ -75,6 +90,7 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     if status["detail"]:
         line += f" ({status['detail']})"
     lines = [line]
+    what = WHAT if status["published_by_mxdesk"] else WHAT | BY_HAND
     for k in status["keys"]:
         dates = [f"created {_when(k['created'])}"]
         if k["served_since"] and k["state"] == dkimkeys.PENDING:
@@ -86,7 +102,7 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         note = f" — {k['note']}" if k["note"] else ""
         lines.append(
             f"  {k['selector']:<14} {k['algorithm']:<14} {k['state']:<8}"
-            f" {WHAT[k['state']]}; {', '.join(dates)}{note}"
+            f" {what[k['state']]}; {', '.join(dates)}{note}"
         )
     return lines
 

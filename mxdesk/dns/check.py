@@ -31,6 +31,7 @@ from mxdesk.dns.records import Record
 from mxdesk.dns.settings import DnsConfig
 
 OK, MISSING, DIFFERS, LAME, UNREACHABLE = "ok", "missing", "differs", "lame", "unreachable"
+NO_SERVER = "-"  # the server of an answer when the zone or its servers were not found
 CACHE_SECONDS = 30.0
 MAX_CACHED = 10_000
 T = TypeVar("T")
@@ -78,11 +79,17 @@ class CheckReport:
         """One line per record and server that is not ok, with what it serves instead or
         why it could not be asked."""
         return [
-            f"{c.record.name} {c.record.type}: {a.status} at {a.server} ({a.address})" + _shown(a)
+            f"{c.record.name} {c.record.type}: {_where(a)}" + _shown(a)
             for c in self.checks
             for a in c.answers
             if a.status != OK
         ]
+
+
+def _where(answer: ServerAnswer) -> str:
+    if answer.server == NO_SERVER:  # its zone or servers were not found: no server to name
+        return answer.status
+    return f"{answer.status} at {answer.server} ({answer.address})"
 
 
 def _shown(answer: ServerAnswer) -> str:
@@ -128,7 +135,7 @@ class AuthoritativeChecker:
         try:
             zone, servers = await self.servers_of(record.name)
         except ZoneUnreachable as exc:
-            answer = ServerAnswer("-", "-", UNREACHABLE, detail=str(exc))
+            answer = ServerAnswer(NO_SERVER, NO_SERVER, UNREACHABLE, detail=str(exc))
             return RecordCheck(record, "", (answer,))
         answers = await asyncio.gather(
             *(self._ask_server(ns, host, port, record) for ns, host, port in servers)
@@ -239,6 +246,12 @@ class AuthoritativeChecker:
     async def _zone_for(self, name: str) -> str:
         try:
             zone = await dns.asyncresolver.zone_for_name(name + ".", resolver=self._resolver)
+        except dns.resolver.NoRootSOA:
+            # Every name up to the root was NXDOMAIN: the resolver does not see the zone.
+            raise ZoneUnreachable(
+                f"no zone found for {name}: the resolver knows no zone above it (is the zone"
+                " delegated in public DNS, or [dns] resolvers a resolver that serves it?)"
+            ) from None
         except dns.exception.DNSException as exc:
             raise ZoneUnreachable(f"no zone found for {name}: {exc}") from None
         return str(zone.to_text(omit_final_dot=True)).lower()

@@ -20,6 +20,7 @@ import pytest
 from authdns import BASE, Knot, TsigKey, base_zone, free_port, knot_pair
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from dns_server import DnsServer
 
 from mxdesk import config as cfg
 from mxdesk.dns.check import AuthoritativeChecker, CheckReport
@@ -244,3 +245,21 @@ async def test_a_domainkey_cname_into_another_zone_is_followed(
     update(primary, DKIM_ZONE, target, "TXT", '"v=DKIM1; k=rsa; p=OLDKEY"')
     report = await checker.check(f"marca6.{BASE}", [record])
     assert [a.status for a in report.checks[0].answers] == ["differs", "differs"]
+
+
+async def test_a_zone_no_server_knows_is_said_plainly() -> None:
+    """A resolver that answers NXDOMAIN up to the root (an offline network, a zone not
+    delegated yet): the record's line names the cause, not dnspython's "should never happen"."""
+    server = DnsServer()
+    try:
+        table = {"resolvers": [f"{server.host}:{server.port}"], "check_timeout": 1.0}
+        config = cfg.parse({"dns": table}).dns
+        name = "mx1._domainkey.marca.nowhere.example"
+        record = Record(name, "TXT", "v=DKIM1; p=X", "dkim", 3600)
+        report = await AuthoritativeChecker(config).check("marca.nowhere.example", [record])
+    finally:
+        server.close()
+    assert report.problems() == [
+        f"{name} TXT: unreachable: no zone found for {name}: the resolver knows no zone above it"
+        " (is the zone delegated in public DNS, or [dns] resolvers a resolver that serves it?)"
+    ]

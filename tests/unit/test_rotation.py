@@ -13,6 +13,7 @@ import pytest
 
 from mxdesk import config as cfg
 from mxdesk import dkimkeys, domains, state
+from mxdesk.cli.dkim import status_lines, status_of
 from mxdesk.configread import parse_duration
 from mxdesk.dns import rotation
 from mxdesk.gateway import dkim as mxdkim
@@ -165,3 +166,30 @@ def test_a_delegated_own_domain_plans_cnames_for_both_slots(setup) -> None:  # t
     with pytest.raises(state.StateError, match="share the label"):
         domains.add_domain(conn, config, "marca-com.br", "marca", builtin_reserved(), own=True)
     assert state.get_domain(conn, "marca-com.br") is None
+
+
+def test_dkim_status_promises_a_rotation_only_where_mxdesk_publishes(setup) -> None:  # type: ignore[no-untyped-def]
+    config, conn = setup
+    domains.add_domain(conn, config, "marca", "marca", builtin_reserved())
+    state.set_domain(conn, HOSTED, status="active")
+    [key] = dkimkeys.keys_of(conn, HOSTED)
+    published = status_of(conn, config, HOSTED)
+    assert published["published_by_mxdesk"]
+    assert published["next"] == (key.activated or key.created) + 180 * 86400
+    # The same state without a provider for the zone: rotate_every never starts one there.
+    manual = cfg.parse(
+        {
+            "mxdesk": {"state_dir": str(config.general.state_dir), "base_domain": BASE},
+            "dkim": {"rotate_every": "180d"},
+        }
+    )
+    by_hand = status_of(conn, manual, HOSTED)
+    assert (by_hand["published_by_mxdesk"], by_hand["next"]) == (False, None)
+    assert status_lines(by_hand)[0] == (
+        "DKIM steady (rotated by hand: mxdesk does not publish this zone)"
+    )
+    rotation.revoke(conn, manual, HOSTED, key.selector)
+    [line] = [x for x in status_lines(status_of(conn, manual, HOSTED)) if key.selector in x]
+    assert "revoked: replace its record with an empty p= in the zone" in line
+    [line] = [x for x in status_lines(status_of(conn, config, HOSTED)) if key.selector in x]
+    assert "revoked, published as an empty p=" in line
