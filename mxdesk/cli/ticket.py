@@ -17,6 +17,7 @@ from mxdesk.cli.ticketview import one_line, print_ticket
 from mxdesk.store import queries
 from mxdesk.store import status as ticket_status
 from mxdesk.store.db import (
+    DEFERRED,
     DRAFT,
     FAILED,
     NEW,
@@ -119,11 +120,32 @@ def show(ctx: Context, number: int, as_json: bool) -> None:
     if db is None:
         fail(f"no tickets yet: {ctx.config.store.database} does not exist")
         return
-    ticket = queries.get_ticket(db, number)
+    ticket = with_queue_states(queries.get_ticket(db, number), ctx.config.gateway.spool_path)
     if as_json:
         emit_json(ticket)
     else:
         print_ticket(ticket)
+
+
+def with_queue_states(ticket: queries.TicketDetail, spool: Path) -> queries.TicketDetail:
+    """The ticket with, on each reply the gateway holds or has deferred, why (tickets.db says
+    only that it is queued: a reply waiting for its domain, or held by an administrator, would
+    look on its way)."""
+    from dataclasses import replace
+
+    from mxdesk.gateway.queuectl import waiting
+
+    ids = [m.queue_id for m in ticket.messages if m.status in (QUEUED, DEFERRED) and m.queue_id]
+    why = waiting(spool, ids)
+    if not why:
+        return ticket
+    messages = [
+        replace(m, status_detail=f"{why[m.queue_id]} (mxdesk queue show {m.queue_id})")
+        if m.queue_id in why and m.status in (QUEUED, DEFERRED)
+        else m
+        for m in ticket.messages
+    ]
+    return replace(ticket, messages=messages)
 
 
 def _writable(ctx: Context) -> tuple[Database, sqlite3.Connection, bytes]:

@@ -155,7 +155,8 @@ def release(path: Path, queue_id: str, by: str | None = None) -> None:
         path,
         queue_id,
         "release",
-        "UPDATE entries SET state=?, next_attempt=? WHERE id=? AND state=?",
+        # The hold's reason goes with it: `queue list` showed it on a released entry.
+        "UPDATE entries SET state=?, next_attempt=?, last_error='' WHERE id=? AND state=?",
         (QUEUED, time.time(), queue_id, HELD),
         history.RELEASED,
         by,
@@ -190,6 +191,33 @@ def entry_history(path: Path, queue_id: str) -> list[history.HistoryEvent]:
             " or the id is wrong (see 'mxdesk queue list')"
         )
     return past
+
+
+def waiting(path: Path, queue_ids: list[str]) -> dict[str, str]:
+    """Why each of these entries is still in the spool, for `ticket show`: "held: reason" or
+    "deferred: the last error"; an entry that is simply due, being delivered or gone is left
+    out. Read-only; {} when the spool cannot be read (the ticket is shown all the same)."""
+    if not queue_ids or not path.exists():
+        return {}
+    try:
+        conn = state.connect(path, readonly=True)
+        try:
+            rows = conn.execute(
+                "SELECT id, state, attempts, last_error FROM entries WHERE id IN"
+                f" ({','.join('?' * len(queue_ids))})",
+                queue_ids,
+            ).fetchall()
+        finally:
+            conn.close()
+    except (sqlite3.Error, OSError):
+        return {}
+    found = {}
+    for queue_id, entry_state, attempts, last_error in rows:
+        if entry_state == HELD:
+            found[queue_id] = last_error if last_error.startswith("held") else f"held: {last_error}"
+        elif entry_state == QUEUED and attempts and last_error:
+            found[queue_id] = f"deferred: {last_error}"
+    return found
 
 
 def list_entries(path: Path) -> list[SpoolEntry]:

@@ -183,7 +183,14 @@ def test_reply_and_new_ticket_with_the_store_daemon(
         ("gerente@example.org", "pending"),
     ]
     text = cli(conf, "ticket", "show", "1").stdout
-    assert "--- message 2 (out, 2 of 3)" in text and "Status:     queued" in text
+    assert "--- message 2 (out, 2 of 3)" in text and "Status:     queued\n" in text
+    # A reply the gateway holds says so on its ticket, with where to look.
+    cli(conf, "queue", "hold", first_id)
+    text = cli(conf, "ticket", "show", "1").stdout
+    held = f"Status:     queued: held by an administrator (mxdesk queue show {first_id})\n"
+    assert held in text
+    replies = show(conf, 1)["messages"][1:]
+    assert [m["status_detail"] for m in replies] == [held.split(": ", 2)[2].strip(), ""]
     assert "Delivery:   cliente@example.com  pending" in text and "Operator:   Ana" in text
     listed = cli(conf, "ticket", "list").stdout.splitlines()
     assert listed[0].split()[-3:-1] == ["MESSAGES", "PENDING"] and listed[1].split()[-3:-1] == [

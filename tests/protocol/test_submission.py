@@ -239,9 +239,14 @@ async def test_cancel_during_the_send_delay_but_not_while_delivering(short_tmp: 
         with pytest.raises(QueueControlError, match="has left the spool: it was cancelled by "):
             queuectl.cancel(spool, first)
         queuectl.hold(spool, second)
+        assert list_entries(spool)[0].last_error == "held by an administrator"
         queuectl.release(spool, second)  # due at once, send delay or not
         await wait_for(lambda: deliverer.attempts, what="the attempt to start")
-        assert list_entries(spool)[0].state == "delivering"
+        # The hold's reason went with it: nothing says the entry is held any more.
+        assert (list_entries(spool)[0].state, list_entries(spool)[0].last_error) == (
+            "delivering",
+            "",
+        )
         with pytest.raises(QueueControlError, match="being delivered right now"):
             queuectl.cancel(spool, second)
         deliverer.release.set()
