@@ -9,6 +9,7 @@ from mxdesk import state
 
 R550_NO_MAILBOX = "550 5.1.1 Recipient address rejected: no such mailbox"
 R550_NOT_HERE = "550 5.7.1 Recipient address rejected: not a domain hosted here, relay denied"
+R550_RELAY_FORM = "550 5.7.1 Recipient address rejected: a forwarding form of address, relay denied"
 R553_SYNTAX = "553 5.1.3 Recipient address rejected: bad address syntax"
 
 
@@ -61,7 +62,7 @@ class RecipientPolicy:
             return Reject(R553_SYNTAX)
         local, domain = parts
         if _relay_form(local) or address.startswith("@"):
-            return Reject(R550_NOT_HERE)
+            return Reject(R550_RELAY_FORM)
         local = local.lower()
         if domain == self._base:
             tenant = None
