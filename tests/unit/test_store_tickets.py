@@ -155,7 +155,7 @@ async def test_deliveries_that_arrive_during_a_commit_are_committed_together() -
     await wait_for(lambda: slow.batches, what="the first commit to start")
     # While the first commit runs, ten more arrive: they wait, then share one commit.
     others = [asyncio.create_task(filer.file(b"y", "", [SUPORTE])) for _ in range(10)]
-    await asyncio.sleep(0.05)
+    await wait_for(lambda: len(filer._waiting) == 10, what="the ten queued behind the commit")
     assert slow.batches == [1] and not first.done()
     slow.release.set()
     assert await first == [Filed("Q1", 1, False)]
