@@ -151,7 +151,8 @@ def parse_dns(table: dict[str, Any], base_domain: str, errors: list[str]) -> Dns
     for key in ("mx_hosts", "mx_addresses", "zones", "providers", "resolvers"):
         d.seen.add(key)
     d.seen.add("nameserver_addresses")
-    mx_hosts = _mx_hosts(table.get("mx_hosts", [f"mx.{base_domain}"]), errors)
+    # Not set: mx.<base_domain>, not checked here (a bad base_domain is its own error).
+    mx_hosts = _mx_hosts(table["mx_hosts"], errors) if "mx_hosts" in table else ()
     mx_addresses = []
     for host, addrs in sorted(
         _string_map(table.get("mx_addresses", {}), "dns.mx_addresses", errors).items()

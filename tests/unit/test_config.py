@@ -243,3 +243,17 @@ def test_channels_and_oauth2_sections() -> None:
     assert "oauth2.test.device_endpoint: required" in text
     assert "oauth2.test.token_endpoint: 'http://auth.example/t' is not an https:// URL" in text
     assert "oauth2.google.client_id" in text
+
+
+def test_a_bad_base_domain_is_one_error_not_one_more_for_the_mx_host_made_from_it() -> None:
+    # Seen: base_domain = "exa mple.com" also gave "dns.mx_hosts: 'mx.exa mple.com' is not
+    # "host" or "priority host"", a key the file did not set.
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.parse({"mxdesk": {"base_domain": "exa mple.com"}})
+    assert info.value.errors == [
+        "mxdesk.base_domain: 'exa mple.com' is not a domain name (e.g. helpdesk.example)"
+    ]
+    # mx_hosts written in the file is checked as before.
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.parse({"mxdesk": {"base_domain": "marca.example"}, "dns": {"mx_hosts": ["mx x"]}})
+    assert info.value.errors == ['dns.mx_hosts: \'mx x\' is not "host" or "priority host"']
