@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mxdesk.channelconfig import ChannelsConfig, parse_channels
-from mxdesk.configlines import locate, toml_error
+from mxdesk.configlines import BOM, locate, toml_error
 from mxdesk.configread import Listen, Problem, Reader, did_you_mean, host_ports
 from mxdesk.dns.settings import DnsConfig, parse_dns
 from mxdesk.inboundauthconfig import InboundAuthConfig, parse_inbound_auth
@@ -377,7 +377,7 @@ def config_path(explicit: str | None) -> Path:
 def load(path: Path) -> Config:
     """Reads and validates the configuration file at path; errors carry its name and lines."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8").removeprefix(BOM)
     except OSError as exc:
         reason = f"cannot read the configuration file ({exc.strerror})"
         raise ConfigError([Problem("", reason, path)]) from None

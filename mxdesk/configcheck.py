@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 from mxdesk.config import Config
-from mxdesk.configlines import locate
+from mxdesk.configlines import locate_in
 from mxdesk.configread import Problem
 
 EXAMPLE_DOMAIN = "helpdesk.example"
 EXAMPLE_MESSAGE = f"base_domain is the example {EXAMPLE_DOMAIN}: set your own domain"
-
-
-def _located(config: Config, problems: list[Problem]) -> list[Problem]:
-    if config.source is None or not problems:
-        return problems
-    try:
-        text = config.source.read_text("utf-8")
-    except (OSError, UnicodeDecodeError):
-        return problems
-    return locate(problems, config.source, text)
 
 
 def _example_domain(config: Config) -> bool:
@@ -28,7 +18,7 @@ def _example_domain(config: Config) -> bool:
 def warnings(config: Config) -> list[Problem]:
     """What `check-config` points out in a file it accepts."""
     found = [Problem("mxdesk.base_domain", EXAMPLE_MESSAGE)] if _example_domain(config) else []
-    return _located(config, found)
+    return locate_in(config.source, found)
 
 
 def daemon_errors(config: Config) -> list[Problem]:
@@ -37,4 +27,4 @@ def daemon_errors(config: Config) -> list[Problem]:
     if not _example_domain(config):
         return []
     message = f"{EXAMPLE_MESSAGE} (allow_example_domain = true allows it, for tests and labs)"
-    return _located(config, [Problem("mxdesk.base_domain", message)])
+    return locate_in(config.source, [Problem("mxdesk.base_domain", message)])

@@ -12,6 +12,9 @@ from pathlib import Path
 from mxdesk.configread import Problem
 
 KeyPath = tuple[str, ...]
+# The byte order mark some editors (Notepad) put first: not TOML, and dropped, as on line 1
+# it moves no line.
+BOM = "\ufeff"
 _BARE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
@@ -177,6 +180,18 @@ def locate(problems: Sequence[Problem], path: Path, text: str) -> list[Problem]:
         for p in problems
     ]
     return sorted(found, key=lambda p: p.line or len(text))
+
+
+def locate_in(source: Path | None, problems: Sequence[Problem]) -> list[Problem]:
+    """The problems of a configuration read from source with their lines, as locate gives
+    them; as they are when it was not read from a file or cannot be read again."""
+    if source is None or not problems:
+        return list(problems)
+    try:
+        text = source.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return list(problems)
+    return locate(problems, source, text.removeprefix(BOM))
 
 
 def toml_error(path: Path, error: tomllib.TOMLDecodeError) -> Problem:

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from mxdesk import config as cfg
+from mxdesk import configcheck
 from mxdesk.channelconfig import ChannelsConfig
 from mxdesk.dns.settings import DnsConfig
 
@@ -197,8 +198,6 @@ def test_a_toml_syntax_error_has_its_line(tmp_path: Path) -> None:
 def test_the_example_domain_is_a_warning_for_check_config_and_refused_by_daemons(
     tmp_path: Path,
 ) -> None:
-    from mxdesk import configcheck
-
     path = tmp_path / "mxdesk.toml"
     path.write_text('[mxdesk]\nlog_level = "info"\nbase_domain = "helpdesk.example"\n')
     config = cfg.load(path)
@@ -243,6 +242,23 @@ def test_channels_and_oauth2_sections() -> None:
     assert "oauth2.test.device_endpoint: required" in text
     assert "oauth2.test.token_endpoint: 'http://auth.example/t' is not an https:// URL" in text
     assert "oauth2.google.client_id" in text
+
+
+def test_a_file_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    # Seen: a file from a Windows editor gave "bom.toml:1: not valid TOML: Invalid statement".
+    path = tmp_path / "bom.toml"
+    bom = "\ufeff".encode()
+    path.write_bytes(bom + b'[mxdesk]\nbase_domain = "helpdesk.example"\nlog_level = "warning"\n')
+    config = cfg.load(path)
+    assert config.general.log_level == "warning"
+    # Its warnings and errors have their lines, as in a file without the mark.
+    assert [(w.line, w.key) for w in configcheck.warnings(config)] == [(2, "mxdesk.base_domain")]
+    path.write_bytes(bom + b"[mxdesk]\nlog_levl = 1\n")
+    with pytest.raises(cfg.ConfigError) as info:
+        cfg.load(path)
+    assert info.value.errors == [
+        f"{path}:2: mxdesk.log_levl: unknown key (did you mean log_level?)"
+    ]
 
 
 def test_a_bad_base_domain_is_one_error_not_one_more_for_the_mx_host_made_from_it() -> None:
