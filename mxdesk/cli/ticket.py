@@ -205,11 +205,16 @@ def _report(ctx: Context, db: Database, out: queries.Outgoing, as_json: bool, op
     if out.status == DRAFT:
         click.echo(f"{where}: kept as a draft, not sent")
     elif out.status in (NEW, SUBMITTING):
-        why = "the store daemon is not running" if running is False else out.detail
-        click.echo(
-            f"{where}: stored; it is handed to the gateway as soon as the gateway is reachable"
-            + (f" ({why})" if why else "")
-        )
+        if running is False:
+            click.echo(
+                f"{where}: stored; the store daemon hands it to the gateway once it runs"
+                " (it is not running now: systemctl start mxdesk-store)"
+            )
+        else:
+            click.echo(
+                f"{where}: stored; the store hands it to the gateway as soon as the gateway"
+                " is reachable" + (f" ({out.detail})" if out.detail else "")
+            )
     else:
         later = "" if out.status == QUEUED else f" (now {out.status})"  # a fast notice came back
         click.echo(f"{where}: queued as {out.queue_id}{later}")

@@ -91,6 +91,12 @@ def _refusal(entry: SpoolEntry, action: str) -> QueueControlError:
             f"cannot {action} {entry.id}: it is being delivered right now"
             " (see 'mxdesk queue show' for the outcome)"
         )
+    if action == "cancel" and entry.kind != OUTBOUND and entry.state == QUEUED:
+        # Mail the gateway said 250 for is on its way to the store: stopped first, on purpose.
+        return QueueControlError(
+            f"cannot cancel {entry.id}: an inbound entry is on its way to the store; hold it"
+            f" first ('mxdesk queue hold {entry.id}'), then cancel it"
+        )
     return QueueControlError(f"cannot {action} {entry.id}: it is {entry.state}")
 
 

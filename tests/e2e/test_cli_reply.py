@@ -239,8 +239,8 @@ def test_without_the_store_daemon_the_reply_waits(conf: Path) -> None:
     assert opened == "ticket #1 opened: message 1 on ticket #1: kept as a draft, not sent\n"
     result = cli(conf, "ticket", "reply", "1", "--operator", "Ana", input="Oi de novo.\n")
     assert result.stdout == (
-        "message 2 on ticket #1: stored; it is handed to the gateway as soon as the gateway is"
-        " reachable (the store daemon is not running)\n"
+        "message 2 on ticket #1: stored; the store daemon hands it to the gateway once it runs"
+        " (it is not running now: systemctl start mxdesk-store)\n"
     )
     assert [m["status"] for m in show(conf, 1)["messages"]] == ["draft", "new"]
     assert cli(conf, "ticket", "cancel", "2").stdout == "message 2 on ticket #1: cancelled\n"

@@ -16,6 +16,7 @@ import aiosmtplib
 import pytest
 from conftest import wait_for_sync
 from daemons import Daemon, cli, provision, write_config
+from spoolfiles import seed_entry
 from spoolseed import seed_spool
 from wire import send_message
 
@@ -135,6 +136,25 @@ async def submit_reply(socket: Path) -> str:
         return reply.split()[-1]
     finally:
         await smtp.quit()
+
+
+def test_an_inbound_entry_is_cancelled_only_once_held(short_tmp: Path) -> None:
+    """Mail the gateway said 250 for is on its way to the store: cancelling it takes a hold
+    first, and the refusal says so."""
+    conf = write_config(short_tmp)
+    provision(conf)
+    spool = short_tmp / "state" / "spool.db"
+    message = b"From: cliente@example.com\r\nSubject: Pedido\r\n\r\nOla\r\n"
+    rcpts = [(MAILBOX, "marca", "pending")]
+    queue_id = seed_entry(spool, "in", "cliente@example.com", rcpts, message)
+    refused = cli(conf, "queue", "cancel", queue_id, check=False)
+    assert (refused.returncode, refused.stderr) == (
+        1,
+        f"mxdesk: cannot cancel {queue_id}: an inbound entry is on its way to the store; hold"
+        f" it first ('mxdesk queue hold {queue_id}'), then cancel it\n",
+    )
+    cli(conf, "queue", "hold", queue_id)
+    assert cli(conf, "queue", "cancel", queue_id).stdout == f"{queue_id}: cancel done\n"
 
 
 def test_cancel_is_in_the_history_with_the_unix_user(short_tmp: Path) -> None:
