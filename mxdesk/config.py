@@ -22,10 +22,12 @@ LANGUAGES = ("pt", "en")
 
 class ConfigError(Exception):
     """One or more configuration errors; each names the key it concerns (and, read from a
-    file, the file and line)."""
+    file, the file and line). as_read: the file's settings, defaults for the wrong ones, for
+    check-config's warnings; nothing runs with it."""
 
-    def __init__(self, problems: Sequence[Problem | str]) -> None:
+    def __init__(self, problems: Sequence[Problem | str], as_read: Config | None = None) -> None:
         self.problems = [p if isinstance(p, Problem) else Problem.parse(p) for p in problems]
+        self.as_read = as_read
         self.errors = [str(p) for p in self.problems]
         super().__init__("\n".join(self.errors))
 
@@ -347,9 +349,7 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
     dns = parse_dns(table("dns"), base, errors)
     channels = parse_channels(table("channels"), data.get("oauth2", {}), errors)
 
-    if errors:
-        raise ConfigError(errors)
-    return Config(
+    config = Config(
         general=general,
         gateway=gateway,
         inbound_retry=retry,
@@ -364,6 +364,9 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
         channels=channels,
         source=source,
     )
+    if errors:
+        raise ConfigError(errors, as_read=config)
+    return config
 
 
 def config_path(explicit: str | None) -> Path:
@@ -391,4 +394,4 @@ def load(path: Path) -> Config:
     try:
         return parse(data, source=path)
     except ConfigError as exc:
-        raise ConfigError(locate(exc.problems, path, text)) from None
+        raise ConfigError(locate(exc.problems, path, text), exc.as_read) from None

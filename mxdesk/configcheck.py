@@ -1,13 +1,50 @@
-"""What is doubtful in a valid configuration: check-config's warnings, the daemons' refusals."""
+"""What check-config reports and the daemons refuse, beyond the file's own errors."""
 
 from __future__ import annotations
 
-from mxdesk.config import Config
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from mxdesk.config import Config, ConfigError, load
 from mxdesk.configlines import locate_in
 from mxdesk.configread import Problem
+from mxdesk.ownership import OwnershipError, daemon_account
 
 EXAMPLE_DOMAIN = "helpdesk.example"
 EXAMPLE_MESSAGE = f"base_domain is the example {EXAMPLE_DOMAIN}: set your own domain"
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What check-config says of a file: its errors and its warnings, each with its line, and
+    the configuration when there is no error."""
+
+    config: Config | None
+    errors: list[Problem]
+    warnings: list[Problem]
+
+
+def check(path: Path) -> Checked:
+    """Every error of the file at path (its own and the daemons' user) and every warning,
+    errors or not."""
+    try:
+        config, errors = load(path), []
+    except ConfigError as exc:
+        if exc.as_read is None:  # not TOML, or not read at all
+            return Checked(None, exc.problems, [])
+        config, errors = exc.as_read, exc.problems
+    more = locate_in(config.source, _user_errors(config))
+    errors = sorted([*errors, *more], key=lambda p: p.line or sys.maxsize)
+    return Checked(None if errors else config, errors, warnings(config))
+
+
+def _user_errors(config: Config) -> list[Problem]:
+    try:
+        daemon_account(config)
+    except OwnershipError as exc:
+        return [Problem("mxdesk.user", str(exc))]
+    return []
 
 
 def _example_domain(config: Config) -> bool:

@@ -10,7 +10,7 @@ from typing import NoReturn
 import click
 
 from mxdesk import config as cfg
-from mxdesk import configcheck, daemon, demo, domains, ownership, state, versions
+from mxdesk import configcheck, daemon, demo, domains, state, versions
 from mxdesk.cli.context import Context, pass_context
 from mxdesk.cli.output import emit_json, errors_to_exit, json_option
 from mxdesk.configread import Problem
@@ -141,44 +141,27 @@ def init(ctx: Context) -> None:
 def check_config(ctx: Context, as_json: bool) -> None:
     """Validate the configuration file. Each error names its file, line and key (with the
     closest known key for a misspelt one) and the exit status is 2; warnings, such as the
-    example base domain, are printed and do not fail the check."""
-    try:
-        config = cfg.load(ctx.path)
-        ownership.daemon_account(config)
-    except cfg.ConfigError as exc:
-        _report_bad(ctx.path, exc.problems, as_json)
-    except ownership.OwnershipError as exc:
-        _report_bad(ctx.path, [Problem("mxdesk.user", str(exc), ctx.path)], as_json)
-    warnings = configcheck.warnings(config)
+    example base domain, are printed with the errors or alone, and do not fail the check."""
+    checked = configcheck.check(ctx.path)
     if as_json:
+        config = checked.config
         emit_json(
             {
-                "ok": True,
+                "ok": config is not None,
                 "path": str(ctx.path),
-                "base_domain": config.general.base_domain,
-                "errors": [],
-                "warnings": [w.as_json() for w in warnings],
-            }
-        )
-        return
-    for warning in warnings:
-        click.echo(f"mxdesk: warning: {warning}", err=True)
-    click.echo(f"{ctx.path}: ok (base domain {config.general.base_domain})")
-
-
-def _report_bad(path: Path, problems: list[Problem], as_json: bool) -> NoReturn:
-    if as_json:
-        emit_json(
-            {
-                "ok": False,
-                "path": str(path),
-                "errors": [p.as_json() for p in problems],
-                "warnings": [],
+                **({"base_domain": config.general.base_domain} if config else {}),
+                "errors": [e.as_json() for e in checked.errors],
+                "warnings": [w.as_json() for w in checked.warnings],
             }
         )
     else:
-        _say(problems)
-    raise SystemExit(EXIT_CONFIG)
+        _say(checked.errors)
+        for warning in checked.warnings:
+            click.echo(f"mxdesk: warning: {warning}", err=True)
+        if checked.config is not None:
+            click.echo(f"{ctx.path}: ok (base domain {checked.config.general.base_domain})")
+    if checked.errors:
+        raise SystemExit(EXIT_CONFIG)
 
 
 @click.command("gateway", epilog=DAEMON_EPILOG)

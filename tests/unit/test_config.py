@@ -1,12 +1,16 @@
 import dataclasses
+import json
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from mxdesk import config as cfg
-from mxdesk import configcheck
+from mxdesk import configcheck, ownership
 from mxdesk.channelconfig import ChannelsConfig
+from mxdesk.cli import main
 from mxdesk.dns.settings import DnsConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -242,6 +246,69 @@ def test_channels_and_oauth2_sections() -> None:
     assert "oauth2.test.device_endpoint: required" in text
     assert "oauth2.test.token_endpoint: 'http://auth.example/t' is not an https:// URL" in text
     assert "oauth2.google.client_id" in text
+
+
+def _check_config(path: Path) -> tuple[int, dict[str, Any], list[str]]:
+    """`mxdesk check-config` on path: its exit status, what --json prints and the lines it
+    prints on stderr without --json."""
+    as_json = CliRunner().invoke(main, ["--config", str(path), "check-config", "--json"])
+    as_text = CliRunner().invoke(main, ["--config", str(path), "check-config"])
+    assert as_json.exit_code == as_text.exit_code, (as_json.output, as_text.output)
+    return as_text.exit_code, json.loads(as_json.stdout), as_text.stderr.splitlines()
+
+
+def _line(path: Path, text: str) -> int:
+    return path.read_text().splitlines().index(text) + 1
+
+
+def test_the_unchanged_example_without_its_user_gives_the_line_and_the_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A new sysadmin's first check, as root before the mxdesk user exists: the user error had
+    # "line": null and the example domain's warning was dropped ("warnings": []).
+    def no_such_user(name: str) -> Any:
+        raise KeyError(name)
+
+    monkeypatch.setattr(ownership.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(ownership.pwd, "getpwnam", no_such_user)
+    example = ROOT / "config.example.toml"
+    code, shown, lines = _check_config(example)
+    assert code == 2 and shown["ok"] is False
+    user = (
+        "the daemons' user 'mxdesk' does not exist: create it (systemd-sysusers, see"
+        " systemd/mxdesk.sysusers) or set [mxdesk] user"
+    )
+    domain = configcheck.EXAMPLE_MESSAGE
+    user_line, domain_line = (
+        _line(example, 'user = "mxdesk"'),
+        _line(example, 'base_domain = "helpdesk.example"'),
+    )
+    assert shown["errors"] == [
+        {"file": str(example), "line": user_line, "key": "mxdesk.user", "message": user}
+    ]
+    assert shown["warnings"] == [
+        {"file": str(example), "line": domain_line, "key": "mxdesk.base_domain", "message": domain}
+    ]
+    assert lines == [
+        f"mxdesk: {example}:{user_line}: mxdesk.user: {user}",
+        f"mxdesk: warning: {example}:{domain_line}: mxdesk.base_domain: {domain}",
+    ]
+
+
+def test_errors_in_the_file_do_not_hide_its_warnings(tmp_path: Path) -> None:
+    path = tmp_path / "mxdesk.toml"
+    path.write_text('[mxdesk]\nuser = ""\nbase_domain = "helpdesk.example"\nlog_level = "loud"\n')
+    code, shown, lines = _check_config(path)
+    assert code == 2
+    error = "'loud' is not debug, info, warning or error"
+    assert shown["errors"] == [
+        {"file": str(path), "line": 4, "key": "mxdesk.log_level", "message": error}
+    ]
+    assert [(w["line"], w["key"]) for w in shown["warnings"]] == [(3, "mxdesk.base_domain")]
+    assert lines == [
+        f"mxdesk: {path}:4: mxdesk.log_level: {error}",
+        f"mxdesk: warning: {path}:3: mxdesk.base_domain: {configcheck.EXAMPLE_MESSAGE}",
+    ]
 
 
 def test_a_file_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
