@@ -184,7 +184,10 @@ class MxHandler:
 
     def log_refusal(self, client: str, envelope: Any, reply: str) -> None:
         self._metrics.refuse("mx", reply)
-        rcpts = ",".join(f"<{_clean(r)}>" for r in [*envelope.rcpt_tos, envelope.attempted] if r)
+        # A refused RCPT names the refused recipient only (as Postfix's reject lines do): with
+        # the accepted ones too, the line read as the whole message refused.
+        refused = [envelope.attempted] if envelope.attempted else envelope.rcpt_tos
+        rcpts = ",".join(f"<{_clean(r)}>" for r in refused)
         log.info(
             "client=%s from=<%s> to=%s result=rejected reply=%r",
             client,

@@ -80,6 +80,21 @@ async def test_rcpt_refusals(running: Running, rcpt: str, code: str) -> None:
     await w.close()
 
 
+async def test_a_refused_recipient_is_logged_alone(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The refusal's log line names the recipient refused, not those accepted before it."""
+    w = await Wire.open(running.port)
+    await w.hello()
+    assert (await w.cmd("MAIL FROM:<x@example.org>")).startswith("250")
+    assert (await w.cmd(f"RCPT TO:<{MAILBOX}>")).startswith("250")
+    with caplog.at_level("INFO", logger="mxdesk.gateway"):
+        assert (await w.cmd("RCPT TO:<ninguem@marca.helpdesk.example>")).startswith("550")
+    await w.close()
+    [line] = [r.getMessage() for r in caplog.records if "result=rejected" in r.getMessage()]
+    assert " to=<ninguem@marca.helpdesk.example> result=rejected reply='550 5.1.1 " in line
+
+
 async def test_postmaster_of_a_hosted_domain_reaches_its_tenant(running: Running) -> None:
     reply = await send_message(running.port, "", ["postmaster@marca.helpdesk.example"], MSG)
     assert reply.startswith("250 ")
