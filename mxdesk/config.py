@@ -12,6 +12,7 @@ from typing import Any
 from mxdesk.channelconfig import ChannelsConfig, parse_channels
 from mxdesk.configlines import BOM, locate, toml_error
 from mxdesk.configread import Listen, Problem, Reader, did_you_mean, host_ports
+from mxdesk.configtls import read_settings
 from mxdesk.dns.settings import DnsConfig, parse_dns
 from mxdesk.inboundauthconfig import InboundAuthConfig, parse_inbound_auth
 
@@ -247,14 +248,7 @@ def parse(data: dict[str, Any], source: Path | None = None) -> Config:
         ("listen", "inbound_retry", "outbound_retry", "submission", "outbound", "inbound_auth")
     )
     listen = _listen(gw_table.get("listen", ["0.0.0.0:25"]), "gateway.listen", errors)
-    tls_cert = w.path("tls_cert", None)
-    tls_key = w.path("tls_key", None)
-    if bool(tls_cert) != bool(tls_key):
-        given = "tls_cert" if tls_cert else "tls_key"
-        errors.append(f"gateway.{given}: tls_cert and tls_key must be set together")
-    for key, p in (("tls_cert", tls_cert), ("tls_key", tls_key)):
-        if p is not None and not p.is_file():
-            errors.append(f"gateway.{key}: {p} does not exist")
+    tls_cert, tls_key = read_settings(w)
     gateway = GatewayConfig(
         listen=listen,
         max_message_size=w.positive("max_message_size", int, GatewayConfig.max_message_size),

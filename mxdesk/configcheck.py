@@ -6,6 +6,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from mxdesk import configtls
 from mxdesk.config import Config, ConfigError, load
 from mxdesk.configlines import locate_in
 from mxdesk.configread import Problem
@@ -26,15 +27,15 @@ class Checked:
 
 
 def check(path: Path) -> Checked:
-    """Every error of the file at path (its own and the daemons' user) and every warning,
-    errors or not."""
+    """Every error of the file at path (its own, the daemons' user, the certificate and key
+    the gateway loads) and every warning, errors or not."""
     try:
         config, errors = load(path), []
     except ConfigError as exc:
         if exc.as_read is None:  # not TOML, or not read at all
             return Checked(None, exc.problems, [])
         config, errors = exc.as_read, exc.problems
-    more = locate_in(config.source, _user_errors(config))
+    more = locate_in(config.source, [*_user_errors(config), *_tls_errors(config)])
     errors = sorted([*errors, *more], key=lambda p: p.line or sys.maxsize)
     return Checked(None if errors else config, errors, warnings(config))
 
@@ -45,6 +46,10 @@ def _user_errors(config: Config) -> list[Problem]:
     except OwnershipError as exc:
         return [Problem("mxdesk.user", str(exc))]
     return []
+
+
+def _tls_errors(config: Config) -> list[Problem]:
+    return configtls.problems(config.gateway.tls_cert, config.gateway.tls_key)
 
 
 def _example_domain(config: Config) -> bool:
@@ -58,10 +63,14 @@ def warnings(config: Config) -> list[Problem]:
     return locate_in(config.source, found)
 
 
-def daemon_errors(config: Config) -> list[Problem]:
-    """What the gateway and the store refuse to run with, on top of the file's errors (a demo
-    is spared them)."""
-    if not _example_domain(config):
-        return []
-    message = f"{EXAMPLE_MESSAGE} (allow_example_domain = true allows it, for tests and labs)"
-    return locate_in(config.source, [Problem("mxdesk.base_domain", message)])
+def daemon_errors(config: Config, *, gateway: bool = True) -> list[Problem]:
+    """What a daemon refuses to run with, on top of the file's errors (a demo is spared
+    them): the example domain and, for one that runs the gateway, a certificate and key that
+    do not load; in check-config's words."""
+    found = []
+    if _example_domain(config):
+        message = f"{EXAMPLE_MESSAGE} (allow_example_domain = true allows it, for tests and labs)"
+        found.append(Problem("mxdesk.base_domain", message))
+    if gateway:
+        found += _tls_errors(config)
+    return locate_in(config.source, found)

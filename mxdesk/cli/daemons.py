@@ -60,7 +60,7 @@ def _daemon_config(ctx: Context, name: str, is_demo: bool = False) -> cfg.Config
     """The configuration a daemon runs with, and its state set up; exits 2 on an error in
     the configuration (a line each), 3 when the state cannot be set up."""
     config = ctx.config  # exits 2 with one line per error
-    refused = [] if is_demo else configcheck.daemon_errors(config)
+    refused = [] if is_demo else configcheck.daemon_errors(config, gateway=name != "store")
     if refused:
         _say(refused)
         raise SystemExit(EXIT_CONFIG)
@@ -88,7 +88,7 @@ def _run(
 ) -> NoReturn:
     def load() -> cfg.Config:
         new = cfg.load(ctx.path)
-        refused = [] if is_demo else configcheck.daemon_errors(new)
+        refused = [] if is_demo else configcheck.daemon_errors(new, gateway=name != "store")
         if refused:
             raise cfg.ConfigError(refused)
         return new

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mxdesk.config import Config
+from mxdesk.configlines import locate_in
+from mxdesk.configtls import TlsFilesError, server_context
 from mxdesk.gateway.inboundauth import InboundVerifier
 from mxdesk.gateway.mx import MxHandler
 from mxdesk.gateway.policy import RecipientPolicy
@@ -36,20 +38,15 @@ class SessionParts:
 
 def tls_context(config: Config) -> ssl.SSLContext | None:
     """The server side of STARTTLS (None without a certificate); raises StartupError naming
-    the files when they cannot be loaded."""
+    the files and what is wrong with them when they cannot be loaded."""
     gw = config.gateway
     if gw.tls_cert is None or gw.tls_key is None:
         return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        context.load_cert_chain(gw.tls_cert, gw.tls_key)
-    except OSError as exc:  # ssl.SSLError is one
-        reason = getattr(exc, "reason", None) or exc.strerror or exc
-        raise StartupError(
-            f"gateway.tls_cert: {gw.tls_cert} with {gw.tls_key} cannot be loaded ({reason}):"
-            " check both files, their owner and mode"
-        ) from exc
-    return context
+        return server_context(gw.tls_cert, gw.tls_key)
+    except TlsFilesError as exc:  # in check-config's words
+        problems = locate_in(config.source, exc.problems)
+        raise StartupError("; ".join(str(p) for p in problems)) from exc
 
 
 def mx_session(

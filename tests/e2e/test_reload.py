@@ -74,13 +74,12 @@ def test_sighup_serves_a_renewed_certificate_to_the_next_starttls_client(
         (live / "cert.pem").write_bytes(new_cert.read_bytes())
         hup_and_wait(gateway, log, f"gateway.tls_cert: {live / 'cert.pem'} changed: in use now")
         assert served_certificate(port) == der_of(new_cert)
-        # A broken renewal: logged, and the certificate in use stays.
+        # A broken renewal: logged as check-config says it, and the certificate in use stays.
         (live / "cert.pem").write_text("not a certificate\n")
-        hup_and_wait(gateway, log, "the new configuration cannot be used: still running")
-        assert any(
-            "ERROR mxdesk.reload: gateway.tls_cert: " in line and "cannot be loaded" in line
-            for line in log.read_text().splitlines()
-        )
+        hup_and_wait(gateway, log, "the new configuration has 1 error: still running")
+        line = conf.read_text().splitlines().index(f'tls_cert = "{live / "cert.pem"}"') + 1
+        said = f"{conf}:{line}: gateway.tls_cert: {live / 'cert.pem'} is not a PEM certificate"
+        assert f"ERROR mxdesk.reload: {said}: set tls_cert to" in log.read_text()
         assert served_certificate(port) == der_of(new_cert)
         assert gateway.terminate() == 0
     finally:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import require_real, wait_for_sync
 from daemons import MXDESK, Daemon, cli, free_port, provision, write_config
+from tls_files import make_tls_files
 
 BASE = "helpdesk.example"
 EXIT_CONFIG, EXIT_STARTUP = 2, 3
@@ -123,16 +124,20 @@ def test_a_socket_in_use_by_a_running_daemon(short_tmp: Path) -> None:
         gateway.close()
 
 
-def test_a_certificate_that_does_not_load_and_a_group_that_does_not_exist(short_tmp: Path) -> None:
-    cert, key = short_tmp / "cert.pem", short_tmp / "key.pem"
-    cert.write_text("not a certificate\n")
-    key.write_text("not a key\n")
-    conf = write_config(short_tmp, gateway_extra=f'tls_cert = "{cert}"\ntls_key = "{key}"')
-    result = cli(conf, "gateway", check=False)
-    assert result.returncode == EXIT_STARTUP
-    line = one_line(result)
-    assert line.startswith(f"mxdesk: gateway.tls_cert: {cert} with {key} cannot be loaded (")
-    assert line.endswith("): check both files, their owner and mode")
+def test_a_key_given_as_the_certificate_and_a_group_that_does_not_exist(short_tmp: Path) -> None:
+    # Seen: tls_cert naming the key file passed check-config ("ok"), then the gateway stopped
+    # with exit 3 and "cannot be loaded ([SSL] PEM lib (_ssl.c:3905))".
+    _, _, key = make_tls_files(short_tmp / "tls", "mx.helpdesk.example")
+    conf = write_config(short_tmp, gateway_extra=f'tls_cert = "{key}"\ntls_key = "{key}"')
+    line = conf.read_text().splitlines().index(f'tls_cert = "{key}"') + 1
+    expected = (
+        f"mxdesk: {conf}:{line}: gateway.tls_cert: {key} is not a PEM certificate but a private"
+        " key: set tls_cert to the certificate (chain) and tls_key to its key"
+    )
+    for command in ("check-config", "gateway", "serve"):
+        result = cli(conf, command, check=False)
+        assert result.returncode == EXIT_CONFIG, command
+        assert one_line(result) == expected
     # The submission socket's group is named as such (it used to be called store.socket_group).
     conf = write_config(short_tmp, gateway_extra='[gateway.submission]\nsocket_group = "nogroup-x"')
     result = cli(conf, "gateway", check=False)
