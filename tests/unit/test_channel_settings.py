@@ -93,6 +93,34 @@ def test_bad_after(conn: sqlite3.Connection, after: str) -> None:
         _add(conn, after=after)
 
 
+@pytest.mark.parametrize("where", ["folder", "after"])
+def test_a_folder_name_of_200_characters_is_taken_and_201_refused(
+    conn: sqlite3.Connection, where: str
+) -> None:
+    """MAX_FOLDER, for the folder read and for the one --after move:FOLDER moves to."""
+
+    def folder(name: str) -> dict[str, str]:
+        return {"folder": name} if where == "folder" else {"after": f"move:{name}"}
+
+    view = _add(conn, **folder("F" * 200))
+    assert (view.folder, view.after) == (
+        ("F" * 200, "keep") if where == "folder" else ("INBOX", "move:" + "F" * 200)
+    )
+    with pytest.raises(ChannelError, match="give 1 to 200 printable characters"):
+        _add(conn, address="outro@marca.com.br", **folder("F" * 201))
+    # Nothing of the refused channel stays: no channel, no mailbox for its address.
+    assert [c.address for c in channels.list_channels(conn)] == [view.address]
+    assert state.get_mailbox(conn, "outro@marca.com.br") is None
+
+
+def test_since_takes_up_to_3650_days(conn: sqlite3.Connection) -> None:
+    """MAX_SINCE_DAYS: ten years back at most."""
+    assert _add(conn, since_days=3650).since_days == 3650
+    with pytest.raises(ChannelError, match="--since: 0 to 3650 days"):
+        _add(conn, address="outro@marca.com.br", since_days=3651)
+    assert len(channels.list_channels(conn)) == 1
+
+
 def test_secret_encrypted_and_never_in_the_view(conn: sqlite3.Connection) -> None:
     view = _add(conn)
     row = conn.execute("SELECT secret FROM channels").fetchone()

@@ -112,6 +112,26 @@ async def test_at_most_max_addresses(server: DnsServer) -> None:
     assert len(targets) == MAX_ADDRESSES
 
 
+async def test_the_tenth_mx_host_is_tried(server: DnsServer) -> None:
+    """MAX_MX_HOSTS: the ten best MX hosts are looked up; here only the tenth has an address."""
+    server.add("example.com", "MX", *(f"{n} mx{n}.example.com." for n in range(1, 11)))
+    server.add("mx10.example.com", "A", "192.0.2.10")
+    targets = await MxResolver(resolver_for(server)).targets("example.com")
+    assert targets == [Target("mx10.example.com", "192.0.2.10")]
+
+
+async def test_an_eleventh_mx_host_is_never_looked_up(server: DnsServer) -> None:
+    """A hostile zone with many MX hosts cannot make us send a query per host: with the ten
+    best without an address, the eleventh, which has one, is not asked about and the mail
+    bounces naming the ten."""
+    server.add("example.com", "MX", *(f"{n} mx{n}.example.com." for n in range(1, 12)))
+    server.add("mx11.example.com", "A", "192.0.2.11")
+    code, text = await failure(MxResolver(resolver_for(server)), "example.com")
+    ten = ", ".join(f"mx{n}.example.com" for n in range(1, 11))
+    assert code == 550 and text.endswith(f"of example.com ({ten})")
+    assert "mx11.example.com." not in server.queries
+
+
 async def test_address_literal_needs_no_dns(server: DnsServer) -> None:
     mx = MxResolver(resolver_for(server))
     assert await mx.targets("[192.0.2.9]") == [Target("[192.0.2.9]", "192.0.2.9")]

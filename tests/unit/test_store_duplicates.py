@@ -108,6 +108,18 @@ def test_a_resend_after_a_lost_250_is_filed_once(store: TicketStore, clock: Cloc
     assert len(messages(store)) == 1
 
 
+def test_a_resend_exactly_at_the_end_of_the_window_is_filed_once(
+    store: TicketStore, clock: Clock
+) -> None:
+    # The window includes its end: a copy filed exactly duplicate_window_days ago is "within"
+    # it; one second later it is not (test_outside_the_window_the_message_is_filed_again).
+    store.file_all(mail("Q1"), "cliente@example.com", [SUPORTE])
+    clock.now += 7 * DAY
+    (again,) = store.file_all(mail("Q2"), "cliente@example.com", [SUPORTE])
+    assert again is not None and again.duplicate
+    assert [m["queue_id"] for m in messages(store)] == ["Q1"]
+
+
 def test_another_message_reusing_the_message_id_is_filed_and_flagged(store: TicketStore) -> None:
     (first,) = store.file_all(mail("Q1"), "cliente@example.com", [SUPORTE])
     (other,) = store.file_all(mail("Q2", body="Outra coisa.\r\n"), "cliente@example.com", [SUPORTE])

@@ -133,6 +133,25 @@ def test_subject_tags() -> None:
     assert subject_tags("[#" + "9" * 10 + "]") == []
 
 
+@pytest.mark.parametrize(("unknown", "joined"), [(4, True), (5, False)])
+def test_a_tag_joins_only_among_the_first_five_tags(unknown: int, joined: bool) -> None:
+    """MAX_TAGS: tags of tickets that do not exist come first; ticket 7's tag still joins as
+    the fifth tag of the subject, as the sixth it is not looked at and a ticket opens."""
+    others = " ".join(f"[#{n}]" for n in range(1000, 1000 + unknown))
+    tagged = msg(subject=f"Re: {others} [#7] Ajuda")
+    placed = decide(tagged, verified=True)
+    assert (placed.ticket, placed.rule) == ((7, "subject-tag") if joined else (None, "new"))
+
+
+@pytest.mark.parametrize(("people", "left_out"), [(50, 0), (51, 1)])
+def test_a_message_adds_at_most_fifty_participants(people: int, left_out: int) -> None:
+    """MAX_NEW_PARTICIPANTS: the sender and the addressees in order, fifty at most."""
+    to = tuple(f"p{n}@example.com" for n in range(1, people))
+    everyone = [("cliente@example.com", "from")] + [(a, "to") for a in to]
+    added = participants_of(msg(to_addrs=to), MAILBOX, automatic=False)
+    assert added == everyone[: people - left_out]
+
+
 def test_participants_of_human_mail() -> None:
     m = msg(
         to_addrs=(MAILBOX, "ana@example.com"),
