@@ -93,7 +93,7 @@ class LmtpConnection:
                 raise LmtpError(f"no reply from the LMTP server ({exc!r})") from exc
             if not line:
                 raise LmtpError("the LMTP server closed the connection")
-            if len(line) < 4 or not line[:3].isdigit() or len(lines) > MAX_REPLY_LINES:
+            if len(line) < 4 or not line[:3].isdigit() or len(lines) >= MAX_REPLY_LINES:
                 raise LmtpError(f"malformed LMTP reply {line[:80]!r}")
             lines.append(line[4:].rstrip(b"\r\n")[:MAX_LINE])
             self.answered = True

@@ -5,9 +5,10 @@ what went over the wire."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -205,3 +206,50 @@ async def test_a_server_that_stops_answering_times_out(short_tmp: Path, silent_a
         with pytest.raises(LmtpError, match="no reply"):
             await asyncio.wait_for(lmtp.deliver("c@example.com", ["a@marca.example"], b"x\r\n"), 3)
         await lmtp.close()
+
+
+def long_lhlo_server(lines: int) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]:
+    """An LMTP server whose LHLO reply has `lines` lines (a long list of extensions); it files
+    every message."""
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 loja LMTP\r\n")
+        while line := await reader.readline():
+            verb = line.split(b" ", 1)[0].strip().upper()
+            if verb == b"LHLO":
+                extensions = b"".join(b"250-X-EXT%d\r\n" % n for n in range(lines - 1))
+                writer.write(extensions + b"250 8BITMIME\r\n")
+            elif verb == b"DATA":
+                writer.write(b"354 end with .\r\n")
+                while await reader.readline() != b".\r\n":
+                    pass
+                writer.write(b"250 2.0.0 filed\r\n")
+            elif verb == b"QUIT":
+                writer.write(b"221 Bye\r\n")
+                break
+            else:
+                writer.write(b"250 2.0.0 Ok\r\n")
+        writer.close()
+
+    return session
+
+
+@pytest.mark.parametrize(
+    ("lines", "read"),
+    [(100, True), (101, False), (102, False)],
+)
+async def test_a_reply_of_up_to_100_lines_is_read(short_tmp: Path, lines: int, read: bool) -> None:
+    """MAX_REPLY_LINES: a longer reply is taken for a broken server, the attempt fails
+    (temporarily: the message stays queued) instead of reading lines without end."""
+    srv = await asyncio.start_unix_server(long_lhlo_server(lines), str(short_tmp / "lmtp"))
+    async with srv:
+        lmtp = client(short_tmp)
+        try:
+            if read:
+                replies = await lmtp.deliver("c@example.com", ["a@marca.example"], b"x\r\n")
+                assert [r.code for r in replies] == [250]
+            else:
+                with pytest.raises(LmtpError, match="malformed LMTP reply"):
+                    await lmtp.deliver("c@example.com", ["a@marca.example"], b"x\r\n")
+        finally:
+            await lmtp.close()
