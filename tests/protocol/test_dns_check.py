@@ -4,12 +4,14 @@ big for UDP, and a _domainkey name that is a CNAME into another zone."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dns.asyncquery
 import dns.flags
 import dns.message
 import dns.query
@@ -99,6 +101,11 @@ def statuses(report: CheckReport) -> dict[tuple[str, str, str], str]:
     return {
         (c.record.name, c.record.type, a.server): a.status for c in report.checks for a in c.answers
     }
+
+
+def txt_strings(value: str) -> str:
+    """A long TXT value as the quoted strings of at most 255 octets a TXT record holds."""
+    return " ".join(f'"{value[i : i + 200]}"' for i in range(0, len(value), 200))
 
 
 async def published(domain: str, config: DnsConfig, dkim: str) -> RecordPlan:
@@ -228,8 +235,7 @@ async def test_a_domainkey_cname_into_another_zone_is_followed(
     config = dns_config(knot, key_file)
     name = f"mx1._domainkey.marca6.{BASE}"
     target = f"mx1.marca6.{DKIM_ZONE}"
-    chunks = " ".join(f'"{dkim_2048[i : i + 200]}"' for i in range(0, len(dkim_2048), 200))
-    update(primary, DKIM_ZONE, target, "TXT", chunks)
+    update(primary, DKIM_ZONE, target, "TXT", txt_strings(dkim_2048))
     update(primary, BASE, name, "CNAME", f"{target}.")
     secondary.refresh(BASE)
     secondary.refresh(DKIM_ZONE)
@@ -263,3 +269,49 @@ async def test_a_zone_no_server_knows_is_said_plainly() -> None:
         f"{name} TXT: unreachable: no zone found for {name}: the resolver knows no zone above it"
         " (is the zone delegated in public DNS, or [dns] resolvers a resolver that serves it?)"
     ]
+
+
+@pytest.mark.parametrize(("cnames", "served"), [(8, True), (9, False)])
+async def test_a_chain_of_eight_cnames_is_followed_and_nine_are_too_many(
+    knot: tuple[Knot, Knot],
+    key_file: str,
+    dkim_2048: str,
+    cnames: int,
+    served: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MAX_CNAMES: a _domainkey name behind eight CNAMEs (each asked at its zone's servers)
+    is checked; behind nine it is not served as planned, and the report says why. Each hop is
+    asked once at each server, not once for every server that pointed to it (2^9 queries)."""
+    asked = 0
+    sent = dns.asyncquery.udp_with_fallback
+
+    async def counted(query: dns.message.Message, *args: Any, **kwargs: Any) -> Any:
+        nonlocal asked
+        asked += not query.flags & dns.flags.RD  # the check's own queries, not the resolver's
+        return await sent(query, *args, **kwargs)
+
+    monkeypatch.setattr(dns.asyncquery, "udp_with_fallback", counted)
+    primary, secondary = knot
+    label = f"chain{cnames}"
+    name = f"mx1._domainkey.{label}.{BASE}"
+    hops = [f"c{n}.{label}.{DKIM_ZONE}" for n in range(1, cnames + 1)]
+    update(primary, BASE, name, "CNAME", f"{hops[0]}.")
+    for here, there in itertools.pairwise(hops):
+        update(primary, DKIM_ZONE, here, "CNAME", f"{there}.")
+    update(primary, DKIM_ZONE, hops[-1], "TXT", txt_strings(dkim_2048))
+    secondary.refresh(BASE)
+    secondary.refresh(DKIM_ZONE)
+    record = Record(name, "TXT", dkim_2048, "dkim", 3600)
+
+    report = await AuthoritativeChecker(dns_config(knot, key_file)).check(
+        f"{label}.{BASE}", [record]
+    )
+    if served:
+        assert report.ok, report.problems()
+        assert [a.served for a in report.checks[0].answers] == [(dkim_2048,), (dkim_2048,)]
+    else:
+        assert [a.status for a in report.checks[0].answers] == ["differs", "differs"]
+        problems = report.problems()
+        assert len(problems) == 2 and all(p.endswith(": too many CNAMEs") for p in problems)
+    assert asked == 2 * (1 + min(cnames, 8))  # the name and each hop followed, at 2 servers
