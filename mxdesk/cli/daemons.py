@@ -37,6 +37,19 @@ session_timeout), for the sessions that start from then on. Each change is
 logged; other changed settings are logged as needing a restart; a bad new
 configuration is logged, error by error, and the running one is kept."""
 
+STORE_EPILOG = """\b
+Exit status: 0 after SIGTERM (deliveries in flight filed); 2 when the
+configuration is wrong (each error with its file and line); 3 when it
+cannot start and a person must act (its socket in use by a running store,
+a directory it may not write, a Python with a known mail-parsing flaw: the
+line names the version needed); 1 on anything else. A failure is one line
+on stderr; log_level = "debug" logs the traceback too.
+
+\b
+SIGHUP reloads log_level; other changed settings are logged as needing a
+restart; a bad new configuration is logged, error by error, and the
+running one is kept."""
+
 
 def init_state(config: cfg.Config) -> None:
     """Creates the state directory, the databases, the base domain's DKIM keys and the key
@@ -173,7 +186,7 @@ def gateway(ctx: Context) -> None:
     _run(ctx, config, lambda: _gateway(config), "gateway")
 
 
-@click.command("store", epilog=DAEMON_EPILOG)
+@click.command("store", epilog=STORE_EPILOG)
 @pass_context
 def store(ctx: Context) -> None:
     """Run the ticket store daemon (LMTP server on a Unix socket; hands replies to the
