@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 
@@ -93,3 +94,33 @@ def stored_messages(database: Path) -> list[sqlite3.Row]:
         return []
     finally:
         conn.close()
+
+
+def filing_lmtp_server(
+    lhlo: bytes, delivered: list[bytes] | None = None
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """A small LMTP server (asyncio.start_unix_server's callback) that answers LHLO with lhlo
+    (its whole reply, CRLF included) and files every message, each kept in delivered."""
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 store LMTP\r\n")
+        while line := await reader.readline():
+            verb = line[:4].upper()
+            if verb == b"LHLO":
+                writer.write(lhlo)
+            elif verb == b"DATA":
+                writer.write(b"354 go on\r\n")
+                await writer.drain()
+                message = await reader.readuntil(b"\r\n.\r\n")
+                if delivered is not None:
+                    delivered.append(message)
+                writer.write(b"250 2.0.0 filed\r\n")
+            elif verb == b"QUIT":
+                writer.write(b"221 bye\r\n")
+                break
+            else:
+                writer.write(b"250 ok\r\n")
+            await writer.drain()
+        writer.close()
+
+    return session

@@ -11,6 +11,7 @@ from conftest import wait_for
 from daemons import Daemon, config_with_remote_mx
 from dns_server import DnsServer
 from spoolfiles import seed_entry
+from wire import filing_lmtp_server
 
 from mxdesk.config import load
 from mxdesk.gateway.queuectl import list_entries
@@ -75,24 +76,7 @@ async def test_sigterm_interrupts_deliveries_to_peers_that_stopped_answering(
     lmtp_socket.unlink(missing_ok=True)
     delivered: list[bytes] = []
 
-    async def answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 store LMTP\r\n")
-        while line := await reader.readline():
-            verb = line[:4].upper()
-            if verb == b"LHLO":
-                writer.write(b"250-store\r\n250 PIPELINING\r\n")
-            elif verb == b"DATA":
-                writer.write(b"354 go on\r\n")
-                await writer.drain()
-                delivered.append(await reader.readuntil(b"\r\n.\r\n"))
-                writer.write(b"250 2.0.0 filed\r\n")
-            elif verb == b"QUIT":
-                writer.write(b"221 bye\r\n")
-                break
-            else:
-                writer.write(b"250 ok\r\n")
-            await writer.drain()
-        writer.close()
+    answering = filing_lmtp_server(b"250-store\r\n250 PIPELINING\r\n", delivered)
 
     store = await asyncio.start_unix_server(answering, str(lmtp_socket))
     again = Daemon(config, "gateway", short_tmp / "again.log")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from wire import filing_lmtp_server
 
 from mxdesk.gateway.lmtp import LmtpClient, LmtpError
 
@@ -211,27 +212,8 @@ async def test_a_server_that_stops_answering_times_out(short_tmp: Path, silent_a
 def long_lhlo_server(lines: int) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]:
     """An LMTP server whose LHLO reply has `lines` lines (a long list of extensions); it files
     every message."""
-
-    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 loja LMTP\r\n")
-        while line := await reader.readline():
-            verb = line.split(b" ", 1)[0].strip().upper()
-            if verb == b"LHLO":
-                extensions = b"".join(b"250-X-EXT%d\r\n" % n for n in range(lines - 1))
-                writer.write(extensions + b"250 8BITMIME\r\n")
-            elif verb == b"DATA":
-                writer.write(b"354 end with .\r\n")
-                while await reader.readline() != b".\r\n":
-                    pass
-                writer.write(b"250 2.0.0 filed\r\n")
-            elif verb == b"QUIT":
-                writer.write(b"221 Bye\r\n")
-                break
-            else:
-                writer.write(b"250 2.0.0 Ok\r\n")
-        writer.close()
-
-    return session
+    extensions = b"".join(b"250-X-EXT%d\r\n" % n for n in range(lines - 1))
+    return filing_lmtp_server(extensions + b"250 8BITMIME\r\n")
 
 
 @pytest.mark.parametrize(
