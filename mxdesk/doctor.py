@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grp
+import os
 import pwd
 import sqlite3
 import stat
@@ -10,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mxdesk import dkimkeys, state
-from mxdesk.config import Config
+from mxdesk.config import DEFAULT_CONFIG_PATH, Config
 from mxdesk.gateway.dkimkey import DkimKeyError
-from mxdesk.ownership import places
+from mxdesk.ownership import how_to_create, places
 
 INSTALLATION_KEY = "message-id.key"
 
@@ -92,6 +93,14 @@ def _keys(config: Config) -> list[Finding]:
     return findings
 
 
+def _unreadable(exc: PermissionError, config_path: Path) -> Finding:
+    """A file this user may not look at: doctor run as root sees it (sudo keeps no
+    $MXDESK_CONFIG, so the file is named unless it is the default)."""
+    config = "" if config_path == DEFAULT_CONFIG_PATH else f" --config {config_path}"
+    detail = f"user {_name(os.geteuid())} may not read it, so it was not checked"
+    return Finding(str(exc.filename or exc), False, detail, f"sudo mxdesk{config} doctor")
+
+
 def check(config: Config, config_path: Path) -> list[Finding]:
     """Every problem the daemons would meet on these files, and the command that fixes it."""
     findings = []
@@ -100,22 +109,31 @@ def check(config: Config, config_path: Path) -> list[Finding]:
         try:
             account = pwd.getpwnam(config.general.user)
         except KeyError:
-            fix = "systemd-sysusers (with systemd/mxdesk.sysusers installed), or set [mxdesk] user"
+            fix = f"{how_to_create(config.general.user)}; or set [mxdesk] user"
             findings.append(
                 Finding(f"user {config.general.user}", False, "the daemons' user is missing", fix)
             )
     findings.append(_config_file(config_path, account))
+    try:
+        _installation(config, account, findings)
+    except PermissionError as exc:
+        findings.append(_unreadable(exc, config_path))
+    return findings
+
+
+def _installation(config: Config, account: pwd.struct_passwd | None, found: list[Finding]) -> None:
+    """The state, keys, spool and tickets' findings, added to found as they are made."""
     if not config.general.state_db.exists():
-        findings.append(Finding(str(config.general.state_db), False, "missing", "mxdesk init"))
-        return findings
+        found.append(Finding(str(config.general.state_db), False, "missing", "mxdesk init"))
+        return
     for key in (config.general.secrets_key_file, config.general.state_dir / INSTALLATION_KEY):
         if not key.exists():
-            findings.append(Finding(str(key), False, "missing", "mxdesk init"))
+            found.append(Finding(str(key), False, "missing", "mxdesk init"))
     seen: set[Path] = set()
     for top in places(config):
         if top.exists():
             for path in [top, *(sorted(top.rglob("*")) if top.is_dir() else [])]:
                 if path not in seen:
                     seen.add(path)
-                    findings.append(_file(config, path, account))
-    return findings + _keys(config)
+                    found.append(_file(config, path, account))
+    found.extend(_keys(config))

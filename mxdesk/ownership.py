@@ -8,6 +8,9 @@ from pathlib import Path
 
 from mxdesk.config import Config
 
+# The user the sysusers snippet of `mxdesk systemd-units` creates (mxdesk/units.py).
+SYSUSERS_USER = "mxdesk"
+
 
 class OwnershipError(Exception):
     """The daemons' user cannot be given the files; the message says what to do."""
@@ -23,12 +26,23 @@ def daemon_account(config: Config) -> tuple[int, int] | None:
         account = pwd.getpwnam(name)
     except KeyError:
         raise OwnershipError(
-            f"the daemons' user {name!r} does not exist: create it (systemd-sysusers, see"
-            f" systemd/mxdesk.sysusers) or set [mxdesk] user"
+            f"the daemons' user {name!r} does not exist: create it ({how_to_create(name)})"
+            f" or set [mxdesk] user"
         ) from None
     if account.pw_uid == 0:
         return None
     return account.pw_uid, account.pw_gid
+
+
+def how_to_create(name: str) -> str:
+    """The commands that make the daemons' user: the sysusers snippet of `mxdesk systemd-units`
+    for the user it names (mxdesk), useradd for another name."""
+    if name == SYSUSERS_USER:
+        return (
+            "'mxdesk systemd-units --output DIR' writes DIR/mxdesk.sysusers;"
+            " 'systemd-sysusers DIR/mxdesk.sysusers' creates the user"
+        )
+    return f"useradd --system --no-create-home --shell /usr/sbin/nologin {name}"
 
 
 def places(config: Config) -> list[Path]:

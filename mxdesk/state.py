@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Hashable, Iterator
@@ -78,6 +80,18 @@ class Mailbox:
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """Opens the state database (WAL, so the CLI and the daemons can use it at once)."""
+    try:
+        return _open(path, readonly)
+    except sqlite3.OperationalError:
+        # SQLite's "unable to open database file" names no file: the one this user may not use.
+        need = os.R_OK if readonly else os.R_OK | os.W_OK
+        for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            if file.exists() and not os.access(file, need):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file)) from None
+        raise
+
+
+def _open(path: Path, readonly: bool) -> sqlite3.Connection:
     if readonly:
         conn = sqlite3.connect(
             f"file:{path}?mode=ro", uri=True, timeout=10, check_same_thread=False

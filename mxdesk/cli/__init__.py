@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import importlib
 import os
+from typing import Any
 
 import click
 
 from mxdesk.cli.context import Context
+from mxdesk.cli.output import fail
 
 # command name -> (module in mxdesk.cli, attribute, the help line `mxdesk --help` lists: the
 # first sentence of the command's own help, kept here so that --help imports no command;
@@ -119,6 +121,15 @@ class LazyGroup(click.Group):
         command = getattr(importlib.import_module(f"mxdesk.cli.{where[0]}"), where[1])
         assert isinstance(command, click.Command)
         return command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Every command: a file its user may not open is one line saying whom to run as.
+        (A closed stdout, `mxdesk … | head`, is click's: it ends the command silently.)"""
+        try:
+            return super().invoke(ctx)
+        except PermissionError as exc:
+            context = ctx.find_object(Context) or Context(None)
+            fail(context.permission_denied(exc))
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

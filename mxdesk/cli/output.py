@@ -78,13 +78,17 @@ def json_option(f: F) -> F:
 
 
 def errors_to_exit(*kinds: type[Exception]) -> Callable[[F], F]:
-    """Turns the listed library errors into one line on stderr and exit code 1."""
+    """Turns the listed library errors into one line on stderr and exit code 1. A file the
+    user may not open and a closed stdout are left to the `mxdesk` group, which says them the
+    same way for every command (OSError covers both)."""
 
     def decorate(f: F) -> F:
         @wraps(f)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
                 return f(*args, **kwargs)
+            except (PermissionError, BrokenPipeError):
+                raise
             except kinds as exc:
                 fail(str(exc))
 

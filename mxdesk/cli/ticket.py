@@ -156,6 +156,8 @@ def _writable(ctx: Context) -> tuple[Database, sqlite3.Connection, bytes]:
 
         key = installation_key(ctx.config.general.state_dir)
         db = open_writable(ctx.config.store.database)
+    except PermissionError:
+        raise  # the mxdesk group says whom to run as
     except (OSError, ValueError, sqlite3.Error) as exc:
         raise TicketsUnavailable(f"cannot open the tickets database or its key: {exc}") from None
     return db, conn, key

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import pwd
 import subprocess
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import require_real
 from daemons import MXDESK, Daemon, cli, provision, write_config
+
+from mxdesk.cli.context import Context
 
 
 @pytest.fixture
@@ -83,8 +90,6 @@ def test_check_config_names_the_key_and_exits_2(short_tmp: Path) -> None:
 
 
 def test_config_from_environment_variable(conf: Path) -> None:
-    import os
-
     result = subprocess.run(
         [*MXDESK, "check-config"],
         capture_output=True,
@@ -153,3 +158,169 @@ def test_operators_signatures_and_mailbox_switches(conf: Path, short_tmp: Path) 
     assert out["generic_signature"] is False and out["operator_signatures"] is True
     dup = cli(conf, "operator", "add", "Bruno", "--tenant", "marca", check=False)
     assert dup.returncode == 1 and "already exists" in dup.stderr
+
+
+def unprivileged() -> list[str]:
+    """What runs a command that a file's mode keeps out, root included: root without the
+    capabilities that let it read and search whatever it likes."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = require_real("setpriv")
+    return [setpriv, "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+@pytest.fixture
+def locked_out(conf: Path, short_tmp: Path) -> Iterator[Path]:
+    """An installation whose state and socket directories the CLI's user may not enter (the
+    usual "forgot sudo"), as after `mxdesk init` as root with the daemons' directories 0700."""
+    provision(conf)
+    closed = [short_tmp / "state", short_tmp / "run" / "gateway", short_tmp / "run" / "store"]
+    for directory in closed:
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0)
+    yield conf
+    for directory in closed:
+        directory.chmod(0o750)
+
+
+def run_locked_out(conf: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*unprivileged(), *MXDESK, "--config", str(conf), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "denied"),
+    [
+        (["status"], "run/gateway/submit.sock"),
+        (["ticket", "list"], "state/tickets.db"),
+        (["tenant", "list"], "state/state.db"),
+        (["domain", "list"], "state/state.db"),
+        (["queue", "list"], "state/spool.db"),
+        (["init"], "state/"),
+    ],
+)
+def test_a_file_the_user_may_not_open_is_one_line_saying_whom_to_run_as(
+    locked_out: Path, short_tmp: Path, args: list[str], denied: str
+) -> None:
+    result = run_locked_out(locked_out, *args)
+    assert result.returncode == 1, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"mxdesk: cannot open {short_tmp}/{denied}"), line
+    assert line.endswith(": permission denied: run as root or as the user the daemons run as")
+
+
+@pytest.mark.parametrize(
+    ("locked", "args"),
+    [
+        # SQLite says "unable to open database file" without naming the file.
+        ("state.db", ["tenant", "list"]),
+        ("state.db", ["domain", "list"]),
+        ("state.db", ["doctor"]),
+        (
+            "message-id.key",
+            ["ticket", "reply", "1", "--operator", "Ana", "--body-file", "/dev/null"],
+        ),
+    ],
+)
+def test_a_file_the_user_may_not_open_in_an_open_directory_is_named(
+    conf: Path, short_tmp: Path, locked: str, args: list[str]
+) -> None:
+    provision(conf)
+    file = short_tmp / "state" / locked
+    mode = file.stat().st_mode
+    file.chmod(0)
+    try:
+        result = run_locked_out(conf, *args)
+    finally:
+        file.chmod(mode)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    if args == ["doctor"]:
+        assert str(file) in result.stdout and "may not read it" in result.stdout
+    else:
+        assert result.stderr == (
+            f"mxdesk: cannot open {file}: permission denied: run as root or as the user the"
+            " daemons run as\n"
+        )
+
+
+def test_doctor_reports_a_file_it_may_not_read_with_the_command_that_checks_it(
+    locked_out: Path, short_tmp: Path
+) -> None:
+    result = run_locked_out(locked_out, "doctor", "--json")
+    assert result.returncode == 1 and result.stderr == ""
+    problems = [f for f in json.loads(result.stdout)["findings"] if not f["ok"]]
+    assert [(p["what"], p["fix"]) for p in problems] == [
+        (f"{short_tmp}/state/state.db", f"sudo mxdesk --config {locked_out} doctor")
+    ]
+    assert "may not read it" in problems[0]["detail"]
+
+
+def test_a_missing_daemons_user_is_said_once_with_what_creates_it(conf: Path) -> None:
+    if os.geteuid() != 0:
+        if os.environ.get("MXDESK_REQUIRE_REAL") == "1":
+            pytest.fail("only root hands files over to the daemons' user")
+        pytest.skip("only root hands files over to the daemons' user")
+    provision(conf)
+    for user, hint in [
+        ("mxdesk", "'mxdesk systemd-units --output DIR' writes DIR/mxdesk.sysusers"),
+        ("mxd-absent", "useradd --system --no-create-home --shell /usr/sbin/nologin mxd-absent"),
+    ]:
+        if user in {p.pw_name for p in pwd.getpwall()}:
+            continue  # an installed mxdesk
+        conf.write_text(conf.read_text().replace('user = ""', f'user = "{user}"'))
+        for args in (["tenant", "list"], ["status"], ["init"]):
+            result = cli(conf, *args, check=False)
+            assert result.returncode == 1
+            [line] = result.stderr.splitlines()
+            assert line.startswith(f"mxdesk: the daemons' user '{user}' does not exist: "), line
+            assert hint in line and "set [mxdesk] user" in line
+        conf.write_text(conf.read_text().replace(f'user = "{user}"', 'user = ""'))
+
+
+@pytest.mark.parametrize("args", [["domain", "list"], ["tenant", "list"], ["dkim", "status"]])
+def test_a_closed_pipe_ends_the_command_silently(conf: Path, args: list[str]) -> None:
+    provision(conf)
+    # The reader is gone before the command writes: `mxdesk domain list | true`.
+    with subprocess.Popen(
+        [*MXDESK, "--config", str(conf), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()
+        stderr = proc.stderr.read()
+        assert proc.wait(timeout=60) != 0
+    assert stderr == ""
+
+
+def test_whom_to_run_as_is_the_daemons_user_or_its_group_for_their_files_only(
+    conf: Path, short_tmp: Path
+) -> None:
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    config = conf.read_text()
+    lines = {}
+    for user in ("nobody", me):
+        conf.write_text(config.replace('user = ""', f'user = "{user}"'))
+        context = Context(str(conf))
+        assert context.config.general.user == user
+        for file in (short_tmp / "run" / "gateway" / "submit.sock", Path("/etc/mine.txt")):
+            denied = PermissionError(errno.EACCES, "Permission denied", str(file))
+            lines[user, file.name] = context.permission_denied(denied)
+    run_as = (
+        f"cannot open {short_tmp}/run/gateway/submit.sock: permission denied: run as root or as"
+    )
+    # The group is offered to one not in it (the test's user is not in nobody's group).
+    assert (
+        lines["nobody", "submit.sock"]
+        == f"{run_as} the daemons' user 'nobody' (or a member of its group)"
+    )
+    assert lines[me, "submit.sock"] == f"{run_as} the daemons' user '{me}'"
+    assert (
+        lines[me, "mine.txt"]
+        == "cannot open /etc/mine.txt: permission denied: check its owner and mode"
+    )

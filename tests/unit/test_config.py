@@ -275,8 +275,9 @@ def test_the_unchanged_example_without_its_user_gives_the_line_and_the_warning(
     code, shown, lines = _check_config(example)
     assert code == 2 and shown["ok"] is False
     user = (
-        "the daemons' user 'mxdesk' does not exist: create it (systemd-sysusers, see"
-        " systemd/mxdesk.sysusers) or set [mxdesk] user"
+        "the daemons' user 'mxdesk' does not exist: create it ('mxdesk systemd-units --output"
+        " DIR' writes DIR/mxdesk.sysusers; 'systemd-sysusers DIR/mxdesk.sysusers' creates the"
+        " user) or set [mxdesk] user"
     )
     domain = configcheck.EXAMPLE_MESSAGE
     user_line, domain_line = (
