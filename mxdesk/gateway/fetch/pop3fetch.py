@@ -36,19 +36,24 @@ class Pop3Fetch:
         sizes = await client.sizes()
         st = await spool.read(lambda c: ledger.get_state(c, ctx.name))
         seen = await spool.read(lambda c: ledger.uidls(c, ctx.name))
+        # Only what the spool has is owed a DELE: the UIDLs seen also name the mailbox's past
+        # (first look) and messages too big to fetch, which stay for a person.
+        owed = set(await spool.read(lambda c: ledger.owed(c, ctx.name, 0)))
         first = st is None or st.started < ctx.view.created
         delete = ctx.view.after == "delete"
         todo: list[tuple[int, str]] = []
+        deleted: list[str] = []
         for number, uidl in sorted(listing.items()):
             if uidl in seen:
-                if delete:
+                if delete and uidl in owed:
                     await client.dele(number)  # committed before; its DELE did not reach QUIT
+                    deleted.append(uidl)
             else:
                 todo.append((number, uidl))
         if first:
             todo = await self._first_look(todo)
         batch: list[Fetched] = []
-        taken: list[int] = []  # message numbers in the spool: only these may be deleted
+        taken: list[tuple[int, str]] = []  # in the spool: only these may be deleted
         skipped = 0
         for number, uidl in todo:
             size = sizes.get(number, 0)
@@ -60,18 +65,24 @@ class Pop3Fetch:
                 continue
             data = await client.retr(number, ctx.max_message_size)
             batch.append(await fetched(ctx, uidl, data))
-            taken.append(number)
+            taken.append((number, uidl))
             if len(batch) >= ctx.batch:
                 await self._commit(batch, skipped)
                 batch, skipped = [], 0
         await self._commit(batch, skipped)
         if delete:
             # DELE only marks; the server deletes at QUIT, after every commit above.
-            for number in taken:
+            for number, uidl in taken:
                 await client.dele(number)
+                deleted.append(uidl)
         await client.quit()
         present = set(listing.values())
-        await spool.transact(lambda c: ledger.forget_uidls(c, ctx.name, present), new=False)
+
+        def settle(c: sqlite3.Connection) -> None:
+            ledger.forget_uidls(c, ctx.name, present)
+            ledger.settle(c, ctx.name, 0, deleted)  # the server deleted them at QUIT
+
+        await spool.transact(settle, new=False)
 
     async def _first_look(self, todo: list[tuple[int, str]]) -> list[tuple[int, str]]:
         """What is in the mailbox at the first look is the past: only --since DAYS of it is
@@ -102,10 +113,16 @@ class Pop3Fetch:
         ctx = self.ctx
         counts: list[int] = []
 
+        # A message in the spool is owed its DELE (--after delete) until a QUIT confirms it.
+        owe = ctx.view.after == "delete"
+        stays = [f for f in batch if f.key.startswith("skipped:")]
+        spooled = [f for f in batch if not f.key.startswith("skipped:")]
+
         def commit(c: sqlite3.Connection) -> None:
+            ledger.commit_batch(c, ctx.name, stays, uidvalidity=0, last_uid=None, owe=False)
             counts.append(
                 ledger.commit_batch(
-                    c, ctx.name, batch, uidvalidity=0, last_uid=None, owe=False, skipped=skipped
+                    c, ctx.name, spooled, uidvalidity=0, last_uid=None, owe=owe, skipped=skipped
                 )
             )
 
