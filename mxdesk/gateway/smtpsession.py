@@ -206,7 +206,8 @@ class SmtpSession(SmtpWire):
             self._reply("501 Error: SMTPUTF8 takes no arguments")
             return
         size = params.pop("SIZE", None)
-        if size is not None and (isinstance(size, bool) or not size.isdigit()):
+        # ASCII digits only (RFC 1870 §3): str.isdigit() also takes '²', which int() refuses.
+        if size is not None and (isinstance(size, bool) or not (size.isascii() and size.isdigit())):
             self._reply(syntax)
             return
         if size is not None and self._size_limit and int(size) > self._size_limit:

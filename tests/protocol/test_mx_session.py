@@ -278,3 +278,13 @@ async def test_the_replies_of_pipelined_commands_leave_in_one_write(running: Run
     assert (await w.reply()).startswith("250 2.0.0 Ok: queued as ")
     assert (await w.reply()).startswith("221")
     await w.close()
+
+
+async def test_a_size_of_digits_that_are_not_ascii_is_a_syntax_error(running: Running) -> None:
+    """SIZE=² (a digit to str.isdigit(), not to int()) is the client's error, not ours."""
+    w = await Wire.open(running.port)
+    await w.hello()
+    reply = await w.cmd("MAIL FROM:<a@example.org> SIZE=\u00b2")
+    assert reply.startswith("501 "), reply
+    assert (await w.cmd("MAIL FROM:<a@example.org> SIZE=100")).startswith("250")
+    await w.close()
