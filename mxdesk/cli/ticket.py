@@ -127,6 +127,11 @@ def show(ctx: Context, number: int, as_json: bool) -> None:
         print_ticket(ticket)
 
 
+def _after(status: str, why: str) -> str:
+    """The queue's reason after the reply's own status, which may say "deferred" already."""
+    return why.removeprefix(f"{status}: ")
+
+
 def with_queue_states(ticket: queries.TicketDetail, spool: Path) -> queries.TicketDetail:
     """The ticket with, on each reply the gateway holds or has deferred, why (tickets.db says
     only that it is queued: a reply waiting for its domain, or held by an administrator, would
@@ -140,7 +145,9 @@ def with_queue_states(ticket: queries.TicketDetail, spool: Path) -> queries.Tick
     if not why:
         return ticket
     messages = [
-        replace(m, status_detail=f"{why[m.queue_id]} (mxdesk queue show {m.queue_id})")
+        replace(
+            m, status_detail=f"{_after(m.status, why[m.queue_id])} (mxdesk queue show {m.queue_id})"
+        )
         if m.queue_id in why and m.status in (QUEUED, DEFERRED)
         else m
         for m in ticket.messages
