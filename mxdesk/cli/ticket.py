@@ -127,7 +127,7 @@ def show(ctx: Context, number: int, as_json: bool) -> None:
         print_ticket(ticket)
 
 
-def _after(status: str, why: str) -> str:
+def reason_after(status: str, why: str) -> str:
     """The queue's reason after the reply's own status, which may say "deferred" already."""
     return why.removeprefix(f"{status}: ")
 
@@ -146,7 +146,9 @@ def with_queue_states(ticket: queries.TicketDetail, spool: Path) -> queries.Tick
         return ticket
     messages = [
         replace(
-            m, status_detail=f"{_after(m.status, why[m.queue_id])} (mxdesk queue show {m.queue_id})"
+            m,
+            status_detail=f"{reason_after(m.status, why[m.queue_id])}"
+            f" (mxdesk queue show {m.queue_id})",
         )
         if m.queue_id in why and m.status in (QUEUED, DEFERRED)
         else m

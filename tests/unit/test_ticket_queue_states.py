@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from mxdesk.cli.ticket import _after
+from mxdesk.cli.ticket import reason_after
 
 
 def test_the_queue_reason_does_not_repeat_the_status() -> None:
     # A reply the store already knows as deferred: "deferred: 451 …", not "deferred: deferred: …".
-    assert _after("deferred", "deferred: 451 4.4.1 timed out") == "451 4.4.1 timed out"
-    assert _after("queued", "deferred: 451 4.4.1 timed out") == "deferred: 451 4.4.1 timed out"
-    assert _after("queued", "held by an administrator") == "held by an administrator"
+    assert reason_after("deferred", "deferred: 451 4.4.1 timed out") == "451 4.4.1 timed out"
+    queued = reason_after("queued", "deferred: 451 4.4.1 timed out")
+    assert queued == "deferred: 451 4.4.1 timed out"
+    assert reason_after("queued", "held by an administrator") == "held by an administrator"
