@@ -80,7 +80,8 @@ class Pop3Fetch:
 
         def settle(c: sqlite3.Connection) -> None:
             ledger.forget_uidls(c, ctx.name, present)
-            ledger.settle(c, ctx.name, 0, deleted)  # the server deleted them at QUIT
+            # Deleted at QUIT, or gone from the mailbox otherwise: owed nothing any more.
+            ledger.settle(c, ctx.name, 0, [*deleted, *(owed - present)])
 
         await spool.transact(settle, new=False)
 
